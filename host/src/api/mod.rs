@@ -1,0 +1,145 @@
+//! The HTTP API (axum): one file per resource, thin handlers over the log.
+//!
+//! Owns routing, request parsing and error rendering; owns no state of its own
+//! beyond [`AppState`], which every handler receives.
+
+mod auth;
+mod batch;
+mod error;
+mod events;
+mod extract;
+mod health;
+mod intake;
+mod render;
+mod streams;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::config::{Config, Limits};
+use crate::log::EventLog;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The event log.
+    pub log: EventLog,
+    /// The server's metrics.
+    pub metrics: Metrics,
+    /// Size limits.
+    pub limits: Limits,
+    /// Cancelled when the server shuts down: ends live feeds.
+    pub shutdown: CancellationToken,
+    /// Keep-alive interval of live feeds.
+    pub sse_keep_alive: Duration,
+}
+
+impl AppState {
+    /// The number of events a read may return: the client's `limit`, within the maximum.
+    fn read_limit(&self, requested: Option<usize>) -> Result<usize, ApiError> {
+        let max = self.limits.max_read_count;
+        match requested {
+            None => Ok(max.min(1000)),
+            Some(0) => Err(ApiError::bad_request(
+                "invalid_query",
+                "limit must be at least 1",
+            )),
+            Some(n) => Ok(n.min(max)),
+        }
+    }
+
+    /// Records an append request's latency and outcome; `appended` is the
+    /// number of events and whether they were all duplicates, `None` if refused.
+    fn record_append(&self, started: Instant, appended: Option<(usize, bool)>) {
+        match appended {
+            Some((events, duplicate)) => {
+                self.metrics.appends.inc();
+                if !duplicate {
+                    self.metrics.events_appended.inc_by(events as u64);
+                }
+                self.metrics
+                    .append_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            None => {
+                self.metrics.appends_refused.inc();
+            }
+        }
+    }
+}
+
+/// The whole API as a router, ready to serve.
+pub fn router(state: AppState, config: &Config) -> Router {
+    let timeout = config.request_timeout;
+    let bounded = Router::new()
+        .route(
+            "/streams/{stream}",
+            post(streams::append).get(streams::read),
+        )
+        .route("/events", get(events::read))
+        .route("/batch", post(batch::append_batch))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            with_timeout(timeout, req, next)
+        }));
+    // Live feeds last as long as the client listens: no request timeout.
+    let mut app = Router::new()
+        .route("/events/live", get(events::live))
+        .merge(bounded)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.limits.max_request_bytes))
+        .with_state(state);
+    if let Some(token) = &config.token {
+        let token: Arc<str> = token.as_str().into();
+        app = app.layer(middleware::from_fn_with_state(token, auth::require_token));
+    }
+    app
+}
+
+async fn with_timeout(
+    timeout: Duration,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    tokio::time::timeout(timeout, next.run(request))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the request took longer than {timeout:?}"),
+            )
+        })
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}

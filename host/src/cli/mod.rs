@@ -1,0 +1,141 @@
+//! The `eventfold` command line: `serve` runs the server; the other
+//! subcommands are clients of a running server (`client`).
+
+mod client;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Limits};
+
+/// eventfold: an append-only event log that runs WebAssembly plugins against it.
+#[derive(Parser)]
+#[command(name = "eventfold", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on a data directory.
+    Serve(ServeArgs),
+    /// Append one event to a stream.
+    Append(client::AppendArgs),
+    /// Read one stream, or the global log.
+    Read(client::ReadArgs),
+    /// Follow the global log live (Server-Sent Events), resuming after disconnects.
+    Tail(client::TailArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of the log's redb file; created if missing.
+    #[arg(long, env = "EVENTFOLD_DATA_DIR", default_value = "./eventfold-data")]
+    data_dir: PathBuf,
+    /// Address to listen on. Anything but loopback requires --token.
+    #[arg(long, env = "EVENTFOLD_ADDR", default_value = "127.0.0.1:7411")]
+    addr: SocketAddr,
+    /// Require `Authorization: Bearer <TOKEN>` on every request.
+    #[arg(long, env = "EVENTFOLD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest event accepted (type + data + metadata), in bytes.
+    #[arg(long, env = "EVENTFOLD_MAX_EVENT_BYTES", default_value_t = Limits::default().max_event_bytes)]
+    max_event_bytes: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "EVENTFOLD_MAX_REQUEST_BYTES", default_value_t = Limits::default().max_request_bytes)]
+    max_request_bytes: usize,
+    /// Interval of keep-alive comments on idle live feeds (e.g. 15s, 500ms).
+    #[arg(long, env = "EVENTFOLD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    sse_keep_alive: Duration,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "EVENTFOLD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        let mut config = Config::new(self.data_dir);
+        config.token = self.token.filter(|t| !t.is_empty());
+        config.limits.max_event_bytes = self.max_event_bytes;
+        config.limits.max_request_bytes = self.max_request_bytes;
+        config.sse_keep_alive = self.sse_keep_alive;
+        config.shutdown_grace = self.shutdown_grace;
+        config
+    }
+}
+
+/// Parses the command line and runs it; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Append(args) => client::run(client::append(args)),
+        Command::Read(args) => client::run(client::read(args)),
+        Command::Tail(args) => client::run(client::tail(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let addr = args.addr;
+    let config = args.into_config();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let server = crate::server::Server::open(config, listener)?;
+        // Scripts and tests read this line to learn the address (port 0 picks one).
+        println!("eventfold listening on http://{}", server.local_addr());
+        std::io::stdout().flush()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        server.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on ctrl-c or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: draining requests and committing");
+    shutdown.cancel();
+}

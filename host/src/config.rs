@@ -1,0 +1,56 @@
+//! Server configuration: what `eventfold serve` is told, with its defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to run, apart from the listener it serves on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the log's redb file (and later plugin state) lives.
+    pub data_dir: PathBuf,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Size limits on what clients send and read.
+    pub limits: Limits,
+    /// How often an idle live (SSE) feed sends a keep-alive comment.
+    pub sse_keep_alive: Duration,
+    /// How long a request (other than a live feed) may take before it is cut off.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The defaults, with the data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            token: None,
+            limits: Limits::default(),
+            sse_keep_alive: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest event accepted (type + data + metadata), in bytes.
+    pub max_event_bytes: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Most events one read returns.
+    pub max_read_count: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1 << 20,
+            max_request_bytes: 16 << 20,
+            max_read_count: 10_000,
+        }
+    }
+}

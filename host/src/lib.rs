@@ -1,0 +1,27 @@
+//! eventfold: an append-only event log (redb) that runs sandboxed WebAssembly
+//! plugins against it.
+//!
+//! # Layout
+//!
+//! - [`log`]: the event log. Typed redb tables, the binary form of an event,
+//!   the single group-commit writer (the one place an append becomes durable)
+//!   and the readers (MVCC snapshots that never block the writer).
+//! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
+//!   (including the live SSE feed), `batch`, `health`; `error` turns every
+//!   failure into the JSON error body.
+//! - [`server`]: [`server::run`] takes a [`Config`], a `TcpListener` and a
+//!   cancellation token, and serves until the token is cancelled — the
+//!   binary and the end-to-end tests both call it.
+//! - [`cli`]: the `eventfold` command line: `serve`, and the client
+//!   subcommands `append`, `read`, `tail` that talk to a running server.
+//! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod metrics;
+pub mod server;
+
+pub use config::{Config, Limits};
+pub use server::run;

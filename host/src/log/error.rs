@@ -1,0 +1,74 @@
+//! `LogError`: every way an append or a read of the log can fail.
+
+use super::ExpectedVersion;
+
+/// A failure of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A stream name or event type that breaks the naming rules.
+    #[error("invalid {what}: {problem}")]
+    InvalidName {
+        /// "stream name" or "event type".
+        what: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The stream's version did not match `expected_version`; nothing was appended.
+    #[error("stream {stream} is at version {}, expected {expected}", actual.map_or("none (no stream)".to_string(), |v| v.to_string()))]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the request expected.
+        expected: ExpectedVersion,
+        /// The version of the stream's last event, `None` when it has none.
+        actual: Option<u64>,
+    },
+    /// Some, but not all, of a request's event ids are already in the log, or
+    /// they are there in another order or stream: not a retry of the same append.
+    #[error(
+        "event id {id} is already in the log, but the request is not a retry of the append that wrote it"
+    )]
+    IdempotencyConflict {
+        /// The first id that did not match.
+        id: uuid::Uuid,
+    },
+    /// One request names the same event id twice.
+    #[error("event id {0} appears more than once in the request")]
+    DuplicateId(uuid::Uuid),
+    /// The log is shutting down and accepts no more appends.
+    #[error("the log is shutting down")]
+    ShuttingDown,
+    /// The database holds bytes that do not decode.
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
+    /// The group commit this append was part of failed; nothing of it was appended.
+    #[error("commit failed, nothing was appended: {0}")]
+    CommitFailed(String),
+    /// A file-system operation on the data directory failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A read task could not run to completion.
+    #[error("internal: {0}")]
+    Internal(String),
+    /// The storage engine failed (I/O, full disk, …).
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for LogError {
+            fn from(e: $t) -> Self {
+                LogError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+storage_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

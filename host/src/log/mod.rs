@@ -1,0 +1,169 @@
+//! The event log: an append-only sequence of events in one redb database.
+//!
+//! Owns the tables (`tables`), the on-disk form of an event (`codec`), the
+//! single group-commit writer (`writer`) and the readers (`reader`). It knows
+//! nothing of HTTP or plugins: the API and the plugin runners use [`EventLog`].
+
+mod codec;
+mod error;
+mod reader;
+mod tables;
+mod types;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use error::LogError;
+pub use reader::{Direction, EventFilter, LogPage, StreamPage};
+pub use types::{
+    AppendOutcome, EventType, ExpectedVersion, MAX_NAME_BYTES, NewEvent, Position, RecordedEvent,
+    StreamAppend, StreamName, category_of, format_timestamp,
+};
+
+use crate::metrics::Metrics;
+use writer::{Command, Writer};
+
+/// Name of the log's database file inside the data directory.
+pub const LOG_FILE: &str = "log.redb";
+/// How many append requests may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+
+/// A handle on the event log; cheap to clone, shared by every task.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    commands: mpsc::Sender<Command>,
+    head: watch::Receiver<Position>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `data_dir` and starts its writer thread.
+    pub fn open(data_dir: &Path, metrics: Metrics) -> Result<Self, LogError> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = Arc::new(Database::create(data_dir.join(LOG_FILE))?);
+        let (head_tx, head) = watch::channel(Position(0));
+        let writer = Writer::new(db.clone(), head_tx, metrics)?;
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("eventfold-log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                commands,
+                head,
+                writer: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Appends events to one stream, atomically. Returns once they are durable.
+    pub async fn append(&self, append: StreamAppend) -> Result<AppendOutcome, LogError> {
+        let mut outcomes = self.append_all(vec![append]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| LogError::Internal("writer returned no outcome".into()))
+    }
+
+    /// Appends to several streams in one atomic step: every append's
+    /// `expected_version` must hold, or nothing is appended. Returns once durable.
+    pub async fn append_all(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendOutcome>, LogError> {
+        writer::check_unique_ids(&appends)?;
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Append { appends, reply })
+            .await
+            .map_err(|_| LogError::ShuttingDown)?;
+        answer.await.map_err(|_| LogError::ShuttingDown)?
+    }
+
+    /// The last committed position (0 for an empty log).
+    pub fn head(&self) -> Position {
+        *self.inner.head.borrow()
+    }
+
+    /// A receiver that changes whenever a commit moves the head: the way to
+    /// wait for new events without polling.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.inner.head.clone()
+    }
+
+    /// Reads the global log from `from` (inclusive); see [`reader::read_log`].
+    pub async fn read_log(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: EventFilter,
+        max_scan: usize,
+    ) -> Result<LogPage, LogError> {
+        let db = self.inner.db.clone();
+        blocking(move || reader::read_log(&db, from, limit, &filter, max_scan)).await
+    }
+
+    /// Reads one stream; `None` when it has no events. See [`reader::read_stream`].
+    pub async fn read_stream(
+        &self,
+        stream: StreamName,
+        from: Option<u64>,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Option<StreamPage>, LogError> {
+        let db = self.inner.db.clone();
+        blocking(move || reader::read_stream(&db, stream.as_str(), from, limit, direction)).await
+    }
+
+    /// Reads synchronously, for callers already off the async runtime (plugin
+    /// runners, benchmarks).
+    pub fn read_log_blocking(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, LogError> {
+        reader::read_log(&self.inner.db, from, limit, filter, usize::MAX)
+    }
+
+    /// Commits every append already queued, refuses new ones, and stops the
+    /// writer. Idempotent.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Shutdown { done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
+        let thread = self.inner.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Internal(format!("read task failed: {e}")))?
+}

@@ -1,0 +1,21 @@
+//! The redb tables of the event log, typed, in one place.
+//!
+//! Layout (DESIGN §2, costs in §6b):
+//! - `events`: position → the encoded event (`codec`). The head is its last key.
+//! - `streams`: stream name → numeric stream id, assigned once, densely from 0,
+//!   so that the stream index is keyed by two integers instead of a string.
+//! - `stream_index`: (stream id, version) → position. A stream's current
+//!   version is the last key of its range; the writer caches it in memory.
+//! - `event_ids`: event id (UUID as u128) → position, for idempotent retries.
+//!   Time-ordered ids (UUIDv7, which the server generates) keep it append-mostly.
+
+use redb::TableDefinition;
+
+/// Events by global position.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Stream name → stream id.
+pub const STREAMS: TableDefinition<&str, u64> = TableDefinition::new("streams");
+/// (stream id, version) → position.
+pub const STREAM_INDEX: TableDefinition<(u64, u64), u64> = TableDefinition::new("stream_index");
+/// Event id → position.
+pub const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");

@@ -1,0 +1,411 @@
+//! The single writer of the log: where an append becomes durable.
+//!
+//! One thread owns every write transaction. Append requests queue on a
+//! channel; the writer takes all that are waiting (up to a cap), applies them
+//! in one transaction, commits with one fsync (group commit), and only then
+//! answers each caller. Positions are gapless because this thread is the only
+//! one that assigns them, and only a committed group advances them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::codec::{self, EncodeEvent};
+use super::tables::{EVENT_IDS, EVENTS, STREAM_INDEX, STREAMS};
+use super::{AppendOutcome, LogError, Position, StreamAppend};
+use crate::metrics::Metrics;
+
+/// Most events one commit takes; a bigger queue waits for the next commit.
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// Most payload bytes one commit takes.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// What the writer is asked to do.
+pub(super) enum Command {
+    /// Append these, atomically as a whole, and answer with one outcome each.
+    Append {
+        appends: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<Vec<AppendOutcome>, LogError>>,
+    },
+    /// Commit everything queued so far, then stop.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+impl Command {
+    fn size(&self) -> (usize, usize) {
+        match self {
+            Command::Append { appends, .. } => appends.iter().fold((0, 0), |(n, bytes), a| {
+                let b: usize = a
+                    .events
+                    .iter()
+                    .map(|e| e.data.len() + e.metadata.len())
+                    .sum();
+                (n + a.events.len(), bytes + b)
+            }),
+            Command::Shutdown { .. } => (0, 0),
+        }
+    }
+}
+
+/// A stream's numeric id and the version of its last event.
+#[derive(Debug, Clone, Copy)]
+struct StreamHead {
+    id: u64,
+    version: u64,
+}
+
+/// The writer's state. `heads` caches committed stream heads only; changes made
+/// by the group being written live in a [`Pending`] until the commit succeeds.
+pub(super) struct Writer {
+    db: Arc<Database>,
+    heads: HashMap<String, StreamHead>,
+    next_position: u64,
+    next_stream_id: u64,
+    head: watch::Sender<Position>,
+    metrics: Metrics,
+}
+
+/// What a group (or one request within it) has changed, not yet committed.
+struct Pending {
+    heads: HashMap<String, StreamHead>,
+    next_position: u64,
+    next_stream_id: u64,
+}
+
+struct Tables<'txn> {
+    events: Table<'txn, u64, &'static [u8]>,
+    streams: Table<'txn, &'static str, u64>,
+    index: Table<'txn, (u64, u64), u64>,
+    ids: Table<'txn, u128, u64>,
+}
+
+impl Writer {
+    /// Prepares the writer over an opened database, reading where the log ends.
+    pub(super) fn new(
+        db: Arc<Database>,
+        head: watch::Sender<Position>,
+        metrics: Metrics,
+    ) -> Result<Self, LogError> {
+        let txn = db.begin_write()?;
+        let (last, streams) = {
+            // Opening the tables once here creates them in a new database.
+            let events = txn.open_table(EVENTS)?;
+            let streams = txn.open_table(STREAMS)?;
+            txn.open_table(STREAM_INDEX)?;
+            txn.open_table(EVENT_IDS)?;
+            let last = events.last()?.map_or(0, |(k, _)| k.value());
+            (last, redb::ReadableTableMetadata::len(&streams)?)
+        };
+        txn.commit()?;
+        head.send_replace(Position(last));
+        metrics.head_position.set(last as i64);
+        Ok(Self {
+            db,
+            heads: HashMap::new(),
+            next_position: last + 1,
+            next_stream_id: streams,
+            head,
+            metrics,
+        })
+    }
+
+    /// Serves commands until shutdown or until every sender is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut shutdown = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Vec::new();
+            let (mut events, mut bytes) = (0, 0);
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Shutdown { done } => {
+                        // Refuse new appends but commit what is already queued.
+                        rx.close();
+                        shutdown = Some(done);
+                    }
+                    command => {
+                        let (n, b) = command.size();
+                        events += n;
+                        bytes += b;
+                        group.push(command);
+                    }
+                }
+                if events < MAX_GROUP_EVENTS && bytes < MAX_GROUP_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group, events);
+            }
+            if shutdown.is_some() && rx.is_empty() {
+                break;
+            }
+        }
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>, events: usize) {
+        let mut pending = Pending {
+            heads: HashMap::new(),
+            next_position: self.next_position,
+            next_stream_id: self.next_stream_id,
+        };
+        let mut results = Vec::with_capacity(group.len());
+        let committed = self.write_group(&group, &mut pending, &mut results);
+        match committed {
+            Ok(()) => {
+                self.heads.extend(pending.heads);
+                self.next_stream_id = pending.next_stream_id;
+                if pending.next_position != self.next_position {
+                    self.next_position = pending.next_position;
+                    let head = self.next_position - 1;
+                    self.head.send_replace(Position(head));
+                    self.metrics.head_position.set(head as i64);
+                }
+                self.metrics.events_per_commit.observe(events as f64);
+                for (command, result) in group.into_iter().zip(results) {
+                    if let Command::Append { reply, .. } = command {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "commit of {} appends failed", group.len());
+                let message = error.to_string();
+                for command in group {
+                    if let Command::Append { reply, .. } = command {
+                        let _ = reply.send(Err(LogError::CommitFailed(message.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_group(
+        &mut self,
+        group: &[Command],
+        pending: &mut Pending,
+        results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
+    ) -> Result<(), LogError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut tables = Tables {
+                events: txn.open_table(EVENTS)?,
+                streams: txn.open_table(STREAMS)?,
+                index: txn.open_table(STREAM_INDEX)?,
+                ids: txn.open_table(EVENT_IDS)?,
+            };
+            let recorded_at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let mut buf = Vec::new();
+            for command in group {
+                if let Command::Append { appends, .. } = command {
+                    let result = self.apply(&mut tables, pending, appends, recorded_at, &mut buf);
+                    // A storage error poisons the whole transaction.
+                    if let Err(LogError::Storage(_)) = result {
+                        return result.map(|_| ());
+                    }
+                    results.push(result);
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Checks one request (every append in it), then writes it. Nothing is
+    /// written unless every check passes, so a refused request leaves the
+    /// transaction as it was.
+    fn apply(
+        &mut self,
+        tables: &mut Tables<'_>,
+        group: &mut Pending,
+        appends: &[StreamAppend],
+        recorded_at: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<AppendOutcome>, LogError> {
+        // This request's own changes, merged into the group's once all checks pass.
+        let mut request = Pending {
+            heads: HashMap::new(),
+            next_position: group.next_position,
+            next_stream_id: group.next_stream_id,
+        };
+        let mut outcomes = Vec::with_capacity(appends.len());
+        let mut plan = Vec::with_capacity(appends.len());
+        for append in appends {
+            if let Some(outcome) = self.find_retry(tables, append)? {
+                outcomes.push(outcome);
+                plan.push(None);
+                continue;
+            }
+            let name = append.stream.as_str();
+            let head = self.head_of(tables, [&request, &*group], name)?;
+            let current = head.map(|h| h.version);
+            if !append.expected_version.admits(current) {
+                return Err(LogError::WrongExpectedVersion {
+                    stream: name.to_owned(),
+                    expected: append.expected_version,
+                    actual: current,
+                });
+            }
+            let (id, first_version, new_stream) = match head {
+                Some(h) => (h.id, h.version + 1, false),
+                None => {
+                    request.next_stream_id += 1;
+                    (request.next_stream_id - 1, 0, true)
+                }
+            };
+            let count = append.events.len() as u64;
+            let first_position = request.next_position;
+            request.next_position += count;
+            request.heads.insert(
+                name.to_owned(),
+                StreamHead {
+                    id,
+                    version: first_version + count - 1,
+                },
+            );
+            outcomes.push(AppendOutcome {
+                first_position: Position(first_position),
+                last_position: Position(first_position + count - 1),
+                next_expected_version: first_version + count - 1,
+                duplicate: false,
+            });
+            plan.push(Some((id, first_version, first_position, new_stream)));
+        }
+
+        for (append, step) in appends.iter().zip(&plan) {
+            let Some((stream_id, first_version, first_position, new_stream)) = *step else {
+                continue;
+            };
+            let name = append.stream.as_str();
+            if new_stream {
+                tables.streams.insert(name, stream_id)?;
+            }
+            for (i, event) in append.events.iter().enumerate() {
+                let position = first_position + i as u64;
+                let version = first_version + i as u64;
+                let id = event.id.unwrap_or_else(Uuid::now_v7);
+                buf.clear();
+                EncodeEvent {
+                    stream: name,
+                    version,
+                    recorded_at,
+                    id,
+                    event_type: event.event_type.as_str(),
+                    metadata: &event.metadata,
+                    data: &event.data,
+                }
+                .encode(buf);
+                tables.events.insert(position, buf.as_slice())?;
+                tables.index.insert((stream_id, version), position)?;
+                tables.ids.insert(id.as_u128(), position)?;
+            }
+        }
+        group.heads.extend(request.heads);
+        group.next_position = request.next_position;
+        group.next_stream_id = request.next_stream_id;
+        Ok(outcomes)
+    }
+
+    /// If the append's first event id is already in the log, the request is a
+    /// retry: every event must then be there, in order, in the same stream, and
+    /// the original positions are the answer. Otherwise no id may be there.
+    fn find_retry(
+        &self,
+        tables: &Tables<'_>,
+        append: &StreamAppend,
+    ) -> Result<Option<AppendOutcome>, LogError> {
+        let Some(first_id) = append.events.first().and_then(|e| e.id) else {
+            return Ok(None);
+        };
+        let Some(first_position) = tables.ids.get(first_id.as_u128())?.map(|g| g.value()) else {
+            // A new append: none of its client-supplied ids may exist yet.
+            for event in &append.events[1..] {
+                if let Some(id) = event.id
+                    && tables.ids.get(id.as_u128())?.is_some()
+                {
+                    return Err(LogError::IdempotencyConflict { id });
+                }
+            }
+            return Ok(None);
+        };
+        let mut last_version = 0;
+        for (i, event) in append.events.iter().enumerate() {
+            let position = first_position + i as u64;
+            let id = event.id.unwrap_or(first_id);
+            let found = match event.id {
+                Some(id) => tables.ids.get(id.as_u128())?.map(|g| g.value()),
+                None => None,
+            };
+            if found != Some(position) {
+                return Err(LogError::IdempotencyConflict { id });
+            }
+            let stored = tables.events.get(position)?.ok_or_else(|| {
+                LogError::Corrupt(format!("id index points at missing event {position}"))
+            })?;
+            let original = codec::decode(Position(position), stored.value())?;
+            if original.stream != append.stream.as_str() {
+                return Err(LogError::IdempotencyConflict { id });
+            }
+            last_version = original.version;
+        }
+        let count = append.events.len() as u64;
+        Ok(Some(AppendOutcome {
+            first_position: Position(first_position),
+            last_position: Position(first_position + count - 1),
+            next_expected_version: last_version,
+            duplicate: true,
+        }))
+    }
+
+    /// The stream's id and current version: from what is pending (this request,
+    /// then its group) first, then the cache of committed heads, then the
+    /// stream index itself.
+    fn head_of(
+        &mut self,
+        tables: &Tables<'_>,
+        pending: [&Pending; 2],
+        name: &str,
+    ) -> Result<Option<StreamHead>, LogError> {
+        let found = pending.iter().find_map(|p| p.heads.get(name));
+        if let Some(head) = found.or_else(|| self.heads.get(name)) {
+            return Ok(Some(*head));
+        }
+        let Some(id) = tables.streams.get(name)?.map(|g| g.value()) else {
+            return Ok(None);
+        };
+        let version = tables
+            .index
+            .range((id, 0)..=(id, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map(|(key, _)| key.value().1)
+            .ok_or_else(|| LogError::Corrupt(format!("stream {name} has an id but no events")))?;
+        // Not touched by the pending group, so this is committed truth.
+        let head = StreamHead { id, version };
+        self.heads.insert(name.to_owned(), head);
+        Ok(Some(head))
+    }
+}
+
+/// Rejects a request that names the same client id twice.
+pub(super) fn check_unique_ids(appends: &[StreamAppend]) -> Result<(), LogError> {
+    let mut seen = HashSet::new();
+    for id in appends
+        .iter()
+        .flat_map(|a| a.events.iter().filter_map(|e| e.id))
+    {
+        if !seen.insert(id) {
+            return Err(LogError::DuplicateId(id));
+        }
+    }
+    Ok(())
+}

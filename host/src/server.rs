@@ -1,0 +1,114 @@
+//! The server: opens the log, serves the API on a listener until shutdown,
+//! then drains in-flight requests and commits what the writer holds.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::log::{EventLog, LogError};
+use crate::metrics::Metrics;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Listening on a non-loopback address without a token.
+    #[error(
+        "refusing to serve on {0} without a token: anyone who can reach it could write the log; \
+         pass --token (or EVENTFOLD_TOKEN), or bind 127.0.0.1"
+    )]
+    UnprotectedBind(SocketAddr),
+    /// The log could not be opened.
+    #[error("cannot open the log: {0}")]
+    Log(#[from] LogError),
+    /// The listener failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server with its log open and its listener bound, ready to [`Server::run`].
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    log: EventLog,
+    metrics: Metrics,
+}
+
+impl Server {
+    /// Opens the log in the configured data directory. Refuses a listener on
+    /// a non-loopback address unless a token is configured.
+    pub fn open(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && config.token.is_none() {
+            return Err(ServerError::UnprotectedBind(addr));
+        }
+        let metrics = Metrics::new();
+        let log = EventLog::open(&config.data_dir, metrics.clone())?;
+        Ok(Self {
+            config,
+            listener,
+            log,
+            metrics,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, lets
+    /// in-flight requests finish (up to the grace period), commits every
+    /// queued append, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let Server {
+            config,
+            listener,
+            log,
+            metrics,
+        } = self;
+        let state = AppState {
+            log: log.clone(),
+            metrics,
+            limits: config.limits,
+            shutdown: shutdown.clone(),
+            sse_keep_alive: config.sse_keep_alive,
+        };
+        let app = api::router(state, &config);
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            data_dir = %config.data_dir.display(),
+            head = log.head().0,
+            "serving"
+        );
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let grace = config.shutdown_grace;
+        let served = tokio::select! {
+            result = serve => result.map_err(ServerError::Io),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("requests still running after {grace:?}; closing them");
+                Ok(())
+            }
+        };
+        log.shutdown().await;
+        tracing::info!(head = log.head().0, "stopped");
+        served
+    }
+}
+
+/// Runs a server on `listener` until `shutdown` is cancelled: [`Server::open`]
+/// then [`Server::run`].
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    Server::open(config, listener)?.run(shutdown).await
+}
