@@ -76,15 +76,13 @@ pub fn read_log(
     let head = Position(table.last()?.map_or(0, |(k, _)| k.value()));
     let mut events = Vec::new();
     let mut next = from.max(Position(1));
-    let mut scanned = 0;
-    for entry in table.range(next.0..)? {
-        if events.len() >= limit || scanned >= max_scan {
+    for entry in table.range(next.0..)?.take(max_scan) {
+        if events.len() >= limit {
             break;
         }
         let (key, value) = entry?;
         let position = Position(key.value());
         let bytes = value.value();
-        scanned += 1;
         next = Position(position.0 + 1);
         if !filter.is_empty() {
             let header = codec::decode_header(position, bytes)?;

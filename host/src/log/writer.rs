@@ -139,7 +139,7 @@ impl Writer {
                 }
             }
             if !group.is_empty() {
-                self.commit_group(group, events);
+                self.commit_group(group);
             }
             if shutdown.is_some() && rx.is_empty() {
                 break;
@@ -150,7 +150,7 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Command>, events: usize) {
+    fn commit_group(&mut self, group: Vec<Command>) {
         let mut pending = Pending {
             heads: HashMap::new(),
             next_position: self.next_position,
@@ -162,13 +162,14 @@ impl Writer {
             Ok(()) => {
                 self.heads.extend(pending.heads);
                 self.next_stream_id = pending.next_stream_id;
-                if pending.next_position != self.next_position {
+                let written = pending.next_position - self.next_position;
+                if written > 0 {
                     self.next_position = pending.next_position;
                     let head = self.next_position - 1;
                     self.head.send_replace(Position(head));
                     self.metrics.head_position.set(head as i64);
+                    self.metrics.events_per_commit.observe(written as f64);
                 }
-                self.metrics.events_per_commit.observe(events as f64);
                 for (command, result) in group.into_iter().zip(results) {
                     if let Command::Append { reply, .. } = command {
                         let _ = reply.send(result);

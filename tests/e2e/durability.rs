@@ -1,0 +1,118 @@
+//! An acknowledged append survives `kill -9`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, data_dir, wait_until};
+
+/// What the server acknowledged: the position, stream, version and id of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ack {
+    position: u64,
+    stream: String,
+    version: u64,
+    id: String,
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_kill_9() {
+    let dir = data_dir();
+    let mut server = Server::start_in(dir.path(), &[]).await;
+    let url = Arc::new(server.url.clone());
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acks = Vec::new();
+            loop {
+                // Alternate own streams and one shared stream; 1–3 events per append.
+                let stream = if acks.len() % 2 == 0 {
+                    format!("dur-{writer}")
+                } else {
+                    "dur-shared".into()
+                };
+                let n = 1 + acks.len() % 3;
+                let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+                let events: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"type": "Written", "id": id, "data": {"writer": writer}}))
+                    .collect();
+                let sent = client
+                    .post(format!("{url}/streams/{stream}"))
+                    .json(&json!({ "events": events }))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return acks };
+                if response.status() != StatusCode::CREATED {
+                    return acks;
+                }
+                let Ok(body) = response.json::<Value>().await else {
+                    return acks;
+                };
+                let first = body["first_position"].as_u64().unwrap();
+                let last_version = body["next_expected_version"].as_u64().unwrap();
+                for (i, id) in ids.into_iter().enumerate() {
+                    acks.push(Ack {
+                        position: first + i as u64,
+                        stream: stream.clone(),
+                        version: last_version + 1 + i as u64 - n as u64,
+                        id,
+                    });
+                }
+            }
+        }));
+    }
+    // Kill mid-load, once a good number of appends have been acknowledged.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            server.head().await >= 1500
+        })
+        .await
+    );
+    server.kill9();
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() >= 1000, "only {} acknowledged", acked.len());
+
+    let restarted = Server::start_in(dir.path(), &[]).await;
+    let log = restarted.read_all().await;
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "positions are not gapless"
+    );
+    let by_position: HashMap<u64, &Value> = log
+        .iter()
+        .map(|e| (e["position"].as_u64().unwrap(), e))
+        .collect();
+    for ack in &acked {
+        let event = by_position
+            .get(&ack.position)
+            .unwrap_or_else(|| panic!("acknowledged {ack:?} is missing after kill -9"));
+        assert_eq!(event["stream"], ack.stream.as_str(), "{ack:?}");
+        assert_eq!(event["version"], ack.version, "{ack:?}");
+        assert_eq!(event["id"], ack.id.as_str(), "{ack:?}");
+    }
+    // The log still takes appends where it left off.
+    let (status, body) = restarted
+        .append(
+            "dur-shared",
+            json!("exists"),
+            crate::harness::events("After", 1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["first_position"], log.len() as u64 + 1);
+}

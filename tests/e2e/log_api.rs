@@ -1,0 +1,419 @@
+//! Appends and reads over HTTP: the classic example, optimistic concurrency,
+//! idempotency, racing writers, gapless positions, paging, filters, batches.
+
+use std::collections::{BTreeMap, HashSet};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, data_dir, events};
+
+#[tokio::test]
+async fn classic_user_example_reads_back_in_order() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let steps = [
+        (
+            "UserCreated",
+            json!({"userId": 1, "name": "Alice"}),
+            json!("no_stream"),
+        ),
+        (
+            "UserNameUpdated",
+            json!({"userId": 1, "name": "Alice Cooper"}),
+            json!(0),
+        ),
+        ("UserDeleted", json!({"userId": 1}), json!(1)),
+    ];
+    for (i, (event_type, data, expected)) in steps.iter().enumerate() {
+        let (status, body) = server
+            .append(
+                "user-1",
+                expected.clone(),
+                json!([{ "type": event_type, "data": data }]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["first_position"], i as u64 + 1);
+        assert_eq!(body["next_expected_version"], i as u64);
+    }
+    let (status, page) = server.get("/streams/user-1").await;
+    assert_eq!(status, StatusCode::OK);
+    let read = page["events"].as_array().unwrap();
+    assert_eq!(read.len(), 3);
+    for (i, ((event_type, data, _), event)) in steps.iter().zip(read).enumerate() {
+        assert_eq!(event["position"], i as u64 + 1);
+        assert_eq!(event["version"], i as u64);
+        assert_eq!(event["stream"], "user-1");
+        assert_eq!(event["type"], *event_type);
+        assert_eq!(event["data"], *data);
+        assert_eq!(event["metadata"], json!({}));
+        assert!(uuid::Uuid::parse_str(event["id"].as_str().unwrap()).is_ok());
+        assert!(event["recorded_at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(page["stream_version"], 2);
+    assert_eq!(page["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn data_and_metadata_are_kept_as_sent() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let body = r#"{"events":[{"type":"T","data":{ "b" : [1,  2],"a":"é\u00e9" },"metadata":{"trace": "x"}}]}"#;
+    let (status, _) = server
+        .post_raw("/streams/raw-1", "application/json", body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let text = server
+        .request(reqwest::Method::GET, "/streams/raw-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#""data":{ "b" : [1,  2],"a":"é\u00e9" }"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""metadata":{"trace": "x"}"#), "{text}");
+}
+
+#[tokio::test]
+async fn every_expected_version_case() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let one = || events("E", 1);
+    // (stream, expected, should succeed, actual version reported on conflict)
+    let cases = [
+        ("a-1", json!("exists"), false, Value::Null),
+        ("a-1", json!(0), false, Value::Null),
+        ("a-1", json!("no_stream"), true, Value::Null),
+        ("a-1", json!("no_stream"), false, json!(0)),
+        ("a-1", json!("exists"), true, Value::Null),
+        ("a-1", json!(1), true, Value::Null),
+        ("a-1", json!(1), false, json!(2)),
+        ("a-1", json!(5), false, json!(2)),
+        ("a-1", json!("any"), true, Value::Null),
+        ("a-2", json!("any"), true, Value::Null),
+        ("a-3", Value::Null, true, Value::Null),
+    ];
+    for (stream, expected, succeeds, actual) in cases {
+        let head = server.head().await;
+        let (status, body) = server.append(stream, expected.clone(), one()).await;
+        if succeeds {
+            assert_eq!(status, StatusCode::CREATED, "{stream} {expected}: {body}");
+            assert_eq!(server.head().await, head + 1);
+        } else {
+            assert_eq!(status, StatusCode::CONFLICT, "{stream} {expected}: {body}");
+            assert_eq!(body["error"]["code"], "wrong_expected_version");
+            assert_eq!(body["error"]["actual_version"], actual, "{body}");
+            assert_eq!(server.head().await, head, "a conflict appended something");
+        }
+    }
+    let (_, page) = server.get("/streams/a-1").await;
+    let versions: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn retried_appends_with_the_same_ids_are_not_appended_twice() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    server.append("other-1", json!("any"), events("E", 2)).await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let batch = json!([
+        {"type": "OrderPlaced", "id": ids[0], "data": {"n": 0}},
+        {"type": "OrderPaid", "id": ids[1], "data": {"n": 1}},
+    ]);
+    let (status, first) = server
+        .append("order-1", json!("no_stream"), batch.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // The retry would fail its expected_version, but it is recognised first.
+    let (status, retry) = server
+        .append("order-1", json!("no_stream"), batch.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retry}");
+    assert_eq!(retry["first_position"], first["first_position"]);
+    assert_eq!(retry["last_position"], first["last_position"]);
+    assert_eq!(retry["next_expected_version"], 1);
+    assert_eq!(retry["duplicate"], true);
+    assert_eq!(server.head().await, 4);
+
+    // A request that reuses one id among new ones is not a retry: refused whole.
+    let mixed = json!([
+        {"type": "OrderShipped", "id": ids[2], "data": {}},
+        {"type": "OrderPaid", "id": ids[1], "data": {}},
+    ]);
+    let (status, body) = server.append("order-1", json!("any"), mixed).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_conflict");
+    // The same ids sent to another stream are not a retry either.
+    let (status, body) = server.append("order-2", json!("any"), batch).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(server.head().await, 4);
+    // The same id twice in one request is bad input.
+    let twice =
+        json!([{"type": "A", "id": ids[2], "data": 1}, {"type": "B", "id": ids[2], "data": 2}]);
+    let (status, body) = server.append("order-3", json!("any"), twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "duplicate_event_id");
+    assert_eq!(server.head().await, 4);
+}
+
+#[tokio::test]
+async fn racing_writers_on_one_stream_get_one_winner_per_version() {
+    let dir = data_dir();
+    let server = std::sync::Arc::new(Server::start_in(dir.path(), &[]).await);
+    const WRITERS: usize = 12;
+    const EACH: usize = 15;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut expected = json!("no_stream");
+            let mut conflicts = 0;
+            while won.len() < EACH {
+                let event = json!([{ "type": "Claimed", "data": { "writer": writer } }]);
+                let (status, body) = server.append("race-1", expected.clone(), event).await;
+                match status {
+                    StatusCode::CREATED => {
+                        won.push(body["next_expected_version"].as_u64().unwrap());
+                        expected = body["next_expected_version"].clone();
+                    }
+                    StatusCode::CONFLICT => {
+                        conflicts += 1;
+                        expected = match &body["error"]["actual_version"] {
+                            Value::Null => json!("no_stream"),
+                            v => v.clone(),
+                        };
+                    }
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            (writer, won, conflicts)
+        }));
+    }
+    let mut claimed = BTreeMap::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (writer, won, c) = task.await.unwrap();
+        conflicts += c;
+        for version in won {
+            assert!(
+                claimed.insert(version, writer).is_none(),
+                "version {version} won twice"
+            );
+        }
+    }
+    assert!(conflicts > 0, "the writers never raced");
+    let total = (WRITERS * EACH) as u64;
+    assert_eq!(
+        claimed.keys().copied().collect::<Vec<_>>(),
+        (0..total).collect::<Vec<_>>()
+    );
+    // The stream agrees with what each writer was told.
+    let (_, page) = server.get(&format!("/streams/race-1?limit={total}")).await;
+    for event in page["events"].as_array().unwrap() {
+        let version = event["version"].as_u64().unwrap();
+        assert_eq!(event["data"]["writer"], claimed[&version]);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_appends_give_gapless_positions() {
+    let dir = data_dir();
+    let server = std::sync::Arc::new(Server::start_in(dir.path(), &[]).await);
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..25 {
+                let n = 1 + (i % 3);
+                let (status, body) = server
+                    .append(&format!("gap-{writer}"), json!("any"), events("E", n))
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                acks.push((
+                    body["first_position"].as_u64().unwrap(),
+                    body["last_position"].as_u64().unwrap(),
+                ));
+            }
+            acks
+        }));
+    }
+    let mut acked = HashSet::new();
+    for task in tasks {
+        for (first, last) in task.await.unwrap() {
+            assert!(first <= last);
+            for p in first..=last {
+                assert!(acked.insert(p), "position {p} given twice");
+            }
+        }
+    }
+    let all = server.read_all().await;
+    let positions: Vec<u64> = all
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=acked.len() as u64).collect::<Vec<_>>());
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &all {
+        let next = versions
+            .entry(event["stream"].as_str().unwrap().to_owned())
+            .or_default();
+        assert_eq!(
+            event["version"].as_u64().unwrap(),
+            *next,
+            "versions of a stream are 0,1,2…"
+        );
+        *next += 1;
+    }
+}
+
+#[tokio::test]
+async fn streams_read_forward_and_backward_in_pages() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    server.append("page-1", json!("any"), events("E", 10)).await;
+    let versions = |page: &Value| -> Vec<u64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, page) = server.get("/streams/page-1?direction=backward").await;
+    assert_eq!(versions(&page), (0..10).rev().collect::<Vec<_>>());
+    let (_, page) = server
+        .get("/streams/page-1?direction=backward&limit=3")
+        .await;
+    assert_eq!(versions(&page), vec![9, 8, 7]);
+    assert_eq!(page["next"], 6);
+    let (_, page) = server
+        .get("/streams/page-1?direction=backward&from=2&limit=5")
+        .await;
+    assert_eq!(versions(&page), vec![2, 1, 0]);
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = server.get("/streams/page-1?from=4&limit=3").await;
+    assert_eq!(versions(&page), vec![4, 5, 6]);
+    assert_eq!(page["next"], 7);
+    let (_, page) = server.get("/streams/page-1?from=10").await;
+    assert_eq!(versions(&page), Vec::<u64>::new());
+    assert_eq!(page["stream_version"], 9);
+    let (status, body) = server.get("/streams/never-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "stream_not_found");
+}
+
+#[tokio::test]
+async fn the_global_log_filters_by_category_and_type() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    server
+        .append(
+            "user-1",
+            json!("any"),
+            json!([{"type": "UserCreated", "data": {}}]),
+        )
+        .await;
+    server
+        .append(
+            "order-1",
+            json!("any"),
+            json!([{"type": "OrderPlaced", "data": {}}]),
+        )
+        .await;
+    server
+        .append(
+            "user-2",
+            json!("any"),
+            json!([{"type": "UserCreated", "data": {}}, {"type": "UserDeleted", "data": {}}]),
+        )
+        .await;
+    server
+        .append(
+            "order-2",
+            json!("any"),
+            json!([{"type": "OrderPlaced", "data": {}}]),
+        )
+        .await;
+    let positions = |page: &Value| -> Vec<u64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, page) = server.get("/events?category=user").await;
+    assert_eq!(positions(&page), vec![1, 3, 4]);
+    let (_, page) = server.get("/events?type=OrderPlaced").await;
+    assert_eq!(positions(&page), vec![2, 5]);
+    let (_, page) = server.get("/events?category=user&type=UserDeleted").await;
+    assert_eq!(positions(&page), vec![4]);
+    let (_, page) = server
+        .get("/events?type=UserDeleted,OrderPlaced&from=3")
+        .await;
+    assert_eq!(positions(&page), vec![4, 5]);
+    let (_, page) = server.get("/events?from=2&limit=2").await;
+    assert_eq!(positions(&page), vec![2, 3]);
+    assert_eq!(page["next"], 4);
+    assert_eq!(page["head"], 5);
+    let (_, page) = server.get("/events?category=user&limit=2").await;
+    assert_eq!(positions(&page), vec![1, 3]);
+    assert_eq!(page["next"], 4, "next is one past the last event examined");
+}
+
+#[tokio::test]
+async fn a_batch_appends_to_many_streams_all_or_nothing() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-1", "expected_version": "no_stream", "events": events("ItemAdded", 2)},
+                {"stream": "cart-2", "events": events("ItemAdded", 1)},
+                {"stream": "cart-1", "expected_version": 1, "events": events("CheckedOut", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["stream"], "cart-1");
+    assert_eq!(
+        (
+            results[0]["first_position"].as_u64(),
+            results[0]["last_position"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(results[1]["first_position"], 3);
+    assert_eq!(results[2]["first_position"], 4);
+    assert_eq!(results[2]["next_expected_version"], 2);
+
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-3", "events": events("ItemAdded", 1)},
+                {"stream": "cart-2", "expected_version": 7, "events": events("ItemAdded", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["append_index"], 1);
+    assert_eq!(server.head().await, 4, "a refused batch appended something");
+    let (status, _) = server.get("/streams/cart-3").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

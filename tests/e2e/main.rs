@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `eventfold` binary, a temporary data directory,
+//! real HTTP.
+
+mod bad_input;
+mod durability;
+mod harness;
+mod lifecycle;
+mod live;
+mod log_api;
