@@ -42,9 +42,21 @@ struct Workload {
 }
 
 const WORKLOADS: [Workload; 3] = [
-    Workload { name: "1 client x 1 event", clients: 1, events: 1 },
-    Workload { name: "32 clients x 1 event", clients: 32, events: 1 },
-    Workload { name: "4 clients x 100 events", clients: 4, events: 100 },
+    Workload {
+        name: "1 client x 1 event",
+        clients: 1,
+        events: 1,
+    },
+    Workload {
+        name: "32 clients x 1 event",
+        clients: 32,
+        events: 1,
+    },
+    Workload {
+        name: "4 clients x 100 events",
+        clients: 4,
+        events: 100,
+    },
 ];
 
 struct RoundResult {
@@ -61,8 +73,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new().prefix("run-").tempdir_in(&args.data_dir)?;
-    let fsyncs = fdatasync_rate(scratch.path(), Duration::from_secs(2))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&args.data_dir)?;
+    let fsyncs = fdatasync_rate(scratch.path(), Duration::from_secs(2), false)?;
+    let overwrites = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
 
     let shutdown = CancellationToken::new();
     let (url, server) = match &args.url {
@@ -96,7 +111,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("disk: {fsyncs:.0} fdatasync/s (4 KiB appends) in {}", args.data_dir.display());
+    println!(
+        "disk: {fsyncs:.0} fdatasync/s appending 4 KiB, {overwrites:.0}/s overwriting, in {}",
+        args.data_dir.display()
+    );
     println!(
         "{:<24} {:>12} {:>9} {:>9} {:>14}",
         "workload", "events/s", "p50 ms", "p99 ms", "events/fsync"
@@ -104,7 +122,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (workload, rounds) in WORKLOADS.iter().zip(&mut results) {
         rounds.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
         let median = &rounds[rounds.len() / 2];
-        let mut latencies: Vec<Duration> = rounds.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        let mut latencies: Vec<Duration> = rounds
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
         latencies.sort();
         println!(
             "{:<24} {:>12.0} {:>9.2} {:>9.2} {:>14.2}",
@@ -115,19 +136,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             median.events_per_sec / fsyncs,
         );
     }
-    println!("({} rounds of {:.1} s each, median round; ~200-byte JSON events, every append fsynced)", args.rounds, args.seconds);
+    println!(
+        "({} rounds of {:.1} s each, median round; ~200-byte JSON events, every append fsynced)",
+        args.rounds, args.seconds
+    );
     Ok(())
 }
 
 /// Runs one workload for `duration` and measures it.
-async fn drive(url: &str, workload: Workload, duration: Duration, round: usize) -> anyhow::Result<RoundResult> {
+async fn drive(
+    url: &str,
+    workload: Workload,
+    duration: Duration,
+    round: usize,
+) -> anyhow::Result<RoundResult> {
     let body = Arc::new(request_body(workload.events));
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
     for client in 0..workload.clients {
         let body = body.clone();
-        let url = format!("{url}/streams/bench{}x{}-{client}-r{round}", workload.clients, workload.events);
+        let url = format!(
+            "{url}/streams/bench{}x{}-{client}-r{round}",
+            workload.clients, workload.events
+        );
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut latencies = Vec::new();
@@ -140,7 +172,11 @@ async fn drive(url: &str, workload: Workload, duration: Duration, round: usize) 
                     .send()
                     .await?;
                 if !response.status().is_success() {
-                    bail!("append failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                    bail!(
+                        "append failed: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
                 }
                 response.bytes().await?;
                 latencies.push(sent.elapsed());
@@ -154,7 +190,10 @@ async fn drive(url: &str, workload: Workload, duration: Duration, round: usize) 
     }
     let elapsed = started.elapsed().as_secs_f64();
     let events = latencies.len() * workload.events;
-    Ok(RoundResult { events_per_sec: events as f64 / elapsed, latencies })
+    Ok(RoundResult {
+        events_per_sec: events as f64 / elapsed,
+        latencies,
+    })
 }
 
 /// An append request of `n` events of about 200 bytes of JSON each.
@@ -164,15 +203,32 @@ fn request_body(n: usize) -> String {
     format!(r#"{{"expected_version":"any","events":[{events}]}}"#)
 }
 
-/// How many 4 KiB append + fdatasync cycles the disk does per second in `dir`.
-fn fdatasync_rate(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
+/// How many 4 KiB write + fdatasync cycles the disk does per second in
+/// `dir`, appending to a file or overwriting one already written.
+fn fdatasync_rate(dir: &Path, duration: Duration, overwrite: bool) -> anyhow::Result<f64> {
+    use std::os::unix::fs::FileExt;
     let path = dir.join("fsync-probe");
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
     let block = [0u8; 4096];
+    if overwrite {
+        for _ in 0..4096 {
+            file.write_all(&block)?;
+        }
+        file.sync_all()?;
+    }
     let started = Instant::now();
     let mut count = 0u64;
     while started.elapsed() < duration {
-        file.write_all(&block)?;
+        if overwrite {
+            file.write_all_at(&block, (count % 4096) * 4096)?;
+        } else {
+            file.write_all(&block)?;
+        }
         file.sync_data()?;
         count += 1;
     }

@@ -18,6 +18,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_grace: Duration,
+    /// Tuning of the event log.
+    pub log: crate::log::LogOptions,
 }
 
 impl Config {
@@ -30,6 +32,7 @@ impl Config {
             sse_keep_alive: Duration::from_secs(15),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            log: crate::log::LogOptions::default(),
         }
     }
 }

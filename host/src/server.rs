@@ -46,7 +46,7 @@ impl Server {
             return Err(ServerError::UnprotectedBind(addr));
         }
         let metrics = Metrics::new();
-        let log = EventLog::open(&config.data_dir, metrics.clone())?;
+        let log = EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?;
         Ok(Self {
             config,
             listener,

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "EVENTFOLD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// How long appends may be durable only in the write-ahead log before
+    /// redb itself is fsynced (a checkpoint).
+    #[arg(long, env = "EVENTFOLD_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    checkpoint_interval: Duration,
 }
 
 impl ServeArgs {
@@ -68,6 +72,7 @@ impl ServeArgs {
         config.limits.max_request_bytes = self.max_request_bytes;
         config.sse_keep_alive = self.sse_keep_alive;
         config.shutdown_grace = self.shutdown_grace;
+        config.log.checkpoint_interval = self.checkpoint_interval;
         config
     }
 }

@@ -1,7 +1,8 @@
 //! The event log: an append-only sequence of events in one redb database.
 //!
 //! Owns the tables (`tables`), the on-disk form of an event (`codec`), the
-//! single group-commit writer (`writer`) and the readers (`reader`). It knows
+//! single group-commit writer (`writer`) with its write-ahead log (`wal`), and
+//! the readers (`reader`). It knows
 //! nothing of HTTP or plugins: the API and the plugin runners use [`EventLog`].
 
 mod codec;
@@ -9,6 +10,7 @@ mod error;
 mod reader;
 mod tables;
 mod types;
+mod wal;
 mod writer;
 
 use std::path::Path;
@@ -30,8 +32,27 @@ use writer::{Command, Writer};
 
 /// Name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
+/// Name of the log's write-ahead log inside the data directory.
+pub const WAL_FILE: &str = "log.wal";
 /// How many append requests may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
+
+/// Tuning of the log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// How long appends may sit only in the write-ahead log before redb is
+    /// made durable (a checkpoint); longer means fewer, larger fsyncs of redb
+    /// and a longer replay after a crash.
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: std::time::Duration::from_secs(2),
+        }
+    }
+}
 
 /// A handle on the event log; cheap to clone, shared by every task.
 #[derive(Clone)]
@@ -47,12 +68,28 @@ struct Inner {
 }
 
 impl EventLog {
-    /// Opens (or creates) the log in `data_dir` and starts its writer thread.
+    /// Opens (or creates) the log in `data_dir` with default options.
     pub fn open(data_dir: &Path, metrics: Metrics) -> Result<Self, LogError> {
+        Self::open_with(data_dir, metrics, LogOptions::default())
+    }
+
+    /// Opens (or creates) the log in `data_dir`, recovers what the write-ahead
+    /// log holds, and starts the writer thread.
+    pub fn open_with(
+        data_dir: &Path,
+        metrics: Metrics,
+        options: LogOptions,
+    ) -> Result<Self, LogError> {
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Database::create(data_dir.join(LOG_FILE))?);
         let (head_tx, head) = watch::channel(Position(0));
-        let writer = Writer::new(db.clone(), head_tx, metrics)?;
+        let writer = Writer::new(
+            db.clone(),
+            &data_dir.join(WAL_FILE),
+            options,
+            head_tx,
+            metrics,
+        )?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("eventfold-log-writer".into())

@@ -1,22 +1,29 @@
 //! The single writer of the log: where an append becomes durable.
 //!
 //! One thread owns every write transaction. Append requests queue on a
-//! channel; the writer takes all that are waiting (up to a cap), applies them
-//! in one transaction, commits with one fsync (group commit), and only then
-//! answers each caller. Positions are gapless because this thread is the only
-//! one that assigns them, and only a committed group advances them.
+//! channel; the writer takes all that are waiting (up to a cap) and checks and
+//! applies them in one redb transaction (group commit). The group becomes
+//! durable as one record in the write-ahead log (`wal`, one fdatasync); then
+//! the transaction commits to redb without an fsync of its own, and only then
+//! is each caller answered and the new head published. A checkpoint makes
+//! redb itself durable every so often, and at shutdown.
+//!
+//! Positions are gapless because this thread is the only one that assigns
+//! them, and only a committed group advances them.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::codec::{self, EncodeEvent};
 use super::tables::{EVENT_IDS, EVENTS, STREAM_INDEX, STREAMS};
-use super::{AppendOutcome, LogError, Position, StreamAppend};
+use super::wal::{self, RecordBuilder, Wal, WalEvent, WalRecord};
+use super::{AppendOutcome, LogError, LogOptions, Position, StreamAppend};
 use crate::metrics::Metrics;
 
 /// Most events one commit takes; a bigger queue waits for the next commit.
@@ -62,6 +69,14 @@ struct StreamHead {
 /// by the group being written live in a [`Pending`] until the commit succeeds.
 pub(super) struct Writer {
     db: Arc<Database>,
+    wal: Wal,
+    options: LogOptions,
+    record: RecordBuilder,
+    last_checkpoint: Instant,
+    /// Set when redb refused a group the WAL already holds: the in-memory
+    /// state can no longer be trusted, so the writer refuses everything until
+    /// a restart replays the WAL.
+    broken: Option<String>,
     heads: HashMap<String, StreamHead>,
     next_position: u64,
     next_stream_id: u64,
@@ -83,34 +98,90 @@ struct Tables<'txn> {
     ids: Table<'txn, u128, u64>,
 }
 
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, LogError> {
+        Ok(Self {
+            events: txn.open_table(EVENTS)?,
+            streams: txn.open_table(STREAMS)?,
+            index: txn.open_table(STREAM_INDEX)?,
+            ids: txn.open_table(EVENT_IDS)?,
+        })
+    }
+}
+
+/// Re-applies the WAL's groups that redb's durable state does not hold yet
+/// (those past `durable`). Returns the new last position.
+fn replay(tables: &mut Tables<'_>, durable: u64, records: Vec<WalRecord>) -> Result<u64, LogError> {
+    let mut last = durable;
+    for record in records {
+        let first = record.first_position.0;
+        let count = record.events.len() as u64;
+        if first + count - 1 <= durable {
+            continue; // already in redb
+        }
+        if first != last + 1 {
+            return Err(LogError::Corrupt(format!(
+                "the write-ahead log continues at position {first}, the log ends at {last}"
+            )));
+        }
+        for (i, (stream_id, encoded)) in record.events.into_iter().enumerate() {
+            let position = first + i as u64;
+            let event = codec::decode(Position(position), &encoded)?;
+            if tables.streams.get(event.stream.as_str())?.is_none() {
+                tables.streams.insert(event.stream.as_str(), stream_id)?;
+            }
+            tables.events.insert(position, encoded.as_slice())?;
+            tables.index.insert((stream_id, event.version), position)?;
+            tables.ids.insert(event.id.as_u128(), position)?;
+        }
+        last = first + count - 1;
+    }
+    Ok(last)
+}
+
 impl Writer {
-    /// Prepares the writer over an opened database, reading where the log ends.
+    /// Prepares the writer over an opened database: creates the tables of a
+    /// new log, replays what the WAL holds beyond redb's durable state, and
+    /// checkpoints.
     pub(super) fn new(
         db: Arc<Database>,
+        wal_path: &Path,
+        options: LogOptions,
         head: watch::Sender<Position>,
         metrics: Metrics,
     ) -> Result<Self, LogError> {
+        let (wal, records) = Wal::open(wal_path)?;
         let txn = db.begin_write()?;
         let (last, streams) = {
-            // Opening the tables once here creates them in a new database.
-            let events = txn.open_table(EVENTS)?;
-            let streams = txn.open_table(STREAMS)?;
-            txn.open_table(STREAM_INDEX)?;
-            txn.open_table(EVENT_IDS)?;
-            let last = events.last()?.map_or(0, |(k, _)| k.value());
-            (last, redb::ReadableTableMetadata::len(&streams)?)
+            let mut tables = Tables::open(&txn)?;
+            let durable = tables.events.last()?.map_or(0, |(k, _)| k.value());
+            let last = replay(&mut tables, durable, records)?;
+            if last > durable {
+                tracing::info!(
+                    "recovered events {} to {last} from the write-ahead log",
+                    durable + 1
+                );
+            }
+            (last, tables.streams.len()?)
         };
         txn.commit()?;
-        head.send_replace(Position(last));
-        metrics.head_position.set(last as i64);
-        Ok(Self {
+        let mut writer = Self {
             db,
+            wal,
+            options,
+            record: RecordBuilder::default(),
+            last_checkpoint: Instant::now(),
+            broken: None,
             heads: HashMap::new(),
             next_position: last + 1,
             next_stream_id: streams,
             head,
             metrics,
-        })
+        };
+        writer.wal.reset();
+        writer.head.send_replace(Position(last));
+        writer.metrics.head_position.set(last as i64);
+        Ok(writer)
     }
 
     /// Serves commands until shutdown or until every sender is gone.
@@ -145,6 +216,9 @@ impl Writer {
                 break;
             }
         }
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(%error, "final checkpoint failed; the write-ahead log still holds every acknowledged append");
+        }
         if let Some(done) = shutdown {
             let _ = done.send(());
         }
@@ -175,6 +249,14 @@ impl Writer {
                         let _ = reply.send(result);
                     }
                 }
+                let wal_full = self.wal.written() > wal::CHECKPOINT_BYTES;
+                let wal_old = self.wal.written() > 0
+                    && self.last_checkpoint.elapsed() > self.options.checkpoint_interval;
+                if (wal_full || wal_old)
+                    && let Err(error) = self.checkpoint()
+                {
+                    tracing::error!(%error, "checkpoint failed; will retry after the next group");
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "commit of {} appends failed", group.len());
@@ -194,14 +276,18 @@ impl Writer {
         pending: &mut Pending,
         results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
     ) -> Result<(), LogError> {
-        let txn = self.db.begin_write()?;
+        if let Some(reason) = &self.broken {
+            return Err(LogError::CommitFailed(format!(
+                "the writer stopped after an earlier failure ({reason}); restart the server to recover"
+            )));
+        }
+        let mut txn = self.db.begin_write()?;
+        // Durability comes from the WAL record written below.
+        txn.set_durability(Durability::None)
+            .map_err(|e| LogError::Internal(format!("cannot defer durability: {e}")))?;
+        self.record.clear();
         {
-            let mut tables = Tables {
-                events: txn.open_table(EVENTS)?,
-                streams: txn.open_table(STREAMS)?,
-                index: txn.open_table(STREAM_INDEX)?,
-                ids: txn.open_table(EVENT_IDS)?,
-            };
+            let mut tables = Tables::open(&txn)?;
             let recorded_at = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
@@ -217,7 +303,29 @@ impl Writer {
                 }
             }
         }
+        if self.record.is_empty() {
+            // Only refusals and retries: nothing to make durable.
+            return Ok(());
+        }
+        self.wal.append(&mut self.record)?;
+        if let Err(error) = txn.commit() {
+            let reason = error.to_string();
+            tracing::error!(%reason, "redb refused a group the WAL holds; refusing appends until restart");
+            self.broken = Some(reason);
+            return Err(LogError::Storage(error.into()));
+        }
+        Ok(())
+    }
+
+    /// Makes redb durable up to the last group, then starts the WAL over.
+    fn checkpoint(&mut self) -> Result<(), LogError> {
+        if self.wal.written() == 0 || self.broken.is_some() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
         txn.commit()?;
+        self.wal.reset();
+        self.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -308,6 +416,13 @@ impl Writer {
                 tables.events.insert(position, buf.as_slice())?;
                 tables.index.insert((stream_id, version), position)?;
                 tables.ids.insert(id.as_u128(), position)?;
+                self.record.push(
+                    position,
+                    WalEvent {
+                        stream_id,
+                        encoded: buf,
+                    },
+                );
             }
         }
         group.heads.extend(request.heads);
