@@ -20,6 +20,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Tuning of the event log.
     pub log: crate::log::LogOptions,
+    /// Limits applied to every plugin.
+    pub plugin_limits: crate::runtime::SandboxLimits,
+    /// Largest plugin component accepted, in bytes.
+    pub max_plugin_bytes: usize,
+    /// A directory whose `.wasm` files are deployed at start and whenever
+    /// they appear or change (the plugin is named after the file).
+    pub plugins_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -33,6 +40,9 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             log: crate::log::LogOptions::default(),
+            plugin_limits: crate::runtime::SandboxLimits::default(),
+            max_plugin_bytes: 64 << 20,
+            plugins_dir: None,
         }
     }
 }

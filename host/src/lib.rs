@@ -6,6 +6,13 @@
 //! - [`log`]: the event log. Typed redb tables, the binary form of an event,
 //!   the single group-commit writer (the one place an append becomes durable)
 //!   and the readers (MVCC snapshots that never block the writer).
+//! - [`runtime`]: the WebAssembly runtime: one wasmtime engine (component
+//!   model, epoch deadlines), the on-disk cache of compiled components, the
+//!   sandbox limits, and the host side of the WIT interfaces (`bindings`,
+//!   generated once from `wit/`).
+//! - [`plugins`]: the registry of deployed plugins, one runner thread per
+//!   plugin (the one place a plugin's checkpoint moves), each plugin's redb
+//!   state file, replay and the blue/green swap.
 //! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
 //!   (including the live SSE feed), `batch`, `health`; `error` turns every
 //!   failure into the JSON error body.
@@ -21,6 +28,8 @@ pub mod cli;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod plugins;
+pub mod runtime;
 pub mod server;
 
 pub use config::{Config, Limits};

@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::log::{EventLog, LogError};
 use crate::metrics::Metrics;
+use crate::plugins::{PluginError, Plugins, PluginsConfig};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +25,20 @@ pub enum ServerError {
     /// The log could not be opened.
     #[error("cannot open the log: {0}")]
     Log(#[from] LogError),
+    /// The plugins could not be loaded.
+    #[error("cannot load the plugins: {0}")]
+    Plugins(#[from] PluginError),
     /// The listener failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A server with its log open and its listener bound, ready to [`Server::run`].
+/// A server with its log and plugins open and its listener bound, ready to [`Server::run`].
 pub struct Server {
     config: Config,
     listener: TcpListener,
     log: EventLog,
+    plugins: Plugins,
     metrics: Metrics,
 }
 
@@ -47,10 +52,15 @@ impl Server {
         }
         let metrics = Metrics::new();
         let log = EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?;
+        let plugins_config = PluginsConfig {
+            limits: config.plugin_limits,
+        };
+        let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;
         Ok(Self {
             config,
             listener,
             log,
+            plugins,
             metrics,
         })
     }
@@ -70,11 +80,17 @@ impl Server {
             config,
             listener,
             log,
+            plugins,
             metrics,
         } = self;
+        if let Some(dir) = &config.plugins_dir {
+            let watcher = crate::plugins::watch_dir(dir.clone(), plugins.clone(), shutdown.clone());
+            tokio::spawn(watcher);
+        }
         let state = AppState {
             log: log.clone(),
             metrics,
+            plugins: plugins.clone(),
             limits: config.limits,
             shutdown: shutdown.clone(),
             sse_keep_alive: config.sse_keep_alive,
@@ -97,6 +113,7 @@ impl Server {
                 Ok(())
             }
         };
+        plugins.shutdown().await;
         log.shutdown().await;
         tracing::info!(head = log.head().0, "stopped");
         served

@@ -241,3 +241,71 @@ pub fn events(t: &str, n: usize) -> Value {
             .collect(),
     )
 }
+
+impl Server {
+    /// Deploys the component at `wasm` as plugin `name`.
+    pub async fn deploy(&self, name: &str, wasm: &str) -> (StatusCode, Value) {
+        let bytes = std::fs::read(wasm).unwrap_or_else(|e| panic!("{wasm}: {e}"));
+        let request = self
+            .request(reqwest::Method::PUT, &format!("/plugins/{name}"))
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        into_json(request.send().await).await
+    }
+
+    /// Waits until the plugin's status satisfies `condition`; the last status.
+    pub async fn wait_plugin(
+        &self,
+        name: &str,
+        what: &str,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(&format!("/plugins/{name}")).await;
+            if status == StatusCode::OK && condition(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugin {name} never got {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the plugin has processed everything up to the head, with no rebuild running.
+    pub async fn wait_caught_up(&self, name: &str) -> Value {
+        let head = self.head().await;
+        self.wait_plugin(name, "caught up", |s| {
+            s["checkpoint"].as_u64() >= Some(head)
+                && s["rebuild"].is_null()
+                && s["state"] == "running"
+        })
+        .await
+    }
+
+    /// The whole serving state of a plugin: key → value.
+    pub async fn plugin_state(&self, name: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/plugins/{name}/state?limit=1000");
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let (status, page) = self.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            for entry in page["entries"].as_array().unwrap() {
+                out.push((
+                    entry["key"].as_str().unwrap().to_owned(),
+                    entry["value"].clone(),
+                ));
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return out,
+            }
+        }
+    }
+}

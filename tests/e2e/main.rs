@@ -7,3 +7,5 @@ mod harness;
 mod lifecycle;
 mod live;
 mod log_api;
+mod plugin_failures;
+mod plugins;

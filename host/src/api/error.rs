@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::log::LogError;
+use crate::plugins::PluginError;
+use crate::runtime::RuntimeError;
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -98,6 +100,33 @@ impl From<LogError> for ApiError {
             | LogError::Io(_)
             | LogError::Internal(_)
             | LogError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(error: PluginError) -> Self {
+        let message = error.to_string();
+        match error {
+            PluginError::InvalidName(_) => ApiError::bad_request("invalid_plugin_name", message),
+            PluginError::NotFound(_) => ApiError::not_found("plugin_not_found", message),
+            PluginError::Load(
+                RuntimeError::Invalid(_) | RuntimeError::WrongWorld(_) | RuntimeError::Describe(_),
+            ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", message),
+            PluginError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            PluginError::Call(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", message)
+            }
+            PluginError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            PluginError::Log(error) => error.into(),
+            PluginError::Load(RuntimeError::Cache(_))
+            | PluginError::Io(_)
+            | PluginError::Internal(_)
+            | PluginError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
         }

@@ -10,6 +10,7 @@ mod events;
 mod extract;
 mod health;
 mod intake;
+mod plugins;
 mod render;
 mod streams;
 
@@ -21,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub log: EventLog,
     /// The server's metrics.
     pub metrics: Metrics,
+    /// The deployed plugins.
+    pub plugins: crate::plugins::Plugins,
     /// Size limits.
     pub limits: Limits,
     /// Cancelled when the server shuts down: ends live feeds.
@@ -89,14 +92,30 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/events", get(events::read))
         .route("/batch", post(batch::append_batch))
+        .route("/plugins", get(plugins::list))
+        .route("/plugins/{name}/replay", post(plugins::replay))
+        .route("/plugins/{name}/pause", post(plugins::pause))
+        .route("/plugins/{name}/resume", post(plugins::resume))
+        .route("/plugins/{name}/skip", post(plugins::skip))
+        .route("/plugins/{name}/parked", get(plugins::parked))
+        .route("/plugins/{name}/state", get(plugins::state_scan))
+        .route("/plugins/{name}/state/{*key}", get(plugins::state_get))
+        .route("/plugins/{name}/query", post(plugins::query))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             with_timeout(timeout, req, next)
         }));
     // Live feeds last as long as the client listens: no request timeout.
+    // A deploy carries a component of up to `max_plugin_bytes` and compiles
+    // it (seconds for Python/JS): its own body limit, no request timeout.
+    let plugin = put(plugins::deploy)
+        .layer(DefaultBodyLimit::max(config.max_plugin_bytes))
+        .get(plugins::status)
+        .delete(plugins::remove);
     let mut app = Router::new()
         .route("/events/live", get(events::live))
+        .route("/plugins/{name}", plugin)
         .merge(bounded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -20,7 +20,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// A request to `path` on the server, with the token if there is one.
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{}", self.url.trim_end_matches('/'), path);
         let request = reqwest::Client::new().request(method, url);
         match &self.token {
@@ -239,7 +240,9 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 use eventsource_stream::Eventsource;
 
 /// The JSON body of a successful response, or the server's error as an error.
-async fn read_json(response: reqwest::Result<reqwest::Response>) -> anyhow::Result<Value> {
+pub(super) async fn read_json(
+    response: reqwest::Result<reqwest::Response>,
+) -> anyhow::Result<Value> {
     let response =
         response.context("cannot reach the server (is `eventfold serve` running? see --url)")?;
     let status = response.status();
@@ -256,7 +259,7 @@ async fn read_json(response: reqwest::Result<reqwest::Response>) -> anyhow::Resu
 }
 
 /// Percent-encodes a stream name for use as one path segment.
-fn encode_segment(segment: &str) -> String {
+pub(super) fn encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         match byte {

@@ -2,6 +2,7 @@
 //! subcommands are clients of a running server (`client`).
 
 mod client;
+mod plugins;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Limits};
+use crate::runtime::SandboxLimits;
 
 /// eventfold: an append-only event log that runs WebAssembly plugins against it.
 #[derive(Parser)]
@@ -33,6 +35,14 @@ enum Command {
     Read(client::ReadArgs),
     /// Follow the global log live (Server-Sent Events), resuming after disconnects.
     Tail(client::TailArgs),
+    /// Deploy (or replace) a plugin from a .wasm component.
+    Deploy(plugins::DeployArgs),
+    /// List the deployed plugins and their status.
+    Plugins(plugins::PluginsArgs),
+    /// Rebuild a plugin from position 0, showing progress until it swaps in.
+    Replay(plugins::ReplayArgs),
+    /// Read a plugin's state: one key, or every key with a prefix.
+    State(plugins::StateArgs),
 }
 
 #[derive(Args)]
@@ -62,6 +72,19 @@ struct ServeArgs {
     /// redb itself is fsynced (a checkpoint).
     #[arg(long, env = "EVENTFOLD_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     checkpoint_interval: Duration,
+    /// Deploy every .wasm in this directory at start, and hot-load files
+    /// that appear or change (the plugin is named after the file).
+    #[arg(long, env = "EVENTFOLD_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Memory limit of each plugin instance, in bytes.
+    #[arg(long, env = "EVENTFOLD_PLUGIN_MEMORY", default_value_t = SandboxLimits::default().memory_bytes)]
+    plugin_memory: usize,
+    /// Longest one plugin call (one batch) may run.
+    #[arg(long, env = "EVENTFOLD_PLUGIN_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
+    plugin_deadline: Duration,
+    /// Largest plugin component accepted, in bytes.
+    #[arg(long, env = "EVENTFOLD_MAX_PLUGIN_BYTES", default_value_t = 64 << 20)]
+    max_plugin_bytes: usize,
 }
 
 impl ServeArgs {
@@ -73,6 +96,10 @@ impl ServeArgs {
         config.sse_keep_alive = self.sse_keep_alive;
         config.shutdown_grace = self.shutdown_grace;
         config.log.checkpoint_interval = self.checkpoint_interval;
+        config.plugins_dir = self.plugins_dir;
+        config.plugin_limits.memory_bytes = self.plugin_memory;
+        config.plugin_limits.deadline = self.plugin_deadline;
+        config.max_plugin_bytes = self.max_plugin_bytes;
         config
     }
 }
@@ -85,6 +112,10 @@ pub fn main() -> ExitCode {
         Command::Append(args) => client::run(client::append(args)),
         Command::Read(args) => client::run(client::read(args)),
         Command::Tail(args) => client::run(client::tail(args)),
+        Command::Deploy(args) => client::run(plugins::deploy(args)),
+        Command::Plugins(args) => client::run(plugins::list(args)),
+        Command::Replay(args) => client::run(plugins::replay(args)),
+        Command::State(args) => client::run(plugins::state(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

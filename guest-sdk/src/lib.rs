@@ -1,0 +1,215 @@
+//! Write [eventfold](https://github.com/) plugins in Rust.
+//!
+//! A projection is a type that implements [`Projection`]: it declares which
+//! events it wants and folds each one into its key-value [`State`]. The SDK
+//! loops over each batch the host sends, reports which event failed, and
+//! exports the component with one macro. A complete plugin:
+//!
+//! ```no_run
+//! use eventfold_sdk::{Event, Projection, State, Subscription};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// The events this projection understands, tagged by event type.
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! enum UserEvent {
+//!     UserCreated { #[serde(rename = "userId")] user_id: u64, name: String },
+//!     UserNameUpdated { #[serde(rename = "userId")] user_id: u64, name: String },
+//!     UserDeleted { #[serde(rename = "userId")] user_id: u64 },
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct User { name: String }
+//!
+//! struct UserDirectory;
+//!
+//! impl Projection for UserDirectory {
+//!     fn subscription() -> Subscription {
+//!         Subscription::categories(["user"])
+//!     }
+//!
+//!     fn apply(event: &Event, state: &mut State) -> eventfold_sdk::Result<()> {
+//!         match event.decode_tagged::<UserEvent>()? {
+//!             UserEvent::UserCreated { user_id, name } | UserEvent::UserNameUpdated { user_id, name } => {
+//!                 state.put(&format!("user/{user_id}"), &User { name })
+//!             }
+//!             UserEvent::UserDeleted { user_id } => state.delete(&format!("user/{user_id}")),
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! eventfold_sdk::export_projection!(UserDirectory);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (crate type
+//! `cdylib`) and deploy the `.wasm` with `eventfold deploy`.
+//!
+//! State writes made while a batch is handled are committed together with the
+//! plugin's checkpoint, or not at all: a crash never leaves half a batch.
+
+mod event;
+mod state;
+
+pub use event::Event;
+pub use state::State;
+
+use std::fmt;
+
+#[doc(hidden)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "projection",
+        pub_export_macro: true,
+        export_macro_name: "__export_projection_world",
+        default_bindings_module: "eventfold_sdk::wit",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+use wit::eventfold::plugin::types as wit_types;
+
+/// The result of a plugin's own code.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an event could not be applied: becomes the plugin's last error, with
+/// the event's position, in its status.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Error(message.to_string())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        Error(error.to_string())
+    }
+}
+
+/// Which events a plugin receives; the host skips the rest without calling it.
+#[derive(Debug, Clone, Default)]
+pub struct Subscription {
+    categories: Vec<String>,
+    event_types: Vec<String>,
+}
+
+impl Subscription {
+    /// Every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Events of streams in these categories (`user` for `user-1`).
+    pub fn categories<S: Into<String>>(categories: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            categories: categories.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Only events of these types (combined with the categories, if any).
+    pub fn event_types<S: Into<String>>(mut self, types: impl IntoIterator<Item = S>) -> Self {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// A projection: folds events into its state, and may answer queries.
+pub trait Projection {
+    /// Which events to receive. Default: all of them.
+    fn subscription() -> Subscription {
+        Subscription::all()
+    }
+
+    /// Folds one event into the state. An error stops the batch: the host
+    /// retries it, then marks the plugin failed at this event.
+    fn apply(event: &Event, state: &mut State) -> Result<()>;
+
+    /// Answers `POST /plugins/{name}/query` with the request body. Default: no queries.
+    fn query(request: &[u8], state: &State) -> Result<Vec<u8>> {
+        let _ = (request, state);
+        Err(Error::msg("this plugin answers no queries"))
+    }
+}
+
+/// Severity of a [`log`] message.
+pub use wit::eventfold::plugin::log::Level;
+
+/// Writes a message to the host's log, tagged with the plugin's name.
+pub fn log(level: Level, message: &str) {
+    wit::eventfold::plugin::log::log(level, message);
+}
+
+#[doc(hidden)]
+pub fn __describe<P: Projection>(version: &str) -> wit_types::PluginInfo {
+    let subscription = P::subscription();
+    wit_types::PluginInfo {
+        kind: wit_types::PluginKind::Projection,
+        subscription: wit_types::Subscription {
+            categories: subscription.categories,
+            event_types: subscription.event_types,
+        },
+        version: version.to_owned(),
+    }
+}
+
+#[doc(hidden)]
+pub fn __handle<P: Projection>(
+    events: Vec<wit_types::Event>,
+) -> Result<(), wit_types::HandleError> {
+    let mut state = State::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let event = Event::from(event);
+        P::apply(&event, &mut state).map_err(|error| wit_types::HandleError {
+            index: index as u32,
+            message: error.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn __query<P: Projection>(request: Vec<u8>) -> Result<Vec<u8>, String> {
+    P::query(&request, &State::new()).map_err(|e| e.to_string())
+}
+
+/// Exports a type implementing [`Projection`] as the plugin's component.
+/// Use it once, at the crate root.
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        #[doc(hidden)]
+        struct __EventfoldProjection;
+
+        impl $crate::wit::Guest for __EventfoldProjection {
+            fn describe() -> $crate::wit::PluginInfo {
+                $crate::__describe::<$projection>(env!("CARGO_PKG_VERSION"))
+            }
+            fn handle(
+                events: ::std::vec::Vec<$crate::wit::Event>,
+            ) -> ::std::result::Result<(), $crate::wit::HandleError> {
+                $crate::__handle::<$projection>(events)
+            }
+            fn query(
+                request: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                $crate::__query::<$projection>(request)
+            }
+        }
+
+        $crate::wit::__export_projection_world!(__EventfoldProjection with_types_in $crate::wit);
+    };
+}

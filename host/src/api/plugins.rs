@@ -1,0 +1,233 @@
+//! `/plugins`: deploy, inspect, control and read plugins.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Path, Query};
+use crate::plugins::{DeployOutcome, PluginName};
+
+fn name(raw: String) -> Result<PluginName, ApiError> {
+    Ok(PluginName::new(raw)?)
+}
+
+/// Deploys or replaces a plugin: the body is the component.
+pub async fn deploy(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !matches!(
+        content_type,
+        "application/wasm" | "application/octet-stream"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send the component as Content-Type: application/wasm, got {content_type:?}"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the body must be the plugin's .wasm component",
+        ));
+    }
+    let outcome = state.plugins.deploy(name.clone(), body).await?;
+    let mut body = serde_json::to_value(state.plugins.status(&name)?).unwrap_or(Value::Null);
+    let status = match outcome {
+        DeployOutcome::Created => StatusCode::CREATED,
+        DeployOutcome::Rebuilding(generation) => {
+            body["replay"] = json!({ "generation": generation });
+            StatusCode::ACCEPTED
+        }
+        DeployOutcome::Unchanged => StatusCode::OK,
+    };
+    body["deploy"] = json!(match outcome {
+        DeployOutcome::Created => "created",
+        DeployOutcome::Rebuilding(_) => "rebuilding",
+        DeployOutcome::Unchanged => "unchanged",
+    });
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// Every plugin's status.
+pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(json!({ "plugins": state.plugins.list() }))
+}
+
+/// One plugin's status.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    Ok(axum::Json(state.plugins.status(&name)?).into_response())
+}
+
+/// Unloads a plugin and deletes its state.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    state.plugins.remove(&name).await?;
+    Ok(axum::Json(json!({ "deleted": name.as_str() })).into_response())
+}
+
+/// Rebuilds a plugin from position 0 beside its serving version.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    let generation = state.plugins.replay(&name).await?;
+    let mut body = serde_json::to_value(state.plugins.status(&name)?).unwrap_or(Value::Null);
+    body["replay"] = json!({ "generation": generation });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// Pauses a plugin.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    state.plugins.pause(&name)?;
+    Ok(axum::Json(json!({ "paused": name.as_str() })).into_response())
+}
+
+/// Resumes a paused plugin, or retries a failed one now.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    state.plugins.resume(&name)?;
+    Ok(axum::Json(json!({ "resumed": name.as_str() })).into_response())
+}
+
+/// Passes over the event a failed plugin is stuck on (it is parked, not lost).
+pub async fn skip(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    let position = state.plugins.skip(&name).await?;
+    Ok(axum::Json(json!({ "skipped": position })).into_response())
+}
+
+/// The events skipped so far, with the errors that stopped them.
+pub async fn parked(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    let parked: Vec<Value> = state
+        .plugins
+        .parked(&name)
+        .await?
+        .into_iter()
+        .map(|(position, error)| json!({ "position": position, "error": error }))
+        .collect();
+    Ok(axum::Json(json!({ "parked": parked })).into_response())
+}
+
+/// A value as JSON when it is JSON, else as a string.
+fn value_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Answers stored bytes as they are, typed JSON when they parse.
+fn raw_response(bytes: Vec<u8>) -> Response {
+    let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+/// The serving state's value under `key`; 404 when absent.
+pub async fn state_get(
+    State(state): State<AppState>,
+    Path((raw, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    match state.plugins.state_get(&name, key.clone()).await? {
+        Some(bytes) => Ok(raw_response(bytes)),
+        None => Err(ApiError::not_found(
+            "key_not_found",
+            format!("plugin {name} has no state under {key:?}"),
+        )),
+    }
+}
+
+/// Query of a state scan.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    /// Keys starting with this (default: all).
+    #[serde(default)]
+    prefix: String,
+    /// Start after this key (the previous page's `next`).
+    after: Option<String>,
+    /// Most entries (default 100, at most 10,000).
+    limit: Option<usize>,
+}
+
+/// Serving state entries by key prefix: `{"entries": [{"key", "value"}], "next"}`.
+pub async fn state_scan(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(query): Query<ScanQuery>,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    let limit = match query.limit {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "limit must be at least 1",
+            ));
+        }
+        Some(n) => n.min(10_000),
+        None => 100,
+    };
+    let entries = state
+        .plugins
+        .state_scan(&name, query.prefix, query.after, limit)
+        .await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|(key, value)| json!({ "key": key, "value": value_json(value) }))
+        .collect();
+    Ok(axum::Json(json!({ "entries": entries, "next": next })).into_response())
+}
+
+/// Runs the plugin's `query` export with the request body.
+pub async fn query(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = name(raw)?;
+    match state.plugins.query(&name, body.to_vec()).await? {
+        Ok(answer) => Ok(raw_response(answer)),
+        Err(message) => Err(ApiError::bad_request("query_rejected", message)),
+    }
+}

@@ -1,0 +1,109 @@
+//! Plugins: the registry of deployed plugins, one runner thread per plugin,
+//! each plugin's state file and checkpoint, replay and the blue/green swap.
+//!
+//! Where a plugin's checkpoint moves: `runner.rs`, `Runner::process`, which
+//! commits a batch's state writes and the new checkpoint in one transaction.
+
+mod registry;
+mod runner;
+mod status;
+mod store;
+mod watch;
+
+use std::fmt;
+
+pub use registry::{DeployOutcome, Plugins, PluginsConfig};
+pub use status::{PluginStatus, RebuildStatus, RunState};
+pub use watch::watch_dir;
+
+use crate::log::LogError;
+use crate::runtime::RuntimeError;
+
+/// A validated plugin name: 1–64 of `a-z 0-9 - _`, starting with a letter or
+/// digit (it names a directory).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PluginName(String);
+
+impl PluginName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, PluginError> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && name.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(PluginError::InvalidName(name))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PluginName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A failure of a plugin operation.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The name breaks the naming rules.
+    #[error(
+        "invalid plugin name {0:?}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    /// No plugin by that name.
+    #[error("no plugin named {0}")]
+    NotFound(String),
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] RuntimeError),
+    /// The operation does not fit the plugin's state (e.g. skip when nothing failed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The plugin failed while answering (query).
+    #[error("{0}")]
+    Call(String),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A plugin's files could not be read or written.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else that should not happen.
+    #[error("internal: {0}")]
+    Internal(String),
+    /// The plugin's state storage failed.
+    #[error("plugin storage: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PluginError {
+            fn from(e: $t) -> Self {
+                PluginError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+storage_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

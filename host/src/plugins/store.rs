@@ -1,0 +1,141 @@
+//! A plugin's own redb file: its key-value state, its checkpoint, and the
+//! events it was told to skip. One file per generation (a rebuild writes a new
+//! one beside the serving one).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::PluginError;
+use crate::runtime::StateView;
+
+/// Key → value, as the plugin wrote it.
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Bookkeeping: `checkpoint` → the last position processed.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Skipped events: position → the error that made the operator skip it.
+const PARKED: TableDefinition<u64, &str> = TableDefinition::new("parked");
+
+/// One generation's state file.
+pub struct PluginStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl PluginStore {
+    /// Opens (or creates) the state file at `path`.
+    pub fn open(path: &Path) -> Result<Arc<Self>, PluginError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(STATE)?;
+        txn.open_table(META)?;
+        txn.open_table(PARKED)?;
+        txn.commit()?;
+        Ok(Arc::new(Self {
+            db,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last position whose effects are in this state (0: none).
+    pub fn checkpoint(&self) -> Result<u64, PluginError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("checkpoint")?.map_or(0, |v| v.value()))
+    }
+
+    /// A snapshot of the committed state for one batch (or query) to read.
+    pub fn view(&self) -> Result<StateView, PluginError> {
+        let txn = self.db.begin_read()?;
+        Ok(StateView::new(Some(txn.open_table(STATE)?)))
+    }
+
+    /// Commits a batch's writes and the new checkpoint in one transaction.
+    /// Without `durable` the commit is not fsynced: a crash may lose it, and
+    /// then the batch is redone from the previous durable checkpoint —
+    /// state and checkpoint always move together.
+    pub fn commit(
+        &self,
+        writes: BTreeMap<String, Option<Vec<u8>>>,
+        checkpoint: u64,
+        durable: bool,
+    ) -> Result<(), PluginError> {
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| PluginError::Internal(format!("cannot defer durability: {e}")))?;
+        }
+        {
+            let mut state = txn.open_table(STATE)?;
+            for (key, value) in &writes {
+                match value {
+                    Some(value) => {
+                        state.insert(key.as_str(), value.as_slice())?;
+                    }
+                    None => {
+                        state.remove(key.as_str())?;
+                    }
+                }
+            }
+            txn.open_table(META)?.insert("checkpoint", checkpoint)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records that the event at `position` was skipped because of `error`,
+    /// and moves the checkpoint past it. Durable.
+    pub fn park(&self, position: u64, error: &str) -> Result<(), PluginError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(PARKED)?.insert(position, error)?;
+            txn.open_table(META)?.insert("checkpoint", position)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The skipped events, oldest first.
+    pub fn parked(&self) -> Result<Vec<(u64, String)>, PluginError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PARKED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The committed value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(STATE)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Committed entries whose keys start with `prefix`, after `after`.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+        self.view()?
+            .scan(prefix, after, limit)
+            .map_err(|e| PluginError::Internal(format!("{e:#}")))
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn sync(&self) -> Result<(), PluginError> {
+        self.db.begin_write()?.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! Compiled components cached on disk, keyed by the wasm's SHA-256 and the
+//! engine's settings, so a restart or a redeploy of a known plugin does not
+//! compile again (deserialising takes about a millisecond; compiling a Python
+//! or JavaScript component takes seconds).
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::RuntimeError;
+
+/// The cache directory and the engine whose compiled code it holds.
+pub struct ComponentCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled now, in this long.
+    Fresh(Duration),
+    /// Loaded from the cache.
+    Cached,
+}
+
+/// The SHA-256 of a wasm file, hex-encoded.
+pub fn wasm_hash(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ComponentCache {
+    /// A cache in `dir` for components compiled by `engine`.
+    pub fn new(dir: PathBuf, engine: &Engine) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Cache(e.to_string()))?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            dir,
+            engine_key: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// The compiled component for `wasm`: from the cache, or compiled and stored.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        hash: &str,
+    ) -> Result<(Component, Compiled), RuntimeError> {
+        let path = self.dir.join(format!("{hash}-{}.cwasm", self.engine_key));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // engine configuration (the key says so), by this cache only, and
+            // is never modified in place (replaced by rename).
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, Compiled::Cached)),
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "cached component unusable; compiling again")
+                }
+            }
+        }
+        let started = Instant::now();
+        let component =
+            Component::new(engine, wasm).map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let elapsed = started.elapsed();
+        match component.serialize() {
+            Ok(bytes) => {
+                let tmp = path.with_extension("tmp");
+                let written =
+                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(error) = written {
+                    tracing::warn!(%error, "cannot cache the compiled component");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot serialise the compiled component"),
+        }
+        Ok((component, Compiled::Fresh(elapsed)))
+    }
+}

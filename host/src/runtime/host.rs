@@ -1,0 +1,259 @@
+//! The host side of the WIT interfaces: one [`PluginHost`] per plugin
+//! instance, holding the batch's view of the plugin's state, its limits, and
+//! the (empty) WASI context.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use redb::ReadOnlyTable;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder, format_err};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{log, state, types};
+use super::limits::SandboxLimits;
+use super::output::PluginOutput;
+
+/// A plugin's key-value state as one batch sees it: a snapshot of what is
+/// committed, plus the writes the batch has made so far. The writes are
+/// committed with the checkpoint, or dropped with the batch.
+#[derive(Default)]
+pub struct StateView {
+    committed: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
+    /// Key → new value, or `None` for a delete.
+    pub writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl StateView {
+    /// A view over `committed` with no writes yet.
+    pub fn new(committed: Option<ReadOnlyTable<&'static str, &'static [u8]>>) -> Self {
+        Self {
+            committed,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(value) = self.writes.get(key) {
+            return Ok(value.clone());
+        }
+        match &self.committed {
+            Some(table) => Ok(table
+                .get(key)
+                .map_err(store_error)?
+                .map(|v| v.value().to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries with keys starting with `prefix`, after `after`.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut out = Vec::new();
+        let mut overlay = self
+            .writes
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut committed: Box<dyn Iterator<Item = wasmtime::Result<(String, Vec<u8>)>>> =
+            match &self.committed {
+                Some(table) => Box::new(
+                    table
+                        .range::<&str>((start, Bound::Unbounded))
+                        .map_err(store_error)?
+                        .map(|entry| {
+                            entry
+                                .map(|(k, v)| (k.value().to_owned(), v.value().to_vec()))
+                                .map_err(store_error)
+                        })
+                        .take_while(|e| e.as_ref().map_or(true, |(k, _)| k.starts_with(prefix))),
+                ),
+                None => Box::new(std::iter::empty()),
+            };
+        let mut next_committed = committed.next().transpose()?;
+        while out.len() < limit {
+            // Merge the two sorted sources; the batch's writes win on equal keys.
+            let take_overlay = match (overlay.peek(), &next_committed) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ok, _)), Some((ck, _))) => ok.as_str() <= ck.as_str(),
+            };
+            if take_overlay {
+                let (key, value) = overlay.next().expect("peeked");
+                if next_committed.as_ref().is_some_and(|(ck, _)| ck == key) {
+                    next_committed = committed.next().transpose()?;
+                }
+                if let Some(value) = value {
+                    out.push((key.clone(), value.clone()));
+                }
+            } else if let Some(entry) = next_committed.take() {
+                out.push(entry);
+                next_committed = committed.next().transpose()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn store_error(error: impl std::fmt::Display) -> wasmtime::Error {
+    format_err!("plugin state storage failed: {error}")
+}
+
+/// Everything a plugin instance's store holds.
+pub struct PluginHost {
+    /// The plugin's name, for its log lines.
+    pub name: Arc<str>,
+    /// Its limits.
+    pub limits: SandboxLimits,
+    /// The current batch's view of its state.
+    pub state: StateView,
+    /// Memory limits enforced by the store.
+    pub store_limits: StoreLimits,
+    /// The plugin's stdout (reset after each call).
+    pub output: PluginOutput,
+    /// Bytes of `log` messages still allowed in the current call.
+    pub log_budget: usize,
+    /// Log messages dropped in the current call for lack of budget.
+    pub logs_dropped: usize,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl PluginHost {
+    /// A host with no filesystem, network, environment or arguments: stdout
+    /// and stderr go to the host's log, capped.
+    pub fn new(name: Arc<str>, limits: SandboxLimits) -> Self {
+        let stdout = PluginOutput::new(
+            name.clone(),
+            "stdout",
+            limits.max_output_bytes,
+            limits.max_log_line,
+        );
+        let stderr = PluginOutput::new(
+            name.clone(),
+            "stderr",
+            limits.max_output_bytes,
+            limits.max_log_line,
+        );
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr)
+            .build();
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            name,
+            limits,
+            state: StateView::default(),
+            store_limits,
+            output: stdout,
+            log_budget: limits.max_output_bytes,
+            logs_dropped: 0,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn check_key(&self, key: &str) -> wasmtime::Result<()> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(format_err!(
+                "state key of {} bytes is over the limit of {}",
+                key.len(),
+                self.limits.max_key_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for PluginHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginHost {}
+
+impl state::Host for PluginHost {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.check_key(&key)?;
+        self.state.get(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.check_key(&key)?;
+        if value.len() > self.limits.max_value_bytes {
+            return Err(format_err!(
+                "state value of {} bytes for key {key:?} is over the limit of {}",
+                value.len(),
+                self.limits.max_value_bytes
+            ));
+        }
+        self.state.writes.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.check_key(&key)?;
+        self.state.writes.insert(key, None);
+        Ok(())
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        self.state
+            .scan(&prefix, start_after.as_deref(), limit.min(10_000) as usize)
+    }
+}
+
+impl log::Host for PluginHost {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        if self.log_budget == 0 {
+            self.logs_dropped += 1;
+            return Ok(());
+        }
+        self.log_budget = self
+            .log_budget
+            .saturating_sub(message.len().min(self.limits.max_log_line));
+        let cut = message.len() > self.limits.max_log_line;
+        let mut end = message.len().min(self.limits.max_log_line);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &message[..end];
+        let note = if cut {
+            format!(" … ({} bytes cut)", message.len() - end)
+        } else {
+            String::new()
+        };
+        let plugin = &*self.name;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{text}{note}"),
+            log::Level::Debug => tracing::debug!(plugin, "{text}{note}"),
+            log::Level::Info => tracing::info!(plugin, "{text}{note}"),
+            log::Level::Warn => tracing::warn!(plugin, "{text}{note}"),
+            log::Level::Error => tracing::error!(plugin, "{text}{note}"),
+        }
+        Ok(())
+    }
+}

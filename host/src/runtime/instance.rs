@@ -1,0 +1,143 @@
+//! One instance of a plugin: its store, its bindings, and calls into it under
+//! the sandbox limits.
+
+use std::sync::Arc;
+
+use wasmtime::{Engine, Store, Trap};
+
+use super::EPOCH_TICK;
+use super::bindings::projection::{Projection, ProjectionPre};
+use super::bindings::types::{Event, HandleError, PluginInfo};
+use super::host::{PluginHost, StateView};
+use super::limits::SandboxLimits;
+
+/// How a call into a plugin failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error for the event at this index of the batch.
+    #[error("{message}")]
+    Rejected {
+        /// Index of the failing event in the batch.
+        index: u32,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The call ran past its deadline and was interrupted.
+    #[error("deadline exceeded: the call ran longer than {0:?}")]
+    Deadline(std::time::Duration),
+    /// The plugin tried to grow its memory past the limit.
+    #[error("memory limit exceeded: the plugin tried to grow past {0} bytes")]
+    Memory(usize),
+    /// Any other trap: a panic, an out-of-bounds access, a host call refused.
+    #[error("trap: {0}")]
+    Trap(String),
+}
+
+impl CallError {
+    /// Whether the instance must be thrown away (true for every trap).
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, CallError::Rejected { .. })
+    }
+}
+
+/// A plugin instance and its store.
+pub struct PluginInstance {
+    store: Store<PluginHost>,
+    bindings: Projection,
+}
+
+impl PluginInstance {
+    pub(super) fn new(
+        engine: &Engine,
+        pre: &ProjectionPre<PluginHost>,
+        name: Arc<str>,
+        limits: SandboxLimits,
+    ) -> Result<Self, CallError> {
+        let mut store = Store::new(engine, PluginHost::new(name, limits));
+        store.limiter(|host| &mut host.store_limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(limits.deadline));
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &limits))?;
+        Ok(Self { store, bindings })
+    }
+
+    /// The plugin's own description.
+    pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
+        self.arm();
+        let result = self.bindings.call_describe(&mut self.store);
+        self.finish_call();
+        result.map_err(|e| classify(e, &self.store.data().limits))
+    }
+
+    /// Hands a batch to the plugin with `state` as its view; returns the view
+    /// with the batch's writes.
+    pub fn handle(
+        &mut self,
+        events: &[Event],
+        state: StateView,
+    ) -> (Result<(), CallError>, StateView) {
+        self.store.data_mut().state = state;
+        self.arm();
+        let result = self.bindings.call_handle(&mut self.store, events);
+        self.finish_call();
+        let limits = self.store.data().limits;
+        let state = std::mem::take(&mut self.store.data_mut().state);
+        let result = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(HandleError { index, message })) => Err(CallError::Rejected { index, message }),
+            Err(error) => Err(classify(error, &limits)),
+        };
+        (result, state)
+    }
+
+    /// Runs the plugin's `query` export against `state`.
+    pub fn query(
+        &mut self,
+        request: &[u8],
+        state: StateView,
+    ) -> Result<Result<Vec<u8>, String>, CallError> {
+        self.store.data_mut().state = state;
+        self.arm();
+        let result = self.bindings.call_query(&mut self.store, request);
+        self.finish_call();
+        self.store.data_mut().state = StateView::default();
+        result.map_err(|e| classify(e, &self.store.data().limits))
+    }
+
+    fn arm(&mut self) {
+        let limits = self.store.data().limits;
+        self.store.set_epoch_deadline(ticks(limits.deadline));
+        let host = self.store.data_mut();
+        host.log_budget = limits.max_output_bytes;
+        host.logs_dropped = 0;
+    }
+
+    fn finish_call(&mut self) {
+        let host = self.store.data_mut();
+        host.output.reset(host.limits.max_output_bytes);
+        if host.logs_dropped > 0 {
+            tracing::warn!(plugin = %host.name, "{} log messages dropped (over the cap)", host.logs_dropped);
+        }
+    }
+}
+
+fn ticks(deadline: std::time::Duration) -> u64 {
+    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn classify(error: wasmtime::Error, limits: &SandboxLimits) -> CallError {
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return CallError::Deadline(limits.deadline);
+    }
+    let text = format!("{error:#}");
+    if text.contains("forcing trap when growing memory")
+        || text.contains("memory") && text.contains("limit")
+    {
+        return CallError::Memory(limits.memory_bytes);
+    }
+    // The first line names the trap; the rest is a wasm backtrace.
+    let first = text.lines().next().unwrap_or("trap").to_owned();
+    CallError::Trap(first)
+}

@@ -1,0 +1,33 @@
+//! The sandbox limits of a plugin: what one plugin may use of the host.
+
+use std::time::Duration;
+
+/// Limits applied to every call into a plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxLimits {
+    /// Most linear memory the plugin's instance may grow to.
+    pub memory_bytes: usize,
+    /// Longest one call (`handle` of one batch, `query`) may run.
+    pub deadline: Duration,
+    /// Longest state key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest state value, in bytes.
+    pub max_value_bytes: usize,
+    /// Longest log line kept (longer ones are cut, with a note).
+    pub max_log_line: usize,
+    /// Most bytes of stdout + stderr kept per call; the rest is dropped.
+    pub max_output_bytes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(5),
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_log_line: 4096,
+            max_output_bytes: 64 << 10,
+        }
+    }
+}

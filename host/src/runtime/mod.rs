@@ -1,0 +1,183 @@
+//! The WebAssembly runtime: one wasmtime engine (component model, epoch
+//! interruption), the on-disk cache of compiled components, the sandbox
+//! limits, and the host side of the WIT interfaces.
+//!
+//! Owns loading and calling plugins; knows nothing of the log or of
+//! checkpoints (`crate::plugins` drives the calls).
+
+pub mod bindings;
+mod cache;
+mod host;
+mod instance;
+mod limits;
+mod output;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use cache::{Compiled, wasm_hash};
+pub use host::{PluginHost, StateView};
+pub use instance::{CallError, PluginInstance};
+pub use limits::SandboxLimits;
+
+use bindings::projection::{Projection, ProjectionPre};
+use bindings::types::{PluginInfo, PluginKind};
+use cache::ComponentCache;
+
+/// How often the engine's epoch advances: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Not a WebAssembly component (or not a valid one).
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// A component, but not of a world this host runs.
+    #[error("the component does not fit the eventfold:plugin projection world: {0}")]
+    WrongWorld(String),
+    /// It loaded, but `describe` failed.
+    #[error("the plugin's describe() failed: {0}")]
+    Describe(String),
+    /// The compiled-component cache failed.
+    #[error("component cache: {0}")]
+    Cache(String),
+}
+
+/// A validated, compiled plugin, ready to be instantiated (cheaply) many times.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// SHA-256 of the wasm.
+    pub hash: String,
+    /// What the plugin said about itself.
+    pub info: Arc<PluginInfo>,
+    /// How the compiled code was obtained.
+    pub compiled: Compiled,
+    pre: ProjectionPre<PluginHost>,
+}
+
+impl LoadedPlugin {
+    /// The plugin's kind as a word: `projection` or `notifier`.
+    pub fn kind(&self) -> &'static str {
+        match self.info.kind {
+            PluginKind::Projection => "projection",
+            PluginKind::Notifier => "notifier",
+        }
+    }
+}
+
+/// The engine, its linker and the component cache. One per server.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginHost>,
+    cache: ComponentCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Creates the engine, starts its epoch ticker, and opens the cache in `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<Self, RuntimeError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine =
+            Engine::new(&config).map_err(|e| RuntimeError::Cache(format!("engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let link =
+            |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Cache(format!("linker: {e:#}")));
+        // WASI p2 with an empty context: Rust, Python and JS components import
+        // some of it (clocks, random, stdio) but get no files, network or env.
+        link(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
+        link(Projection::add_to_linker::<
+            PluginHost,
+            wasmtime::component::HasSelf<PluginHost>,
+        >(&mut linker, |host| host))?;
+        let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("eventfold-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Cache(format!("epoch ticker: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            ticker_stop,
+        })
+    }
+
+    /// Validates `wasm` as a plugin component, compiles it (or loads it from
+    /// the cache) and asks it to describe itself. Blocking: run it off the
+    /// async runtime.
+    pub fn load(&self, wasm: &[u8], limits: SandboxLimits) -> Result<LoadedPlugin, RuntimeError> {
+        if !wasmparser_is_component(wasm) {
+            return Err(RuntimeError::Invalid(
+                "the file is not a WebAssembly component (a core module or something else); \
+                 build with --target wasm32-wasip2 or wrap it with `wasm-tools component new`"
+                    .into(),
+            ));
+        }
+        let hash = wasm_hash(wasm);
+        let (component, compiled) = self.cache.load(&self.engine, wasm, &hash)?;
+        let pre = self.prepare(&component)?;
+        let mut instance = PluginInstance::new(&self.engine, &pre, "describe".into(), limits)
+            .map_err(|e| RuntimeError::Describe(e.to_string()))?;
+        let info = instance
+            .describe()
+            .map_err(|e| RuntimeError::Describe(e.to_string()))?;
+        if info.kind != PluginKind::Projection {
+            return Err(RuntimeError::WrongWorld(
+                "describe() says it is a notifier, but the component targets the projection world"
+                    .into(),
+            ));
+        }
+        Ok(LoadedPlugin {
+            hash,
+            info: Arc::new(info),
+            compiled,
+            pre,
+        })
+    }
+
+    fn prepare(&self, component: &Component) -> Result<ProjectionPre<PluginHost>, RuntimeError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
+        ProjectionPre::new(pre).map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// A fresh instance of `plugin` with its own store and limits.
+    pub fn instantiate(
+        &self,
+        plugin: &LoadedPlugin,
+        name: Arc<str>,
+        limits: SandboxLimits,
+    ) -> Result<PluginInstance, CallError> {
+        PluginInstance::new(&self.engine, &plugin.pre, name, limits)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the bytes are a WebAssembly component (not a core module): the
+/// preamble's version/layer field says so.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    // `\0asm`, then version 0x0d and layer 0x01 for components (core modules: version 1, layer 0).
+    bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[6..8] == [0x01, 0x00]
+}

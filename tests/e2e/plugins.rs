@@ -1,0 +1,435 @@
+//! Projection plugins end to end: real .wasm components deployed over HTTP,
+//! folding the log, replayed, swapped and restarted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, data_dir, events};
+
+const USER_DIRECTORY: &str = env!("USER_DIRECTORY_WASM");
+const ORDER_TOTALS: &str = env!("ORDER_TOTALS_WASM");
+const COUNTER: &str = env!("COUNTER_WASM");
+const COUNTER_V2: &str = env!("COUNTER_V2_WASM");
+
+fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
+    match name {
+        Some(name) => json!({"type": event_type, "data": {"userId": id, "name": name}}),
+        None => json!({"type": event_type, "data": {"userId": id}}),
+    }
+}
+
+#[tokio::test]
+async fn the_user_directory_follows_the_classic_example() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    server
+        .append(
+            "user-1",
+            json!("no_stream"),
+            json!([user("UserCreated", 1, Some("Alice"))]),
+        )
+        .await;
+    server
+        .append(
+            "user-2",
+            json!("no_stream"),
+            json!([user("UserCreated", 2, Some("Bob"))]),
+        )
+        .await;
+    server
+        .append("order-9", json!("any"), events("OrderPlaced", 3))
+        .await;
+    let (status, body) = server.deploy("users", USER_DIRECTORY).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "projection");
+    assert_eq!(body["categories"], json!(["user"]));
+    server
+        .append(
+            "user-1",
+            json!(0),
+            json!([user("UserNameUpdated", 1, Some("Alice Cooper"))]),
+        )
+        .await;
+    server
+        .append("user-1", json!(1), json!([user("UserDeleted", 1, None)]))
+        .await;
+    server
+        .append(
+            "user-2",
+            json!(0),
+            json!([user("UserNameUpdated", 2, Some("Robert"))]),
+        )
+        .await;
+    server
+        .append(
+            "user-3",
+            json!("no_stream"),
+            json!([user("UserCreated", 3, Some("Carol"))]),
+        )
+        .await;
+    let status = server.wait_caught_up("users").await;
+    assert_eq!(status["lag"], 0);
+
+    let (code, body) = server.get("/plugins/users/state/user/1").await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "a deleted user no longer exists: {body}"
+    );
+    assert_eq!(body["error"]["code"], "key_not_found");
+    let (code, body) = server.get("/plugins/users/state/user/2").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, json!({"name": "Robert"}));
+    assert_eq!(
+        server.plugin_state("users").await,
+        vec![
+            ("user/2".to_owned(), json!({"name": "Robert"})),
+            ("user/3".to_owned(), json!({"name": "Carol"}))
+        ]
+    );
+    // Live: a new event shows up in the state.
+    server
+        .append(
+            "user-4",
+            json!("no_stream"),
+            json!([user("UserCreated", 4, Some("Dan"))]),
+        )
+        .await;
+    server.wait_caught_up("users").await;
+    let (_, body) = server.get("/plugins/users/state/user/4").await;
+    assert_eq!(body["name"], "Dan");
+    let (_, list) = server.get("/plugins").await;
+    assert_eq!(list["plugins"][0]["name"], "users");
+}
+
+#[tokio::test]
+async fn order_totals_answers_queries() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    server.deploy("totals", ORDER_TOTALS).await;
+    let orders = [
+        ("c1", 10.0),
+        ("c2", 5.5),
+        ("c1", 2.5),
+        ("c3", 30.0),
+        ("c2", 1.0),
+    ];
+    for (i, (customer, amount)) in orders.iter().enumerate() {
+        let event =
+            json!([{"type": "OrderPlaced", "data": {"customerId": customer, "amount": amount}}]);
+        server
+            .append(&format!("order-{i}"), json!("no_stream"), event)
+            .await;
+    }
+    server
+        .append(
+            "order-0",
+            json!(0),
+            json!([{"type": "OrderShipped", "data": {}}]),
+        )
+        .await;
+    server.wait_caught_up("totals").await;
+    let (_, c1) = server.get("/plugins/totals/state/customer/c1").await;
+    assert_eq!(c1, json!({"orders": 2, "total": 12.5}));
+    let response = server
+        .request(reqwest::Method::POST, "/plugins/totals/query")
+        .body(r#"{"top": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let top: Value = response.json().await.unwrap();
+    assert_eq!(
+        top,
+        json!([{"customer": "c3", "orders": 1, "total": 30.0}, {"customer": "c1", "orders": 2, "total": 12.5}])
+    );
+    let (status, body) = server
+        .post("/plugins/totals/query", &json!("not a query"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "query_rejected");
+}
+
+#[tokio::test]
+async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on() {
+    let dir = data_dir();
+    let server = Arc::new(Server::start_in(dir.path(), &[]).await);
+    // 3,000 users, some renamed, some deleted.
+    for chunk in 0..30u64 {
+        let appends: Vec<Value> = (0..100u64)
+            .map(|i| {
+                let id = chunk * 100 + i;
+                let mut evs = vec![user("UserCreated", id, Some(&format!("user {id}")))];
+                if id % 3 == 0 {
+                    evs.push(user("UserNameUpdated", id, Some(&format!("renamed {id}"))));
+                }
+                if id % 7 == 0 {
+                    evs.push(user("UserDeleted", id, None));
+                }
+                json!({"stream": format!("user-{id}"), "events": evs})
+            })
+            .collect();
+        let (status, body) = server.post("/batch", &json!({ "appends": appends })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    server.deploy("users", USER_DIRECTORY).await;
+    server.wait_caught_up("users").await;
+    let before = server.plugin_state("users").await;
+    assert_eq!(before.len(), 3000 - 3000 / 7 - 1);
+
+    let (status, started) = server.post("/plugins/users/replay", &json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["replay"]["generation"], 2);
+    assert_eq!(started["state"], "replaying");
+    // While it rebuilds: reads keep answering from the old state, appends go on.
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (server, done) = (server.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let (status, body) = server.get("/plugins/users/state/user/1").await;
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "a read failed during the rebuild: {body}"
+                );
+                assert_eq!(body["name"], "user 1");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for id in 5000..5020u64 {
+        let (status, _) = server
+            .append(
+                &format!("user-{id}"),
+                json!("no_stream"),
+                json!([user("UserCreated", id, Some("late"))]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let status = server
+        .wait_plugin("users", "generation 2", |s| {
+            s["generation"] == 2 && s["rebuild"].is_null()
+        })
+        .await;
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+    assert_eq!(status["state"], "running", "{status}");
+    server.wait_caught_up("users").await;
+    let after: BTreeMap<String, Value> = server.plugin_state("users").await.into_iter().collect();
+    for (key, value) in &before {
+        assert_eq!(
+            after.get(key),
+            Some(value),
+            "{key} differs after the replay"
+        );
+    }
+    assert_eq!(after.len(), before.len() + 20);
+    assert_eq!(after["user/5019"], json!({"name": "late"}));
+}
+
+#[tokio::test]
+async fn deploying_v2_while_events_stream_in_swaps_without_failed_reads() {
+    let dir = data_dir();
+    let server = Arc::new(Server::start_in(dir.path(), &[]).await);
+    server
+        .append("tick-0", json!("any"), events("Tick", 500))
+        .await;
+    server.deploy("counter", COUNTER).await;
+    server.wait_caught_up("counter").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _) = server
+                    .append(&format!("tick-{}", n % 5), json!("any"), events("Tick", 10))
+                    .await;
+                assert_eq!(status, StatusCode::CREATED);
+                n += 1;
+            }
+        })
+    };
+    let reader = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, count) = server.get("/plugins/counter/state/count").await;
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "the state was unreadable during the swap"
+                );
+                last = count.as_u64().expect("a count");
+                assert!(last >= 500);
+            }
+            last
+        })
+    };
+    let (status, body) = server.deploy("counter", COUNTER_V2).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deploy"], "rebuilding");
+    server
+        .wait_plugin("counter", "the swap to v2", |s| {
+            s["generation"] == 2 && s["rebuild"].is_null()
+        })
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    reader.await.unwrap();
+    let status = server.wait_caught_up("counter").await;
+    let head = status["head"].as_u64().unwrap();
+    let (_, version) = server.get("/plugins/counter/state/version").await;
+    assert_eq!(version, 2, "v2's state serves after the swap");
+    let (_, count) = server.get("/plugins/counter/state/count").await;
+    assert_eq!(count.as_u64(), Some(head));
+    // Deploying the same code again changes nothing.
+    let (status, body) = server.deploy("counter", COUNTER_V2).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["deploy"], "unchanged");
+}
+
+#[tokio::test]
+async fn a_counting_projection_is_exactly_once_across_kill_9() {
+    let dir = data_dir();
+    let mut server = Server::start_in(dir.path(), &[]).await;
+    server.deploy("counter", COUNTER).await;
+    let batch = |n: usize| json!({"appends": [{"stream": format!("count-{n}"), "events": events("Counted", 200)}]});
+    for n in 0..50 {
+        let (status, _) = server.post("/batch", &batch(n)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // Mid-way: the plugin has started but the log keeps growing.
+    server
+        .wait_plugin("counter", "progress", |s| {
+            s["checkpoint"].as_u64() > Some(0)
+        })
+        .await;
+    server.kill9();
+
+    let server = Server::start_in(dir.path(), &[]).await;
+    for n in 50..100 {
+        let (status, _) = server.post("/batch", &batch(n)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let status = server.wait_caught_up("counter").await;
+    assert_eq!(status["head"], 20_000);
+    let (_, count) = server.get("/plugins/counter/state/count").await;
+    assert_eq!(count, 20_000, "every event counted exactly once");
+}
+
+#[tokio::test]
+async fn plugins_survive_a_restart_without_recompiling() {
+    let dir = data_dir();
+    let mut server = Server::start_in(dir.path(), &[]).await;
+    let (_, body) = server.deploy("users", USER_DIRECTORY).await;
+    assert_eq!(body["compiled"], "compiled");
+    server
+        .append(
+            "user-1",
+            json!("any"),
+            json!([user("UserCreated", 1, Some("Alice"))]),
+        )
+        .await;
+    let before = server.wait_caught_up("users").await;
+    assert!(server.terminate().success());
+
+    let server = Server::start_in(dir.path(), &[]).await;
+    let after = server.wait_caught_up("users").await;
+    assert_eq!(after["checkpoint"], before["checkpoint"]);
+    assert_eq!(after["compiled"], "cache", "{after}");
+    server
+        .append(
+            "user-2",
+            json!("any"),
+            json!([user("UserCreated", 2, Some("Bob"))]),
+        )
+        .await;
+    server.wait_caught_up("users").await;
+    let (_, bob) = server.get("/plugins/users/state/user/2").await;
+    assert_eq!(bob["name"], "Bob");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("restored plugin"), "{log}");
+}
+
+#[tokio::test]
+async fn bad_deploys_and_unknown_plugins_get_clear_errors() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    let put = |name: &str, content_type: &str, body: Vec<u8>| {
+        server
+            .request(reqwest::Method::PUT, &format!("/plugins/{name}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "junk",
+            "application/wasm",
+            b"definitely not wasm".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+        ),
+        (
+            "core",
+            "application/wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+        ),
+        (
+            "empty",
+            "application/wasm",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+        ),
+        (
+            "typed",
+            "text/plain",
+            b"x".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "Bad Name",
+            "application/wasm",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_plugin_name",
+        ),
+    ];
+    for (name, content_type, body, expected, code) in cases {
+        let (status, error) = crate::harness::into_json(put(name, content_type, body).await).await;
+        assert_eq!(status, expected, "{name}: {error}");
+        assert_eq!(error["error"]["code"], code, "{name}: {error}");
+    }
+    let (_, list) = server.get("/plugins").await;
+    assert_eq!(
+        list["plugins"],
+        json!([]),
+        "a refused deploy left something behind"
+    );
+    for path in [
+        "/plugins/nope",
+        "/plugins/nope/state/k",
+        "/plugins/nope/parked",
+    ] {
+        let (status, error) = server.get(path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error["error"]["code"], "plugin_not_found");
+    }
+    let (status, _) = server.post("/plugins/nope/replay", &json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
