@@ -139,7 +139,7 @@ pub trait Projection {
     fn apply(event: &Event, state: &mut State) -> Result<()>;
 
     /// Answers `POST /plugins/{name}/query` with the request body. Default: no queries.
-    fn query(request: &[u8], state: &State) -> Result<Vec<u8>> {
+    fn query(request: &[u8], state: &mut State) -> Result<Vec<u8>> {
         let _ = (request, state);
         Err(Error::msg("this plugin answers no queries"))
     }
@@ -178,12 +178,13 @@ pub fn __handle<P: Projection>(
             message: error.to_string(),
         })?;
     }
+    state.flush();
     Ok(())
 }
 
 #[doc(hidden)]
 pub fn __query<P: Projection>(request: Vec<u8>) -> Result<Vec<u8>, String> {
-    P::query(&request, &State::new()).map_err(|e| e.to_string())
+    P::query(&request, &mut State::new()).map_err(|e| e.to_string())
 }
 
 /// Exports a type implementing [`Projection`] as the plugin's component.

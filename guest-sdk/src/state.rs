@@ -1,5 +1,7 @@
 //! [`State`]: the plugin's key-value state, kept by the host.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -8,19 +10,60 @@ use crate::wit::eventfold::plugin::state as host;
 /// The plugin's state: keys are strings, values are bytes (JSON through the
 /// typed helpers). Writes made while a batch is handled are committed with the
 /// plugin's checkpoint, or not at all.
+///
+/// Within a batch, values are cached in the plugin: each key is read from
+/// the host at most once and written back once, when the batch ends — host
+/// calls, not the fold, are what a plugin pays for per event.
 pub struct State {
-    _private: (),
+    cache: HashMap<String, Cached>,
+}
+
+struct Cached {
+    value: Option<Vec<u8>>,
+    dirty: bool,
 }
 
 impl State {
     pub(crate) fn new() -> Self {
-        Self { _private: () }
+        Self {
+            cache: HashMap::new(),
+        }
+    }
+
+    fn read(&mut self, key: &str) -> Option<&Vec<u8>> {
+        if !self.cache.contains_key(key) {
+            let value = host::get(key);
+            self.cache.insert(
+                key.to_owned(),
+                Cached {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        self.cache.get(key).and_then(|c| c.value.as_ref())
+    }
+
+    fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
+        self.cache
+            .insert(key.to_owned(), Cached { value, dirty: true });
+    }
+
+    /// Hands the batch's writes to the host.
+    pub(crate) fn flush(&mut self) {
+        for (key, cached) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
+            match &cached.value {
+                Some(value) => host::set(key, value),
+                None => host::delete(key),
+            }
+            cached.dirty = false;
+        }
     }
 
     /// The JSON value under `key`, decoded into `T`.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> crate::Result<Option<T>> {
-        match host::get(key) {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> crate::Result<Option<T>> {
+        match self.read(key) {
+            Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
             None => Ok(None),
         }
     }
@@ -30,22 +73,22 @@ impl State {
         // Serialising plain data to JSON does not fail (maps with non-string
         // keys would, and are a programming error worth a trap).
         let bytes = serde_json::to_vec(value).expect("state values serialise to JSON");
-        host::set(key, &bytes);
+        self.write(key, Some(bytes));
     }
 
     /// The raw bytes under `key`.
-    pub fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
-        host::get(key)
+    pub fn get_bytes(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.read(key).cloned()
     }
 
     /// Stores raw bytes under `key`.
     pub fn set_bytes(&mut self, key: &str, value: &[u8]) {
-        host::set(key, value);
+        self.write(key, Some(value.to_vec()));
     }
 
     /// Removes `key` (nothing happens if it is absent).
     pub fn delete(&mut self, key: &str) {
-        host::delete(key);
+        self.write(key, None);
     }
 
     /// Reads `key` (or `T::default()`), lets `f` change it, and stores it back.
@@ -61,8 +104,9 @@ impl State {
     }
 
     /// Every entry whose key starts with `prefix`, in key order, fetched from
-    /// the host in pages.
-    pub fn scan<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (String, Vec<u8>)> + 'a {
+    /// the host in pages (this batch's writes included).
+    pub fn scan<'a>(&'a mut self, prefix: &'a str) -> impl Iterator<Item = (String, Vec<u8>)> + 'a {
+        self.flush();
         let mut after: Option<String> = None;
         let mut page: std::vec::IntoIter<(String, Vec<u8>)> = Vec::new().into_iter();
         let mut done = false;

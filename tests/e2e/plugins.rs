@@ -433,3 +433,32 @@ async fn bad_deploys_and_unknown_plugins_get_clear_errors() {
     let (status, _) = server.post("/plugins/nope/replay", &json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_plugins_directory_is_deployed_at_start_and_hot_loaded() {
+    let dir = data_dir();
+    let drop_dir = data_dir();
+    std::fs::copy(COUNTER, drop_dir.path().join("tally.wasm")).unwrap();
+    let drop_path = drop_dir.path().to_str().unwrap().to_owned();
+    let server = Server::start_in(dir.path(), &["--plugins-dir", &drop_path]).await;
+    server.append("hot-1", json!("any"), events("E", 5)).await;
+    server.wait_caught_up("tally").await;
+    let (_, count) = server.get("/plugins/tally/state/count").await;
+    assert_eq!(count, 5);
+
+    // A file that appears is deployed; one that changes is rebuilt as v2.
+    std::fs::copy(USER_DIRECTORY, drop_dir.path().join("user_directory.wasm")).unwrap();
+    server
+        .wait_plugin("user-directory", "deployed from the directory", |s| {
+            s["state"] == "running"
+        })
+        .await;
+    std::fs::copy(COUNTER_V2, drop_dir.path().join("tally.wasm")).unwrap();
+    server
+        .wait_plugin("tally", "the swap to v2", |s| {
+            s["generation"] == 2 && s["rebuild"].is_null()
+        })
+        .await;
+    let (_, version) = server.get("/plugins/tally/state/version").await;
+    assert_eq!(version, 2);
+}

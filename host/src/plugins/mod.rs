@@ -13,7 +13,9 @@ mod watch;
 use std::fmt;
 
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
+pub use runner::MAX_BATCH;
 pub use status::{PluginStatus, RebuildStatus, RunState};
+pub use store::PluginStore;
 pub use watch::watch_dir;
 
 use crate::log::LogError;

@@ -20,8 +20,9 @@ use crate::log::{EventFilter, EventLog, Position, RecordedEvent, format_timestam
 use crate::runtime::bindings::types::Event as WitEvent;
 use crate::runtime::{CallError, Compiled, LoadedPlugin, PluginInstance, Runtime, SandboxLimits};
 
-/// Most events handed to a plugin in one call.
-const MAX_BATCH: usize = 1000;
+/// Most events handed to a plugin in one call. Large batches matter when
+/// catching up: state read from and written to redb once per key per batch.
+pub const MAX_BATCH: usize = 10_000;
 /// Attempts at one event before the plugin is marked failed.
 const MAX_ATTEMPTS: u32 = 3;
 /// First retry delay; each further attempt waits 4× longer.

@@ -1,6 +1,7 @@
 //! A plugin's own redb file: its key-value state, its checkpoint, and the
 //! events it was told to skip. One file per generation (a rebuild writes a new
-//! one beside the serving one).
+//! one beside the serving one). Public so that benchmarks can run a native
+//! fold over the same storage as a plugin.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

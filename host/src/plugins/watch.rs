@@ -1,6 +1,6 @@
 //! `serve --plugins-dir DIR`: deploys every `.wasm` in DIR at start, and each
 //! one that appears or changes afterwards (checked every second; the name is
-//! the file's stem).
+//! the file's stem, `_` turned into `-`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,38 +10,59 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PluginName, Plugins};
 
-/// Watches `dir` until `shutdown`.
+/// Watches `dir` until `shutdown`. Files present at start are deployed at
+/// once; a file that appears or changes later is deployed once it has stayed
+/// the same for one check (so a file still being copied is not half-read).
 pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationToken) {
-    let mut seen: HashMap<PathBuf, (SystemTime, u64)> = HashMap::new();
+    let mut deployed: HashMap<PathBuf, Stamp> = HashMap::new();
+    let mut settling: HashMap<PathBuf, Stamp> = HashMap::new();
+    let mut first = true;
     loop {
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-                        continue;
-                    }
-                    let Ok(meta) = entry.metadata() else { continue };
-                    let stamp = (
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        meta.len(),
-                    );
-                    if seen.get(&path) == Some(&stamp) {
-                        continue;
-                    }
-                    seen.insert(path.clone(), stamp);
-                    deploy_file(&plugins, path).await;
-                }
+        for (path, stamp) in wasm_files(&dir) {
+            if deployed.get(&path) == Some(&stamp) {
+                continue;
             }
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot read the plugins directory")
+            if first || settling.get(&path) == Some(&stamp) {
+                settling.remove(&path);
+                deployed.insert(path.clone(), stamp);
+                deploy_file(&plugins, path).await;
+            } else {
+                settling.insert(path, stamp);
             }
         }
+        first = false;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// A file's modification time and length.
+type Stamp = (SystemTime, u64);
+
+fn wasm_files(dir: &std::path::Path) -> Vec<(PathBuf, Stamp)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot read the plugins directory");
+            return Vec::new();
+        }
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("wasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((
+                e.path(),
+                (
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                ),
+            ))
+        })
+        .collect()
 }
 
 async fn deploy_file(plugins: &Plugins, path: PathBuf) {

@@ -37,7 +37,7 @@ impl Projection for OrderTotals {
         })
     }
 
-    fn query(request: &[u8], state: &State) -> eventfold_sdk::Result<Vec<u8>> {
+    fn query(request: &[u8], state: &mut State) -> eventfold_sdk::Result<Vec<u8>> {
         let query: TopQuery = serde_json::from_slice(request).map_err(|e| Error::msg(format!("expected {{\"top\": n}}: {e}")))?;
         let mut customers: Vec<(String, Totals)> = state
             .scan("customer/")

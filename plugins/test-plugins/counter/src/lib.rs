@@ -11,7 +11,7 @@ impl Projection for Counter {
         Ok(())
     }
 
-    fn query(_request: &[u8], state: &State) -> eventfold_sdk::Result<Vec<u8>> {
+    fn query(_request: &[u8], state: &mut State) -> eventfold_sdk::Result<Vec<u8>> {
         Ok(state.get_bytes("count").unwrap_or_else(|| b"0".to_vec()))
     }
 }

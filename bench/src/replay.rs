@@ -1,0 +1,297 @@
+//! Replay from zero: the order-totals projection as a Rust WASM plugin (the
+//! real runner, state in its redb file) against the same fold written
+//! natively over the same log and the same kind of state store; and the time
+//! from deploy to first event, compiled and from the cache.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use eventfold::log::{
+    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, StreamAppend, StreamName,
+};
+use eventfold::metrics::Metrics;
+use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig};
+use eventfold::runtime::SandboxLimits;
+use serde::{Deserialize, Serialize};
+
+/// Options of the replay benchmark.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where the scratch data goes.
+    #[arg(long, default_value = "target/bench-data")]
+    pub data_dir: PathBuf,
+    /// Events in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Distinct customers the orders spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub customers: u64,
+    /// Rounds; native and WASM folds alternate and medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The order-totals component (built by `cargo build`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release/order_totals.wasm"))]
+    pub plugin: PathBuf,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: Args,
+        }
+        Wrapper::parse_from(["replay"]).args
+    }
+}
+
+/// The plugin's event, decoded natively the same way.
+#[derive(Deserialize)]
+struct OrderPlaced {
+    #[serde(rename = "customerId")]
+    customer_id: String,
+    amount: f64,
+}
+
+/// The plugin's state value, encoded natively the same way.
+#[derive(Serialize, Deserialize, Default)]
+struct Totals {
+    orders: u64,
+    total: f64,
+}
+
+/// Runs the replay benchmark and prints the table.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let wasm = std::fs::read(&args.plugin)
+        .with_context(|| format!("reading {}", args.plugin.display()))?;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("replay-")
+        .tempdir_in(&args.data_dir)?;
+    let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
+    let started = Instant::now();
+    fill(&log, args.events, args.customers).await?;
+    eprintln!(
+        "filled {} events in {:.1} s",
+        args.events,
+        started.elapsed().as_secs_f64()
+    );
+    let head = log.head().0;
+
+    let plugins = Plugins::open(
+        scratch.path(),
+        log.clone(),
+        PluginsConfig {
+            limits: SandboxLimits::default(),
+        },
+    )?;
+    let name = PluginName::new("totals")?;
+    plugins.deploy(name.clone(), wasm.clone().into()).await?;
+    let first = wait_until(&plugins, &name, |s| s.checkpoint >= head).await?;
+
+    // Alternate the two folds so that both see the same machine.
+    let mut natives = Vec::new();
+    let mut rebuilds = Vec::new();
+    for round in 0..args.rounds {
+        let native_log = log.clone();
+        let native_path = scratch.path().join(format!("native-{round}.redb"));
+        natives.push(
+            tokio::task::spawn_blocking(move || native_fold(&native_log, &native_path)).await??,
+        );
+        let generation = plugins.replay(&name).await?;
+        rebuilds.push(
+            wait_until(&plugins, &name, |s| {
+                s.generation == generation && s.rebuild.is_none()
+            })
+            .await?,
+        );
+        eprintln!(
+            "round {}: native {:?}, wasm replay {:?}",
+            round + 1,
+            natives[round],
+            rebuilds[round]
+        );
+    }
+    natives.sort();
+    rebuilds.sort();
+    let native = natives[natives.len() / 2];
+    let rebuild = rebuilds[rebuilds.len() / 2];
+
+    // Same answers from both folds.
+    for customer in [0, args.customers / 2, args.customers - 1] {
+        let key = format!("customer/c{customer}");
+        let from_plugin = plugins.state_get(&name, key.clone()).await?;
+        let from_native = PluginStore::open(&scratch.path().join("native-0.redb"))?.get(&key)?;
+        if from_plugin != from_native {
+            bail!("the plugin and the native fold disagree on {key}");
+        }
+    }
+    plugins.shutdown().await;
+
+    let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm).await?;
+    log.shutdown().await;
+
+    let rate = |d: Duration| head as f64 / d.as_secs_f64();
+    println!();
+    println!(
+        "replay from zero: {head} events, order totals over {} customers (median of {} rounds)",
+        args.customers, args.rounds
+    );
+    println!("{:<44} {:>12} {:>10}", "fold", "events/s", "vs native");
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "native Rust (same log, same state store)",
+        rate(native),
+        "1.00"
+    );
+    for (label, took) in [
+        ("WASM plugin, first deploy catching up", first),
+        ("WASM plugin, replay beside the serving one", rebuild),
+    ] {
+        println!(
+            "{:<44} {:>12.0} {:>10.2}",
+            label,
+            rate(took),
+            rate(took) / rate(native)
+        );
+    }
+    println!();
+    println!(
+        "deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache"
+    );
+    Ok(())
+}
+
+/// Appends `n` OrderPlaced events (≈200 bytes of JSON) over 10,000 streams.
+async fn fill(log: &EventLog, n: u64, customers: u64) -> anyhow::Result<()> {
+    let event_type = EventType::new("OrderPlaced")?;
+    let mut position = 0;
+    while position < n {
+        let mut appends = Vec::new();
+        for _ in 0..100 {
+            let stream = StreamName::new(format!("order-{}", position % 10_000))?;
+            let events = (0..100)
+                .map(|i| {
+                    let k = position + i;
+                    NewEvent {
+                        id: None,
+                        event_type: event_type.clone(),
+                        data: format!(
+                            r#"{{"orderId":"ord-{k:010}","customerId":"c{}","currency":"EUR","amount":{}.{:02},"items":[{{"sku":"SKU-{}","qty":2}}],"channel":"web"}}"#,
+                            k % customers,
+                            k % 500,
+                            k % 100,
+                            k % 9973
+                        )
+                        .into_bytes(),
+                        metadata: b"{}".to_vec(),
+                    }
+                })
+                .collect();
+            appends.push(StreamAppend {
+                stream,
+                expected_version: ExpectedVersion::Any,
+                events,
+            });
+            position += 100;
+        }
+        log.append_all(appends).await?;
+    }
+    Ok(())
+}
+
+/// The order-totals fold in plain Rust over the same log and state store,
+/// with the runner's batch size and commit policy.
+fn native_fold(log: &EventLog, path: &std::path::Path) -> anyhow::Result<Duration> {
+    let store = PluginStore::open(path)?;
+    let filter = EventFilter {
+        categories: vec!["order".into()],
+        event_types: vec!["OrderPlaced".into()],
+    };
+    let head = log.head().0;
+    let started = Instant::now();
+    let mut checkpoint = 0;
+    let mut last_sync = Instant::now();
+    while checkpoint < head {
+        let page = log.read_log_blocking(Position(checkpoint + 1), MAX_BATCH, &filter)?;
+        let mut view = store.view()?;
+        for event in &page.events {
+            let order: OrderPlaced = serde_json::from_slice(&event.data)?;
+            let key = format!("customer/{}", order.customer_id);
+            let mut totals: Totals = match view.get(&key).map_err(|e| anyhow!("{e:#}"))? {
+                Some(bytes) => serde_json::from_slice(&bytes)?,
+                None => Totals::default(),
+            };
+            totals.orders += 1;
+            totals.total += order.amount;
+            view.writes.insert(key, Some(serde_json::to_vec(&totals)?));
+        }
+        checkpoint = page.next.0 - 1;
+        let durable = last_sync.elapsed() >= Duration::from_secs(1);
+        store.commit(view.writes, checkpoint, durable)?;
+        if durable {
+            last_sync = Instant::now();
+        }
+    }
+    store.sync()?;
+    Ok(started.elapsed())
+}
+
+/// Polls the plugin's status until `done`; the time it took.
+async fn wait_until(
+    plugins: &Plugins,
+    name: &PluginName,
+    done: impl Fn(&eventfold::plugins::PluginStatus) -> bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let status = plugins.status(name)?;
+        if done(&status) {
+            return Ok(started.elapsed());
+        }
+        if let Some(error) = &status.last_error {
+            bail!("the plugin failed: {}", error.message);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Deploy-to-first-event: on a fresh data directory (compiling), then again
+/// under another name (the compiled form comes from the cache).
+async fn deploy_latency(data_dir: &std::path::Path, wasm: &[u8]) -> anyhow::Result<(f64, f64)> {
+    let scratch = tempfile::Builder::new()
+        .prefix("deploy-")
+        .tempdir_in(data_dir)?;
+    let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
+    log.append(StreamAppend {
+        stream: StreamName::new("order-1")?,
+        expected_version: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            id: None,
+            event_type: EventType::new("OrderPlaced")?,
+            data: br#"{"customerId":"c1","amount":1.5}"#.to_vec(),
+            metadata: b"{}".to_vec(),
+        }],
+    })
+    .await?;
+    let plugins = Plugins::open(
+        scratch.path(),
+        log.clone(),
+        PluginsConfig {
+            limits: SandboxLimits::default(),
+        },
+    )?;
+    let mut times = Vec::new();
+    for name in ["first", "second"] {
+        let name = PluginName::new(name)?;
+        let started = Instant::now();
+        plugins.deploy(name.clone(), wasm.to_vec().into()).await?;
+        wait_until(&plugins, &name, |s| s.checkpoint >= 1).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    plugins.shutdown().await;
+    log.shutdown().await;
+    Ok((times[0], times[1]))
+}
