@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use eventfold::log::{
-    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, StreamAppend, StreamName,
+    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend,
+    StreamName,
 };
 use eventfold::metrics::Metrics;
 use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig};
-use eventfold::runtime::SandboxLimits;
+use eventfold::runtime::{SandboxLimits, StateView};
 use serde::{Deserialize, Serialize};
 
 /// Options of the replay benchmark.
@@ -30,9 +31,9 @@ pub struct Args {
     /// Rounds; native and WASM folds alternate and medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// The order-totals component (built by `cargo build`).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release/order_totals.wasm"))]
-    pub plugin: PathBuf,
+    /// Where the built plugins are (`cargo build` puts them there).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release"))]
+    pub plugins: PathBuf,
 }
 
 impl Default for Args {
@@ -62,105 +63,90 @@ struct Totals {
     total: f64,
 }
 
+/// A fold measured both ways: as a plugin, and natively over the same store.
+struct Fold {
+    /// What it computes.
+    label: &'static str,
+    /// The plugin's file in `--plugins`.
+    wasm: &'static str,
+    /// The plugin's subscription, applied by the host for both.
+    filter: fn() -> EventFilter,
+    /// The same fold in Rust: one event into the batch's state view.
+    apply: fn(&RecordedEvent, &mut StateView) -> anyhow::Result<()>,
+}
+
+const FOLDS: [Fold; 2] = [
+    Fold {
+        label: "order totals (JSON decode, 1 key per event)",
+        wasm: "order_totals.wasm",
+        filter: || EventFilter { categories: vec!["order".into()], event_types: vec!["OrderPlaced".into()] },
+        apply: order_totals,
+    },
+    Fold { label: "counter (trivial: count and last position)", wasm: "counter.wasm", filter: EventFilter::default, apply: counter },
+];
+
 /// Runs the replay benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let wasm = std::fs::read(&args.plugin)
-        .with_context(|| format!("reading {}", args.plugin.display()))?;
     std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("replay-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = tempfile::Builder::new().prefix("replay-").tempdir_in(&args.data_dir)?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     let started = Instant::now();
     fill(&log, args.events, args.customers).await?;
-    eprintln!(
-        "filled {} events in {:.1} s",
-        args.events,
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("filled {} events in {:.1} s", args.events, started.elapsed().as_secs_f64());
     let head = log.head().0;
+    let plugins = Plugins::open(scratch.path(), log.clone(), PluginsConfig { limits: SandboxLimits::default() })?;
 
-    let plugins = Plugins::open(
-        scratch.path(),
-        log.clone(),
-        PluginsConfig {
-            limits: SandboxLimits::default(),
-        },
-    )?;
-    let name = PluginName::new("totals")?;
-    plugins.deploy(name.clone(), wasm.clone().into()).await?;
-    let first = wait_until(&plugins, &name, |s| s.checkpoint >= head).await?;
-
-    // Alternate the two folds so that both see the same machine.
-    let mut natives = Vec::new();
-    let mut rebuilds = Vec::new();
-    for round in 0..args.rounds {
-        let native_log = log.clone();
-        let native_path = scratch.path().join(format!("native-{round}.redb"));
-        natives.push(
-            tokio::task::spawn_blocking(move || native_fold(&native_log, &native_path)).await??,
-        );
-        let generation = plugins.replay(&name).await?;
-        rebuilds.push(
-            wait_until(&plugins, &name, |s| {
-                s.generation == generation && s.rebuild.is_none()
-            })
-            .await?,
-        );
-        eprintln!(
-            "round {}: native {:?}, wasm replay {:?}",
-            round + 1,
-            natives[round],
-            rebuilds[round]
-        );
-    }
-    natives.sort();
-    rebuilds.sort();
-    let native = natives[natives.len() / 2];
-    let rebuild = rebuilds[rebuilds.len() / 2];
-
-    // Same answers from both folds.
-    for customer in [0, args.customers / 2, args.customers - 1] {
-        let key = format!("customer/c{customer}");
-        let from_plugin = plugins.state_get(&name, key.clone()).await?;
-        let from_native = PluginStore::open(&scratch.path().join("native-0.redb"))?.get(&key)?;
-        if from_plugin != from_native {
-            bail!("the plugin and the native fold disagree on {key}");
+    let mut rows = Vec::new();
+    for (n, fold) in FOLDS.iter().enumerate() {
+        let wasm_path = args.plugins.join(fold.wasm);
+        let wasm = std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+        let name = PluginName::new(format!("fold-{n}"))?;
+        plugins.deploy(name.clone(), wasm.into()).await?;
+        let first = wait_until(&plugins, &name, |s| s.checkpoint >= head).await?;
+        // Alternate the two ways so that both see the same machine.
+        let mut natives = Vec::new();
+        let mut rebuilds = Vec::new();
+        for round in 0..args.rounds {
+            let native_log = log.clone();
+            let native_path = scratch.path().join(format!("native-{n}-{round}.redb"));
+            let (filter, apply) = (fold.filter, fold.apply);
+            natives.push(tokio::task::spawn_blocking(move || native_fold(&native_log, &native_path, filter(), apply)).await??);
+            let generation = plugins.replay(&name).await?;
+            rebuilds.push(wait_until(&plugins, &name, |s| s.generation == generation && s.rebuild.is_none()).await?);
+            eprintln!("{}: round {}: native {:?}, wasm replay {:?}", fold.label, round + 1, natives[round], rebuilds[round]);
         }
+        // Both ways must agree.
+        let native = PluginStore::open(&scratch.path().join(format!("native-{n}-0.redb")))?;
+        for key in ["count", "last", "customer/c0", "customer/c1"] {
+            if plugins.state_get(&name, key.into()).await? != native.get(key)? {
+                bail!("{}: the plugin and the native fold disagree on {key}", fold.label);
+            }
+        }
+        natives.sort();
+        rebuilds.sort();
+        rows.push((fold.label, natives[natives.len() / 2], first, rebuilds[rebuilds.len() / 2]));
     }
     plugins.shutdown().await;
-
+    let wasm = std::fs::read(args.plugins.join(FOLDS[0].wasm))?;
     let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm).await?;
     log.shutdown().await;
 
     let rate = |d: Duration| head as f64 / d.as_secs_f64();
     println!();
-    println!(
-        "replay from zero: {head} events, order totals over {} customers (median of {} rounds)",
-        args.customers, args.rounds
-    );
-    println!("{:<44} {:>12} {:>10}", "fold", "events/s", "vs native");
-    println!(
-        "{:<44} {:>12.0} {:>10}",
-        "native Rust (same log, same state store)",
-        rate(native),
-        "1.00"
-    );
-    for (label, took) in [
-        ("WASM plugin, first deploy catching up", first),
-        ("WASM plugin, replay beside the serving one", rebuild),
-    ] {
+    println!("replay from zero of {head} events ({} customers), median of {} rounds", args.customers, args.rounds);
+    println!("{:<44} {:>12} {:>14} {:>14} {:>8}", "fold", "native/s", "wasm deploy/s", "wasm replay/s", "ratio");
+    for (label, native, first, rebuild) in rows {
         println!(
-            "{:<44} {:>12.0} {:>10.2}",
+            "{:<44} {:>12.0} {:>14.0} {:>14.0} {:>8.2}",
             label,
-            rate(took),
-            rate(took) / rate(native)
+            rate(native),
+            rate(first),
+            rate(rebuild),
+            rate(rebuild) / rate(native)
         );
     }
     println!();
-    println!(
-        "deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache"
-    );
+    println!("deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache");
     Ok(())
 }
 
@@ -202,14 +188,15 @@ async fn fill(log: &EventLog, n: u64, customers: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The order-totals fold in plain Rust over the same log and state store,
-/// with the runner's batch size and commit policy.
-fn native_fold(log: &EventLog, path: &std::path::Path) -> anyhow::Result<Duration> {
+/// A fold in plain Rust over the same log and state store, with the
+/// runner's batch size and commit policy.
+fn native_fold(
+    log: &EventLog,
+    path: &std::path::Path,
+    filter: EventFilter,
+    apply: fn(&RecordedEvent, &mut StateView) -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let store = PluginStore::open(path)?;
-    let filter = EventFilter {
-        categories: vec!["order".into()],
-        event_types: vec!["OrderPlaced".into()],
-    };
     let head = log.head().0;
     let started = Instant::now();
     let mut checkpoint = 0;
@@ -218,15 +205,7 @@ fn native_fold(log: &EventLog, path: &std::path::Path) -> anyhow::Result<Duratio
         let page = log.read_log_blocking(Position(checkpoint + 1), MAX_BATCH, &filter)?;
         let mut view = store.view()?;
         for event in &page.events {
-            let order: OrderPlaced = serde_json::from_slice(&event.data)?;
-            let key = format!("customer/{}", order.customer_id);
-            let mut totals: Totals = match view.get(&key).map_err(|e| anyhow!("{e:#}"))? {
-                Some(bytes) => serde_json::from_slice(&bytes)?,
-                None => Totals::default(),
-            };
-            totals.orders += 1;
-            totals.total += order.amount;
-            view.writes.insert(key, Some(serde_json::to_vec(&totals)?));
+            apply(event, &mut view)?;
         }
         checkpoint = page.next.0 - 1;
         let durable = last_sync.elapsed() >= Duration::from_secs(1);
@@ -237,6 +216,31 @@ fn native_fold(log: &EventLog, path: &std::path::Path) -> anyhow::Result<Duratio
     }
     store.sync()?;
     Ok(started.elapsed())
+}
+
+/// `plugins/order-totals`, natively.
+fn order_totals(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
+    let order: OrderPlaced = serde_json::from_slice(&event.data)?;
+    let key = format!("customer/{}", order.customer_id);
+    let mut totals: Totals = match view.get(&key).map_err(|e| anyhow!("{e:#}"))? {
+        Some(bytes) => serde_json::from_slice(&bytes)?,
+        None => Totals::default(),
+    };
+    totals.orders += 1;
+    totals.total += order.amount;
+    view.writes.insert(key, Some(serde_json::to_vec(&totals)?));
+    Ok(())
+}
+
+/// `plugins/test-plugins/counter`, natively.
+fn counter(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
+    let count: u64 = match view.get("count").map_err(|e| anyhow!("{e:#}"))? {
+        Some(bytes) => serde_json::from_slice(&bytes)?,
+        None => 0,
+    };
+    view.writes.insert("count".into(), Some(serde_json::to_vec(&(count + 1))?));
+    view.writes.insert("last".into(), Some(serde_json::to_vec(&event.position.0)?));
+    Ok(())
 }
 
 /// Polls the plugin's status until `done`; the time it took.

@@ -45,8 +45,16 @@ impl State {
     }
 
     fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
-        self.cache
-            .insert(key.to_owned(), Cached { value, dirty: true });
+        // A key seen before in the batch is updated in place, without a new String.
+        match self.cache.get_mut(key) {
+            Some(cached) => {
+                cached.value = value;
+                cached.dirty = true;
+            }
+            None => {
+                self.cache.insert(key.to_owned(), Cached { value, dirty: true });
+            }
+        }
     }
 
     /// Hands the batch's writes to the host.
