@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use eventfold::log::{
-    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend,
-    StreamName,
+    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StreamAppend, StreamName,
 };
 use eventfold::metrics::Metrics;
 use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig};
@@ -79,27 +79,48 @@ const FOLDS: [Fold; 2] = [
     Fold {
         label: "order totals (JSON decode, 1 key per event)",
         wasm: "order_totals.wasm",
-        filter: || EventFilter { categories: vec!["order".into()], event_types: vec!["OrderPlaced".into()] },
+        filter: || EventFilter {
+            categories: vec!["order".into()],
+            event_types: vec!["OrderPlaced".into()],
+        },
         apply: order_totals,
     },
-    Fold { label: "counter (trivial: count and last position)", wasm: "counter.wasm", filter: EventFilter::default, apply: counter },
+    Fold {
+        label: "counter (trivial: count and last position)",
+        wasm: "counter.wasm",
+        filter: EventFilter::default,
+        apply: counter,
+    },
 ];
 
 /// Runs the replay benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new().prefix("replay-").tempdir_in(&args.data_dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("replay-")
+        .tempdir_in(&args.data_dir)?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     let started = Instant::now();
     fill(&log, args.events, args.customers).await?;
-    eprintln!("filled {} events in {:.1} s", args.events, started.elapsed().as_secs_f64());
+    eprintln!(
+        "filled {} events in {:.1} s",
+        args.events,
+        started.elapsed().as_secs_f64()
+    );
     let head = log.head().0;
-    let plugins = Plugins::open(scratch.path(), log.clone(), PluginsConfig { limits: SandboxLimits::default() })?;
+    let plugins = Plugins::open(
+        scratch.path(),
+        log.clone(),
+        PluginsConfig {
+            limits: SandboxLimits::default(),
+        },
+    )?;
 
     let mut rows = Vec::new();
     for (n, fold) in FOLDS.iter().enumerate() {
         let wasm_path = args.plugins.join(fold.wasm);
-        let wasm = std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+        let wasm = std::fs::read(&wasm_path)
+            .with_context(|| format!("reading {}", wasm_path.display()))?;
         let name = PluginName::new(format!("fold-{n}"))?;
         plugins.deploy(name.clone(), wasm.into()).await?;
         let first = wait_until(&plugins, &name, |s| s.checkpoint >= head).await?;
@@ -110,21 +131,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let native_log = log.clone();
             let native_path = scratch.path().join(format!("native-{n}-{round}.redb"));
             let (filter, apply) = (fold.filter, fold.apply);
-            natives.push(tokio::task::spawn_blocking(move || native_fold(&native_log, &native_path, filter(), apply)).await??);
+            natives.push(
+                tokio::task::spawn_blocking(move || {
+                    native_fold(&native_log, &native_path, filter(), apply)
+                })
+                .await??,
+            );
             let generation = plugins.replay(&name).await?;
-            rebuilds.push(wait_until(&plugins, &name, |s| s.generation == generation && s.rebuild.is_none()).await?);
-            eprintln!("{}: round {}: native {:?}, wasm replay {:?}", fold.label, round + 1, natives[round], rebuilds[round]);
+            rebuilds.push(
+                wait_until(&plugins, &name, |s| {
+                    s.generation == generation && s.rebuild.is_none()
+                })
+                .await?,
+            );
+            eprintln!(
+                "{}: round {}: native {:?}, wasm replay {:?}",
+                fold.label,
+                round + 1,
+                natives[round],
+                rebuilds[round]
+            );
         }
         // Both ways must agree.
         let native = PluginStore::open(&scratch.path().join(format!("native-{n}-0.redb")))?;
         for key in ["count", "last", "customer/c0", "customer/c1"] {
             if plugins.state_get(&name, key.into()).await? != native.get(key)? {
-                bail!("{}: the plugin and the native fold disagree on {key}", fold.label);
+                bail!(
+                    "{}: the plugin and the native fold disagree on {key}",
+                    fold.label
+                );
             }
         }
         natives.sort();
         rebuilds.sort();
-        rows.push((fold.label, natives[natives.len() / 2], first, rebuilds[rebuilds.len() / 2]));
+        rows.push((
+            fold.label,
+            natives[natives.len() / 2],
+            first,
+            rebuilds[rebuilds.len() / 2],
+        ));
     }
     plugins.shutdown().await;
     let wasm = std::fs::read(args.plugins.join(FOLDS[0].wasm))?;
@@ -133,8 +178,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let rate = |d: Duration| head as f64 / d.as_secs_f64();
     println!();
-    println!("replay from zero of {head} events ({} customers), median of {} rounds", args.customers, args.rounds);
-    println!("{:<44} {:>12} {:>14} {:>14} {:>8}", "fold", "native/s", "wasm deploy/s", "wasm replay/s", "ratio");
+    println!(
+        "replay from zero of {head} events ({} customers), median of {} rounds",
+        args.customers, args.rounds
+    );
+    println!(
+        "{:<44} {:>12} {:>14} {:>14} {:>8}",
+        "fold", "native/s", "wasm deploy/s", "wasm replay/s", "ratio"
+    );
     for (label, native, first, rebuild) in rows {
         println!(
             "{:<44} {:>12.0} {:>14.0} {:>14.0} {:>8.2}",
@@ -146,7 +197,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache");
+    println!(
+        "deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache"
+    );
     Ok(())
 }
 
@@ -238,8 +291,10 @@ fn counter(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
         Some(bytes) => serde_json::from_slice(&bytes)?,
         None => 0,
     };
-    view.writes.insert("count".into(), Some(serde_json::to_vec(&(count + 1))?));
-    view.writes.insert("last".into(), Some(serde_json::to_vec(&event.position.0)?));
+    view.writes
+        .insert("count".into(), Some(serde_json::to_vec(&(count + 1))?));
+    view.writes
+        .insert("last".into(), Some(serde_json::to_vec(&event.position.0)?));
     Ok(())
 }
 

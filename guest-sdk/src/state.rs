@@ -52,7 +52,8 @@ impl State {
                 cached.dirty = true;
             }
             None => {
-                self.cache.insert(key.to_owned(), Cached { value, dirty: true });
+                self.cache
+                    .insert(key.to_owned(), Cached { value, dirty: true });
             }
         }
     }

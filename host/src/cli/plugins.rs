@@ -177,7 +177,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 bar.finish_with_message(format!("{} rebuilt (generation {target})", args.name));
                 return Ok(());
             }
-            Value::Null => anyhow::bail!("the rebuild was replaced or abandoned"),
+            // The runner has not picked the rebuild up yet.
+            Value::Null => {}
             rebuild => {
                 bar.set_position(rebuild["checkpoint"].as_u64().unwrap_or(0));
                 if let Some(message) = rebuild["last_error"]["message"].as_str() {
