@@ -23,6 +23,27 @@
 //!   subcommands `append`, `read`, `tail` that talk to a running server.
 //! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
 
+/// Implements `From` for each of redb's error types into `$target::Storage`
+/// (which holds a `redb::Error`), so `?` works on every redb call.
+macro_rules! from_redb_errors {
+    ($target:ident) => {
+        from_redb_errors!(
+            $target: redb::DatabaseError,
+            redb::TransactionError,
+            redb::TableError,
+            redb::StorageError,
+            redb::CommitError
+        );
+    };
+    ($target:ident: $($t:ty),*) => {$(
+        impl From<$t> for $target {
+            fn from(e: $t) -> Self {
+                $target::Storage(e.into())
+            }
+        }
+    )*};
+}
+
 pub mod api;
 pub mod cli;
 pub mod config;

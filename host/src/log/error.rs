@@ -55,20 +55,4 @@ pub enum LogError {
     Storage(#[from] redb::Error),
 }
 
-macro_rules! storage_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for LogError {
-            fn from(e: $t) -> Self {
-                LogError::Storage(e.into())
-            }
-        }
-    )*};
-}
-
-storage_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb_errors!(LogError);

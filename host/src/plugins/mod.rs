@@ -92,20 +92,4 @@ pub enum PluginError {
     Storage(#[from] redb::Error),
 }
 
-macro_rules! storage_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for PluginError {
-            fn from(e: $t) -> Self {
-                PluginError::Storage(e.into())
-            }
-        }
-    )*};
-}
-
-storage_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb_errors!(PluginError);
