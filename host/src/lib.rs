@@ -14,13 +14,14 @@
 //!   plugin (the one place a plugin's checkpoint moves), each plugin's redb
 //!   state file, replay and the blue/green swap.
 //! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
-//!   (including the live SSE feed), `batch`, `health`; `error` turns every
+//!   (including the live SSE feed), `batch`, `plugins`, `health`; `error` turns every
 //!   failure into the JSON error body.
 //! - [`server`]: [`server::run`] takes a [`Config`], a `TcpListener` and a
-//!   cancellation token, and serves until the token is cancelled — the
-//!   binary and the end-to-end tests both call it.
+//!   cancellation token, opens the log and the plugins, and serves until the
+//!   token is cancelled; then drains requests, stops the runners and commits.
 //! - [`cli`]: the `eventfold` command line: `serve`, and the client
-//!   subcommands `append`, `read`, `tail` that talk to a running server.
+//!   subcommands that talk to a running server (`append`, `read`, `tail`;
+//!   `deploy`, `plugins`, `replay`, `state`).
 //! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
 
 /// Implements `From` for each of redb's error types into `$target::Storage`
