@@ -31,7 +31,8 @@ fn main() {
         .parent()
         .expect("host/ is inside the workspace")
         .to_path_buf();
-    for watched in ["plugins", "guest-sdk", "wit"] {
+    // The workspace manifest too: the SDK inherits its dependencies from it.
+    for watched in ["plugins", "guest-sdk", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

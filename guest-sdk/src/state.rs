@@ -1,5 +1,6 @@
 //! [`State`]: the plugin's key-value state, kept by the host.
 
+use std::any::Any;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -18,9 +19,36 @@ pub struct State {
     cache: HashMap<String, Cached>,
 }
 
+/// One key as the batch has seen it.
 struct Cached {
+    /// The value as bytes (`None`: absent); stale while `typed` holds a newer one.
     value: Option<Vec<u8>>,
+    /// A value decoded by [`State::update`], kept decoded between events and
+    /// encoded once, when the batch ends.
+    typed: Option<Typed>,
     dirty: bool,
+}
+
+struct Typed {
+    value: Box<dyn Any>,
+    encode: fn(&dyn Any) -> Vec<u8>,
+}
+
+fn encode_as<T: Serialize + 'static>(value: &dyn Any) -> Vec<u8> {
+    // `encode` is always paired with a value of type `T`.
+    value
+        .downcast_ref::<T>()
+        .map(|v| serde_json::to_vec(v).expect("state values serialise to JSON"))
+        .unwrap_or_default()
+}
+
+impl Cached {
+    /// Encodes a decoded value back into bytes.
+    fn settle(&mut self) {
+        if let Some(typed) = self.typed.take() {
+            self.value = Some((typed.encode)(&*typed.value));
+        }
+    }
 }
 
 impl State {
@@ -30,18 +58,28 @@ impl State {
         }
     }
 
-    fn read(&mut self, key: &str) -> Option<&Vec<u8>> {
+    /// The cache entry for `key`, read from the host the first time.
+    fn entry(&mut self, key: &str) -> &mut Cached {
         if !self.cache.contains_key(key) {
             let value = host::get(key);
             self.cache.insert(
                 key.to_owned(),
                 Cached {
                     value,
+                    typed: None,
                     dirty: false,
                 },
             );
         }
-        self.cache.get(key).and_then(|c| c.value.as_ref())
+        self.cache
+            .get_mut(key)
+            .expect("the entry was inserted just above")
+    }
+
+    fn read(&mut self, key: &str) -> Option<&Vec<u8>> {
+        let cached = self.entry(key);
+        cached.settle();
+        cached.value.as_ref()
     }
 
     fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
@@ -49,11 +87,16 @@ impl State {
         match self.cache.get_mut(key) {
             Some(cached) => {
                 cached.value = value;
+                cached.typed = None;
                 cached.dirty = true;
             }
             None => {
-                self.cache
-                    .insert(key.to_owned(), Cached { value, dirty: true });
+                let cached = Cached {
+                    value,
+                    typed: None,
+                    dirty: true,
+                };
+                self.cache.insert(key.to_owned(), cached);
             }
         }
     }
@@ -61,6 +104,7 @@ impl State {
     /// Hands the batch's writes to the host.
     pub(crate) fn flush(&mut self) {
         for (key, cached) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
+            cached.settle();
             match &cached.value {
                 Some(value) => host::set(key, value),
                 None => host::delete(key),
@@ -101,14 +145,33 @@ impl State {
     }
 
     /// Reads `key` (or `T::default()`), lets `f` change it, and stores it back.
+    /// Within a batch the value stays decoded: updating the same key for
+    /// every event costs one JSON decode and one encode per batch.
     pub fn update<T, F>(&mut self, key: &str, f: F) -> crate::Result<()>
     where
-        T: Serialize + DeserializeOwned + Default,
+        T: Serialize + DeserializeOwned + Default + 'static,
         F: FnOnce(&mut T),
     {
-        let mut value = self.get(key)?.unwrap_or_default();
+        let cached = self.entry(key);
+        cached.dirty = true;
+        if let Some(value) = cached
+            .typed
+            .as_mut()
+            .and_then(|t| t.value.downcast_mut::<T>())
+        {
+            f(value);
+            return Ok(());
+        }
+        cached.settle();
+        let mut value: T = match &cached.value {
+            Some(bytes) => serde_json::from_slice(bytes)?,
+            None => T::default(),
+        };
         f(&mut value);
-        self.put(key, &value);
+        cached.typed = Some(Typed {
+            value: Box::new(value),
+            encode: encode_as::<T>,
+        });
         Ok(())
     }
 
