@@ -123,7 +123,7 @@ impl From<PluginError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
             PluginError::Log(error) => error.into(),
-            PluginError::Load(RuntimeError::Cache(_))
+            PluginError::Load(RuntimeError::Cache(_) | RuntimeError::Setup(_))
             | PluginError::Io(_)
             | PluginError::Internal(_)
             | PluginError::Storage(_) => {

@@ -146,9 +146,9 @@ impl Plugins {
 
     fn restore(&self, name: &PluginName, dir: &Path) -> Result<(), PluginError> {
         let manifest = Manifest::load(dir)?;
-        let live = self.generation(dir, name, manifest.generation, &manifest.hash)?;
+        let live = self.generation(dir, manifest.generation, &manifest.hash)?;
         let rebuild = match &manifest.rebuild {
-            Some((number, hash)) => Some(self.generation(dir, name, *number, hash)?),
+            Some((number, hash)) => Some(self.generation(dir, *number, hash)?),
             None => None,
         };
         tracing::info!(plugin = %name, checkpoint = live.checkpoint, compiled = compiled_word(live.plugin.compiled), "restored plugin");
@@ -157,17 +157,10 @@ impl Plugins {
     }
 
     /// Loads generation `number` of a plugin from its directory.
-    fn generation(
-        &self,
-        dir: &Path,
-        name: &PluginName,
-        number: u64,
-        hash: &str,
-    ) -> Result<Generation, PluginError> {
+    fn generation(&self, dir: &Path, number: u64, hash: &str) -> Result<Generation, PluginError> {
         let wasm = std::fs::read(dir.join(format!("{hash}.wasm")))?;
         let plugin = self.inner.runtime.load(&wasm, self.inner.config.limits)?;
         let store = PluginStore::open(&dir.join(format!("state-{number}.redb")))?;
-        let _ = name;
         Generation::new(number, plugin, store)
     }
 

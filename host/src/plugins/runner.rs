@@ -294,7 +294,7 @@ impl Runner {
             }
             Control::Rebuild(generation) => {
                 if let Some(old) = self.rebuild.replace(*generation) {
-                    remove_generation(&self.dir, old);
+                    remove_generation(old);
                 }
                 self.save_manifest();
             }
@@ -385,7 +385,7 @@ impl Runner {
         self.save_manifest();
         tracing::info!(plugin = %self.shared.name, generation = self.live.number, checkpoint = self.live.checkpoint, "rebuild caught up; swapped in");
         let old_hash = old.plugin.hash.clone();
-        remove_generation(&self.dir, old);
+        remove_generation(old);
         if old_hash != self.live.plugin.hash {
             let _ = std::fs::remove_file(self.dir.join(format!("{old_hash}.wasm")));
         }
@@ -458,7 +458,7 @@ pub(super) fn compile_ms(compiled: Compiled) -> u64 {
     }
 }
 
-fn remove_generation(dir: &std::path::Path, generation: Generation) {
+fn remove_generation(generation: Generation) {
     let path = generation.store.path().to_path_buf();
     drop(generation);
     // Readers may still hold the old store for a moment; on Unix the file
@@ -466,7 +466,6 @@ fn remove_generation(dir: &std::path::Path, generation: Generation) {
     if let Err(error) = std::fs::remove_file(&path) {
         tracing::warn!(%error, path = %path.display(), "cannot remove an old state file");
     }
-    let _ = dir;
 }
 
 fn to_wit(event: RecordedEvent) -> WitEvent {

@@ -44,6 +44,9 @@ pub enum RuntimeError {
     /// It loaded, but `describe` failed.
     #[error("the plugin's describe() failed: {0}")]
     Describe(String),
+    /// The engine could not be set up.
+    #[error("runtime setup: {0}")]
+    Setup(String),
     /// The compiled-component cache failed.
     #[error("component cache: {0}")]
     Cache(String),
@@ -86,10 +89,10 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         let engine =
-            Engine::new(&config).map_err(|e| RuntimeError::Cache(format!("engine: {e:#}")))?;
+            Engine::new(&config).map_err(|e| RuntimeError::Setup(format!("engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         let link =
-            |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Cache(format!("linker: {e:#}")));
+            |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Setup(format!("linker: {e:#}")));
         // WASI p2 with an empty context: Rust, Python and JS components import
         // some of it (clocks, random, stdio) but get no files, network or env.
         link(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
@@ -108,7 +111,7 @@ impl Runtime {
                     ticker_engine.increment_epoch();
                 }
             })
-            .map_err(|e| RuntimeError::Cache(format!("epoch ticker: {e}")))?;
+            .map_err(|e| RuntimeError::Setup(format!("epoch ticker: {e}")))?;
         Ok(Self {
             engine,
             linker,
@@ -121,7 +124,7 @@ impl Runtime {
     /// the cache) and asks it to describe itself. Blocking: run it off the
     /// async runtime.
     pub fn load(&self, wasm: &[u8], limits: SandboxLimits) -> Result<LoadedPlugin, RuntimeError> {
-        if !wasmparser_is_component(wasm) {
+        if !is_component(wasm) {
             return Err(RuntimeError::Invalid(
                 "the file is not a WebAssembly component (a core module or something else); \
                  build with --target wasm32-wasip2 or wrap it with `wasm-tools component new`"
@@ -177,7 +180,7 @@ impl Drop for Runtime {
 
 /// Whether the bytes are a WebAssembly component (not a core module): the
 /// preamble's version/layer field says so.
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component(bytes: &[u8]) -> bool {
     // `\0asm`, then version 0x0d and layer 0x01 for components (core modules: version 1, layer 0).
     bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[6..8] == [0x01, 0x00]
 }
