@@ -108,13 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let head = log.head().0;
-    let plugins = Plugins::open(
-        scratch.path(),
-        log.clone(),
-        PluginsConfig {
-            limits: SandboxLimits::default(),
-        },
-    )?;
+    let plugins = open_plugins(scratch.path(), &log)?;
 
     let mut rows = Vec::new();
     for (n, fold) in FOLDS.iter().enumerate() {
@@ -298,6 +292,14 @@ fn counter(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plugin host over `log`, with default limits, in `dir`.
+fn open_plugins(dir: &std::path::Path, log: &EventLog) -> anyhow::Result<Plugins> {
+    let config = PluginsConfig {
+        limits: SandboxLimits::default(),
+    };
+    Ok(Plugins::open(dir, log.clone(), config)?)
+}
+
 /// Polls the plugin's status until `done`; the time it took.
 async fn wait_until(
     plugins: &Plugins,
@@ -335,13 +337,7 @@ async fn deploy_latency(data_dir: &std::path::Path, wasm: &[u8]) -> anyhow::Resu
         }],
     })
     .await?;
-    let plugins = Plugins::open(
-        scratch.path(),
-        log.clone(),
-        PluginsConfig {
-            limits: SandboxLimits::default(),
-        },
-    )?;
+    let plugins = open_plugins(scratch.path(), &log)?;
     let mut times = Vec::new();
     for name in ["first", "second"] {
         let name = PluginName::new(name)?;

@@ -68,6 +68,16 @@ impl Server {
         into_json(self.request(reqwest::Method::GET, path).send().await).await
     }
 
+    /// GET, answering the body as text (for non-JSON or byte-exact checks).
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request failed");
+        response.text().await.expect("body")
+    }
+
     /// POST a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         into_json(

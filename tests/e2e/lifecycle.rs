@@ -81,14 +81,7 @@ async fn metrics_count_appends_and_show_the_head() {
     server
         .append("m-1", json!("no_stream"), events("E", 1))
         .await;
-    let text = server
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     for line in [
         "eventfold_appends_total 1",
         "eventfold_events_appended_total 3",

@@ -64,14 +64,7 @@ async fn data_and_metadata_are_kept_as_sent() {
         .post_raw("/streams/raw-1", "application/json", body)
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let text = server
-        .request(reqwest::Method::GET, "/streams/raw-1")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/streams/raw-1").await;
     assert!(
         text.contains(r#""data":{ "b" : [1,  2],"a":"é\u00e9" }"#),
         "{text}"
