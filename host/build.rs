@@ -13,6 +13,7 @@ use std::process::Command;
 const PLUGINS: &[&str] = &[
     "user-directory",
     "order-totals",
+    "shipment-notifier",
     "counter",
     "counter-v2",
     "endless-loop",
@@ -20,9 +21,11 @@ const PLUGINS: &[&str] = &[
     "trap",
     "failing",
     "chatty",
+    "oversize-notifier",
+    "sneaky-projection",
 ];
 /// The ones copied to `target/plugins/examples/`.
-const EXAMPLES: &[&str] = &["user-directory", "order-totals"];
+const EXAMPLES: &[&str] = &["user-directory", "order-totals", "shipment-notifier"];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

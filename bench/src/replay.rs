@@ -256,7 +256,7 @@ fn native_fold(
         }
         checkpoint = page.next.0 - 1;
         let durable = last_sync.elapsed() >= Duration::from_secs(1);
-        store.commit(view.writes, checkpoint, durable)?;
+        store.commit(view.writes, &[], checkpoint, durable)?;
         if durable {
             last_sync = Instant::now();
         }

@@ -47,11 +47,17 @@
 //!
 //! State writes made while a batch is handled are committed together with the
 //! plugin's checkpoint, or not at all: a crash never leaves half a batch.
+//!
+//! A notifier implements [`Notifier`] instead: its `apply` also gets an
+//! [`Outbox`] to emit notifications into, and it is exported with
+//! [`export_notifier!`]. See `plugins/shipment-notifier` for a complete one.
 
 mod event;
+mod outbox;
 mod state;
 
 pub use event::Event;
+pub use outbox::Outbox;
 pub use state::State;
 
 use std::fmt;
@@ -64,6 +70,24 @@ pub mod wit {
         pub_export_macro: true,
         export_macro_name: "__export_projection_world",
         default_bindings_module: "eventfold_sdk::wit",
+    });
+}
+
+/// The notifier world's bindings: its shared interfaces are the projection
+/// world's, so [`State`] and [`Event`] serve both.
+#[doc(hidden)]
+pub mod wit_notifier {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "notifier",
+        pub_export_macro: true,
+        export_macro_name: "__export_notifier_world",
+        default_bindings_module: "eventfold_sdk::wit_notifier",
+        with: {
+            "eventfold:plugin/types@0.1.0": crate::wit::eventfold::plugin::types,
+            "eventfold:plugin/state@0.1.0": crate::wit::eventfold::plugin::state,
+            "eventfold:plugin/log@0.1.0": crate::wit::eventfold::plugin::log,
+        },
     });
 }
 
@@ -145,6 +169,20 @@ pub trait Projection {
     }
 }
 
+/// A notifier: turns events into notifications, and may keep state to do so
+/// (e.g. an order's customer, remembered until the order ships).
+pub trait Notifier {
+    /// Which events to receive. Default: all of them.
+    fn subscription() -> Subscription {
+        Subscription::all()
+    }
+
+    /// Handles one event: reads and writes state, emits into the outbox. An
+    /// error stops the batch (nothing of it is committed or sent): the host
+    /// retries it, then marks the plugin failed at this event.
+    fn apply(event: &Event, state: &mut State, outbox: &mut Outbox) -> Result<()>;
+}
+
 /// Severity of a [`log`] message.
 pub use wit::eventfold::plugin::log::Level;
 
@@ -155,9 +193,25 @@ pub fn log(level: Level, message: &str) {
 
 #[doc(hidden)]
 pub fn __describe<P: Projection>(version: &str) -> wit_types::PluginInfo {
-    let subscription = P::subscription();
+    describe(
+        wit_types::PluginKind::Projection,
+        P::subscription(),
+        version,
+    )
+}
+
+#[doc(hidden)]
+pub fn __describe_notifier<N: Notifier>(version: &str) -> wit_types::PluginInfo {
+    describe(wit_types::PluginKind::Notifier, N::subscription(), version)
+}
+
+fn describe(
+    kind: wit_types::PluginKind,
+    subscription: Subscription,
+    version: &str,
+) -> wit_types::PluginInfo {
     wit_types::PluginInfo {
-        kind: wit_types::PluginKind::Projection,
+        kind,
         subscription: wit_types::Subscription {
             categories: subscription.categories,
             event_types: subscription.event_types,
@@ -174,6 +228,23 @@ pub fn __handle<P: Projection>(
     for (index, event) in events.into_iter().enumerate() {
         let event = Event::from(event);
         P::apply(&event, &mut state).map_err(|error| wit_types::HandleError {
+            index: index as u32,
+            message: error.to_string(),
+        })?;
+    }
+    state.flush();
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn __handle_notifier<N: Notifier>(
+    events: Vec<wit_types::Event>,
+) -> Result<(), wit_types::HandleError> {
+    let mut state = State::new();
+    let mut outbox = Outbox::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let event = Event::from(event);
+        N::apply(&event, &mut state, &mut outbox).map_err(|error| wit_types::HandleError {
             index: index as u32,
             message: error.to_string(),
         })?;
@@ -212,5 +283,28 @@ macro_rules! export_projection {
         }
 
         $crate::wit::__export_projection_world!(__EventfoldProjection with_types_in $crate::wit);
+    };
+}
+
+/// Exports a type implementing [`Notifier`] as the plugin's component.
+/// Use it once, at the crate root.
+#[macro_export]
+macro_rules! export_notifier {
+    ($notifier:ty) => {
+        #[doc(hidden)]
+        struct __EventfoldNotifier;
+
+        impl $crate::wit_notifier::Guest for __EventfoldNotifier {
+            fn describe() -> $crate::wit_notifier::PluginInfo {
+                $crate::__describe_notifier::<$notifier>(env!("CARGO_PKG_VERSION"))
+            }
+            fn handle(
+                events: ::std::vec::Vec<$crate::wit_notifier::Event>,
+            ) -> ::std::result::Result<(), $crate::wit_notifier::HandleError> {
+                $crate::__handle_notifier::<$notifier>(events)
+            }
+        }
+
+        $crate::wit_notifier::__export_notifier_world!(__EventfoldNotifier with_types_in $crate::wit_notifier);
     };
 }

@@ -50,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod plugins;
 pub mod runtime;
 pub mod server;

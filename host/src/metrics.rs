@@ -73,11 +73,15 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text exposition of every metric, with `extra`
+    /// families (computed at scrape time elsewhere) before the end marker.
+    pub fn render(&self, extra: &str) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        if let Some(body) = out.strip_suffix("# EOF\n") {
+            out = format!("{body}{extra}# EOF\n");
+        }
         out
     }
 }

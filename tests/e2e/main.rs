@@ -7,5 +7,6 @@ mod harness;
 mod lifecycle;
 mod live;
 mod log_api;
+mod notifiers;
 mod plugin_failures;
 mod plugins;

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::log::LogError;
+use crate::notify::NotifyError;
 use crate::plugins::PluginError;
 use crate::runtime::RuntimeError;
 
@@ -123,10 +124,14 @@ impl From<PluginError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
             PluginError::Log(error) => error.into(),
+            PluginError::Notify(NotifyError::InvalidWebhook(_)) => {
+                ApiError::bad_request("invalid_webhook", message)
+            }
             PluginError::Load(RuntimeError::Cache(_) | RuntimeError::Setup(_))
             | PluginError::Io(_)
             | PluginError::Internal(_)
-            | PluginError::Storage(_) => {
+            | PluginError::Storage(_)
+            | PluginError::Notify(NotifyError::Corrupt(_) | NotifyError::Storage(_)) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
         }

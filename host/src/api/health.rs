@@ -5,7 +5,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use std::fmt::Write as _;
+
 use super::AppState;
+use crate::notify::MailboxStats;
 
 /// 200 with the head position once the server accepts requests.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
@@ -19,6 +22,71 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render(&notifier_metrics(&state)),
     )
+}
+
+/// Per-notifier delivery figures, as OpenMetrics families labelled by plugin.
+fn notifier_metrics(state: &AppState) -> String {
+    type Figure = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&MailboxStats) -> f64,
+    );
+    const FIGURES: [Figure; 5] = [
+        (
+            "notifications_pending",
+            "gauge",
+            "Notifications not yet delivered to the webhook",
+            |s| s.pending as f64,
+        ),
+        (
+            "notifications_delivered",
+            "counter",
+            "Notifications delivered to the webhook",
+            |s| s.delivered as f64,
+        ),
+        (
+            "notification_attempts_failed",
+            "counter",
+            "Webhook delivery attempts that failed",
+            |s| s.failed_attempts as f64,
+        ),
+        (
+            "notifications_dead_lettered",
+            "counter",
+            "Notifications that ended as dead letters",
+            |s| s.dead_lettered as f64,
+        ),
+        (
+            "notification_oldest_pending_age_seconds",
+            "gauge",
+            "Age of the oldest undelivered notification",
+            |s| s.oldest_pending_age_secs.unwrap_or(0.0),
+        ),
+    ];
+    let notifiers: Vec<(String, MailboxStats)> = state
+        .plugins
+        .list()
+        .into_iter()
+        .filter_map(|p| p.notifications.map(|n| (p.name, n.stats)))
+        .collect();
+    let mut out = String::new();
+    if notifiers.is_empty() {
+        return out;
+    }
+    for (name, kind, help, value) in FIGURES {
+        let _ = writeln!(out, "# HELP eventfold_{name} {help}.");
+        let _ = writeln!(out, "# TYPE eventfold_{name} {kind}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (plugin, stats) in &notifiers {
+            let _ = writeln!(
+                out,
+                "eventfold_{name}{suffix}{{plugin=\"{plugin}\"}} {}",
+                value(stats)
+            );
+        }
+    }
+    out
 }

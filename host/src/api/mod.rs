@@ -10,6 +10,7 @@ mod events;
 mod extract;
 mod health;
 mod intake;
+mod notifications;
 mod plugins;
 mod render;
 mod streams;
@@ -101,6 +102,21 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/plugins/{name}/state", get(plugins::state_scan))
         .route("/plugins/{name}/state/{*key}", get(plugins::state_get))
         .route("/plugins/{name}/query", post(plugins::query))
+        .route(
+            "/plugins/{name}/webhook",
+            put(notifications::put_webhook)
+                .get(notifications::get_webhook)
+                .delete(notifications::delete_webhook),
+        )
+        .route("/plugins/{name}/notifications", get(notifications::list))
+        .route(
+            "/plugins/{name}/dead-letters",
+            get(notifications::dead_letters),
+        )
+        .route(
+            "/plugins/{name}/dead-letters/{id}/retry",
+            post(notifications::retry_dead_letter),
+        )
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -115,6 +131,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .delete(plugins::remove);
     let mut app = Router::new()
         .route("/events/live", get(events::live))
+        .route("/notifications/live", get(notifications::live))
         .route("/plugins/{name}", plugin)
         .merge(bounded)
         .fallback(not_found)

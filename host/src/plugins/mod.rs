@@ -14,7 +14,7 @@ use std::fmt;
 
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
 pub use runner::MAX_BATCH;
-pub use status::{PluginStatus, RebuildStatus, RunState};
+pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};
 pub use store::PluginStore;
 pub use watch::watch_dir;
 
@@ -90,6 +90,9 @@ pub enum PluginError {
     /// The plugin's state storage failed.
     #[error("plugin storage: {0}")]
     Storage(#[from] redb::Error),
+    /// The notifier's mailbox failed, or a webhook setting was refused.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 from_redb_errors!(PluginError);

@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::runner::{Control, Generation, Host, Runner, Shared, compile_ms, compiled_word};
-use super::status::{PluginStatus, RunState};
+use super::status::{NotificationStatus, PluginStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
 use crate::log::EventLog;
+use crate::notify::{Mailbox, NotificationFeed, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
 
 /// What `plugin.json` records.
@@ -83,6 +85,8 @@ struct Entry {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// A notifier's dispatcher: stopped with this token.
+    dispatcher: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 /// Every deployed plugin. Cheap to clone.
@@ -101,6 +105,10 @@ struct Inner {
     compiling: Mutex<HashMap<PluginName, PluginStatus>>,
     /// Serialises deploys, replays and removals of the same plugins.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Where every notifier's accepted notifications are published live.
+    feed: NotificationFeed,
+    /// The HTTP client of every webhook delivery.
+    webhooks: reqwest::Client,
 }
 
 impl Plugins {
@@ -123,6 +131,11 @@ impl Plugins {
                 entries: Mutex::new(HashMap::new()),
                 compiling: Mutex::new(HashMap::new()),
                 lifecycle: tokio::sync::Mutex::new(()),
+                feed: NotificationFeed::new(),
+                webhooks: reqwest::Client::builder()
+                    .user_agent(concat!("eventfold/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| PluginError::Internal(format!("webhook client: {e}")))?,
             }),
         };
         for entry in std::fs::read_dir(&dir)? {
@@ -152,8 +165,7 @@ impl Plugins {
             None => None,
         };
         tracing::info!(plugin = %name, checkpoint = live.checkpoint, compiled = compiled_word(live.plugin.compiled), "restored plugin");
-        self.start(name.clone(), dir.to_path_buf(), live, rebuild);
-        Ok(())
+        self.start(name.clone(), dir.to_path_buf(), live, rebuild)
     }
 
     /// Loads generation `number` of a plugin from its directory.
@@ -164,7 +176,23 @@ impl Plugins {
         Generation::new(number, plugin, store)
     }
 
-    fn start(&self, name: PluginName, dir: PathBuf, live: Generation, rebuild: Option<Generation>) {
+    fn start(
+        &self,
+        name: PluginName,
+        dir: PathBuf,
+        live: Generation,
+        rebuild: Option<Generation>,
+    ) -> Result<(), PluginError> {
+        let mailbox = if live.plugin.is_notifier() {
+            let path = dir.join("mailbox.redb");
+            Some(Arc::new(Mailbox::open(
+                &path,
+                name.as_str(),
+                self.inner.feed.clone(),
+            )?))
+        } else {
+            None
+        };
         let plugin = &live.plugin;
         let status = PluginStatus {
             name: name.to_string(),
@@ -184,6 +212,7 @@ impl Plugins {
             last_error: None,
             rebuild: None,
             parked: 0,
+            notifications: None,
         };
         let shared = Arc::new(Shared {
             name: name.clone(),
@@ -193,6 +222,16 @@ impl Plugins {
                 store: live.store.clone(),
                 generation: live.number,
             }),
+            mailbox: mailbox.clone(),
+        });
+        let dispatcher = mailbox.map(|mailbox| {
+            let token = CancellationToken::new();
+            let task = tokio::spawn(dispatcher::run(
+                mailbox,
+                self.inner.webhooks.clone(),
+                token.clone(),
+            ));
+            (token, task)
         });
         let (control, receiver) = mpsc::unbounded_channel();
         let host = Host {
@@ -219,9 +258,11 @@ impl Plugins {
                     shared,
                     control,
                     thread,
+                    dispatcher,
                 },
             );
         }
+        Ok(())
     }
 
     /// Deploys `wasm` as plugin `name`: validates and compiles it off the
@@ -274,8 +315,9 @@ impl Plugins {
                     rebuild: None,
                 }
                 .save(&dir)?;
-                self.start(name.clone(), dir, live, None);
+                let started = self.start(name.clone(), dir, live, None);
                 self.mark_compiling(&name, false);
+                started?;
                 DeployOutcome::Created
             }
             Some(shared) => {
@@ -289,6 +331,18 @@ impl Plugins {
                     .read()
                     .ok()
                     .and_then(|s| s.rebuild.as_ref().map(|r| r.hash.clone()));
+                let serving_kind = if shared.mailbox.is_some() {
+                    "notifier"
+                } else {
+                    "projection"
+                };
+                if serving_kind != loaded.kind() {
+                    return Err(PluginError::Conflict(format!(
+                        "plugin {name} is a {serving_kind} and this component is a {}: \
+                         delete the plugin first, or deploy it under another name",
+                        loaded.kind()
+                    )));
+                }
                 if serving_hash == loaded.hash && rebuilding_hash.is_none() {
                     DeployOutcome::Unchanged
                 } else {
@@ -326,6 +380,7 @@ impl Plugins {
                     last_error: None,
                     rebuild: None,
                     parked: 0,
+                    notifications: None,
                 },
             );
         } else {
@@ -467,7 +522,27 @@ impl Plugins {
         if let Ok(serving) = shared.serving.read() {
             status.parked = serving.store.parked().map_or(0, |p| p.len() as u64);
         }
+        if let Some(mailbox) = &shared.mailbox {
+            status.notifications = Some(NotificationStatus {
+                stats: mailbox.stats()?,
+                webhook: mailbox.webhook()?.map(|w| w.view()),
+            });
+        }
         Ok(status)
+    }
+
+    /// A notifier's mailbox; a conflict for a projection.
+    pub fn mailbox(&self, name: &PluginName) -> Result<Arc<Mailbox>, PluginError> {
+        self.shared(name)?.mailbox.clone().ok_or_else(|| {
+            PluginError::Conflict(format!(
+                "plugin {name} is a projection: only notifiers have notifications and webhooks"
+            ))
+        })
+    }
+
+    /// The live feed of every notifier's notifications.
+    pub fn feed(&self) -> &NotificationFeed {
+        &self.inner.feed
     }
 
     /// Every plugin's status, by name.
@@ -553,6 +628,10 @@ impl Plugins {
 }
 
 async fn stop(mut entry: Entry) {
+    if let Some((token, task)) = entry.dispatcher.take() {
+        token.cancel();
+        let _ = task.await;
+    }
     let _ = entry.control.send(Control::Stop);
     if let Some(thread) = entry.thread.take() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

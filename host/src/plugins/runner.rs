@@ -17,8 +17,12 @@ use super::status::{LastError, PluginStatus, RebuildStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
 use crate::log::{EventFilter, EventLog, Position, RecordedEvent, format_timestamp};
+use crate::notify::Mailbox;
 use crate::runtime::bindings::types::Event as WitEvent;
-use crate::runtime::{CallError, Compiled, LoadedPlugin, PluginInstance, Runtime, SandboxLimits};
+use crate::runtime::{
+    CallError, Compiled, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
+    SandboxLimits,
+};
 
 /// Most events handed to a plugin in one call. Large batches matter when
 /// catching up: state read from and written to redb once per key per batch.
@@ -29,6 +33,8 @@ const MAX_ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Non-durable commits are made durable at least this often.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Outbox notifications posted to the mailbox per transaction.
+const OUTBOX_PAGE: usize = 10_000;
 
 /// What the registry asks of a runner.
 pub(super) enum Control {
@@ -115,6 +121,8 @@ pub(super) struct Generation {
     meter: RateMeter,
     dirty: bool,
     last_sync: Instant,
+    /// The outbox may hold notifications not yet posted to the mailbox.
+    outbox_pending: bool,
 }
 
 impl Generation {
@@ -141,6 +149,8 @@ impl Generation {
             meter: RateMeter::default(),
             dirty: false,
             last_sync: Instant::now(),
+            // A crash may have left notifications between commit and mailbox.
+            outbox_pending: true,
         })
     }
 
@@ -160,6 +170,8 @@ pub(super) struct Shared {
     pub name: PluginName,
     pub status: RwLock<PluginStatus>,
     pub serving: RwLock<Serving>,
+    /// A notifier's mailbox (`None` for a projection).
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 /// What every runner works with: the log, the runtime and the limits.
@@ -231,6 +243,7 @@ impl Runner {
             let mut worked = false;
             if !self.paused {
                 worked |= self.step(false, head);
+                self.post_outbox();
                 worked |= self.step(true, head);
                 self.try_swap(head);
             }
@@ -355,10 +368,18 @@ impl Runner {
             &self.log,
             &self.runtime,
             self.limits,
+            self.shared.mailbox.as_deref(),
             generation,
             limit,
         );
         true
+    }
+
+    /// Posts what the serving generation's outbox holds to the mailbox.
+    fn post_outbox(&mut self) {
+        if let Some(mailbox) = &self.shared.mailbox {
+            post_outbox(&self.shared.name, mailbox, &mut self.live);
+        }
     }
 
     /// Swaps a rebuild that has caught up in for the serving generation.
@@ -373,8 +394,12 @@ impl Runner {
         let Some(mut next) = self.rebuild.take() else {
             return;
         };
+        // What the old version emitted goes out before it is removed.
+        self.post_outbox();
         next.sync();
         let old = std::mem::replace(&mut self.live, next);
+        // The new version's outbox holds only keys never sent before.
+        self.post_outbox();
         if let Ok(mut serving) = self.shared.serving.write() {
             *serving = Serving {
                 plugin: self.live.plugin.clone(),
@@ -481,14 +506,42 @@ fn to_wit(event: RecordedEvent) -> WitEvent {
     }
 }
 
+/// Moves a generation's outbox into the plugin's mailbox: the mailbox
+/// commits (durably) first, then the outbox is cleared, so a crash between
+/// the two only makes the mailbox see keys it already has.
+fn post_outbox(name: &PluginName, mailbox: &Mailbox, generation: &mut Generation) {
+    while generation.outbox_pending {
+        let posted = generation.store.outbox(OUTBOX_PAGE).and_then(|page| {
+            let Some(&(last, _)) = page.last() else {
+                return Ok(false);
+            };
+            let notifications: Vec<Notification> = page.into_iter().map(|(_, n)| n).collect();
+            mailbox.accept(&notifications)?;
+            generation.store.clear_outbox(last)?;
+            Ok(true)
+        });
+        match posted {
+            Ok(true) => {}
+            Ok(false) => generation.outbox_pending = false,
+            Err(error) => {
+                // Left pending: the next step tries again.
+                tracing::error!(plugin = %name, %error, "cannot post notifications to the mailbox");
+                return;
+            }
+        }
+    }
+}
+
 /// Reads the next batch after the generation's checkpoint, hands it to the
-/// plugin, and commits its writes with the new checkpoint: the one place a
-/// plugin's checkpoint moves (apart from an operator's skip).
+/// plugin, and commits its writes, its notifications and the new checkpoint
+/// in one transaction: the one place a plugin's checkpoint moves (apart
+/// from an operator's skip).
 fn process(
     name: &PluginName,
     log: &EventLog,
     runtime: &Runtime,
     limits: SandboxLimits,
+    mailbox: Option<&Mailbox>,
     generation: &mut Generation,
     limit: usize,
 ) {
@@ -508,7 +561,14 @@ fn process(
     // Events the subscription skips still advance the checkpoint.
     let checkpoint = page.next.0.saturating_sub(1).max(generation.checkpoint);
     if page.events.is_empty() {
-        return commit(name, generation, Default::default(), checkpoint, 0);
+        return commit(
+            name,
+            generation,
+            Default::default(),
+            Vec::new(),
+            checkpoint,
+            0,
+        );
     }
     let positions: Vec<u64> = page.events.iter().map(|e| e.position.0).collect();
     let events: Vec<WitEvent> = page.events.into_iter().map(to_wit).collect();
@@ -525,15 +585,30 @@ fn process(
     let Some(instance) = generation.instance.as_mut() else {
         return;
     };
-    let (result, view) = instance.handle(&events, view);
+    let Handled {
+        result,
+        state,
+        emitted,
+    } = instance.handle(&events, view);
     match result {
-        Ok(()) => commit(
-            name,
-            generation,
-            view.writes,
-            checkpoint,
-            events.len() as u64,
-        ),
+        Ok(()) => {
+            // A replay re-emits history: what was already sent is dropped here.
+            let emitted = match mailbox.map(|m| m.drop_known(emitted)).transpose() {
+                Ok(emitted) => emitted.unwrap_or_default(),
+                Err(error) => {
+                    let message = format!("reading the mailbox: {error}");
+                    return fail(name, generation, positions[0], message, true);
+                }
+            };
+            commit(
+                name,
+                generation,
+                state.writes,
+                emitted,
+                checkpoint,
+                events.len() as u64,
+            )
+        }
         Err(error) => {
             if error.poisons_instance() {
                 generation.instance = None;
@@ -562,12 +637,17 @@ fn commit(
     name: &PluginName,
     generation: &mut Generation,
     writes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    emitted: Vec<Notification>,
     checkpoint: u64,
     handled: u64,
 ) {
     let durable = generation.last_sync.elapsed() >= SYNC_INTERVAL;
-    match generation.store.commit(writes, checkpoint, durable) {
+    match generation
+        .store
+        .commit(writes, &emitted, checkpoint, durable)
+    {
         Ok(()) => {
+            generation.outbox_pending |= !emitted.is_empty();
             generation.checkpoint = checkpoint;
             generation.failure = None;
             generation.meter.record(handled.max(1));

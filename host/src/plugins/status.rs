@@ -1,6 +1,9 @@
 //! What `GET /plugins/{name}` reports about a plugin.
 
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::notify::MailboxStats;
 
 /// Where a plugin is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,4 +92,16 @@ pub struct PluginStatus {
     pub rebuild: Option<RebuildStatus>,
     /// Events skipped by the operator (see `GET /plugins/{name}/parked`).
     pub parked: u64,
+    /// A notifier's delivery figures (`null` for a projection).
+    pub notifications: Option<NotificationStatus>,
+}
+
+/// How a notifier's notifications are getting out.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationStatus {
+    /// Counters of its mailbox.
+    #[serde(flatten)]
+    pub stats: MailboxStats,
+    /// Its webhook's settings (without the secret), if one is set.
+    pub webhook: Option<Value>,
 }

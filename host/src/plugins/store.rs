@@ -1,5 +1,5 @@
-//! A plugin's own redb file: its key-value state, its checkpoint, and the
-//! events it was told to skip. One file per generation (a rebuild writes a new
+//! A plugin's own redb file: its key-value state, its checkpoint, the
+//! events it was told to skip, and (for notifiers) its outbox. One file per generation (a rebuild writes a new
 //! one beside the serving one). Public so that benchmarks can run a native
 //! fold over the same storage as a plugin.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::PluginError;
-use crate::runtime::StateView;
+use crate::runtime::{Notification, StateView};
 
 /// Key → value, as the plugin wrote it.
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -18,6 +18,9 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Skipped events: position → the error that made the operator skip it.
 const PARKED: TableDefinition<u64, &str> = TableDefinition::new("parked");
+/// Notifications emitted and committed with the state, not yet posted to the
+/// plugin's mailbox: number → (channel, key, payload), in emission order.
+const OUTBOX: TableDefinition<u64, (&str, &str, &[u8])> = TableDefinition::new("outbox");
 
 /// One generation's state file.
 pub struct PluginStore {
@@ -33,6 +36,7 @@ impl PluginStore {
         txn.open_table(STATE)?;
         txn.open_table(META)?;
         txn.open_table(PARKED)?;
+        txn.open_table(OUTBOX)?;
         txn.commit()?;
         Ok(Arc::new(Self {
             db,
@@ -58,13 +62,15 @@ impl PluginStore {
         Ok(StateView::new(Some(txn.open_table(STATE)?)))
     }
 
-    /// Commits a batch's writes and the new checkpoint in one transaction.
-    /// Without `durable` the commit is not fsynced: a crash may lose it, and
-    /// then the batch is redone from the previous durable checkpoint —
-    /// state and checkpoint always move together.
+    /// Commits a batch's writes, the notifications it emitted and the new
+    /// checkpoint in one transaction. Without `durable` the commit is not
+    /// fsynced: a crash may lose it, and then the batch is redone from the
+    /// previous durable checkpoint — state, outbox and checkpoint always
+    /// move together.
     pub fn commit(
         &self,
         writes: BTreeMap<String, Option<Vec<u8>>>,
+        emitted: &[Notification],
         checkpoint: u64,
         durable: bool,
     ) -> Result<(), PluginError> {
@@ -85,8 +91,49 @@ impl PluginStore {
                     }
                 }
             }
+            if !emitted.is_empty() {
+                let mut outbox = txn.open_table(OUTBOX)?;
+                let mut next = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+                for n in emitted {
+                    outbox.insert(next, (n.channel.as_str(), n.key.as_str(), &n.payload[..]))?;
+                    next += 1;
+                }
+            }
             txn.open_table(META)?.insert("checkpoint", checkpoint)?;
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` notifications of the outbox, oldest first, with their numbers.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, Notification)>, PluginError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (k, v) = entry?;
+            let (channel, key, payload) = v.value();
+            out.push((
+                k.value(),
+                Notification {
+                    channel: channel.to_owned(),
+                    key: key.to_owned(),
+                    payload: payload.to_vec(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Removes the outbox's notifications up to number `through`, once the
+    /// mailbox holds them durably. Not fsynced: if a crash brings them back,
+    /// the mailbox accepts each key only once.
+    pub fn clear_outbox(&self, through: u64) -> Result<(), PluginError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| PluginError::Internal(format!("cannot defer durability: {e}")))?;
+        txn.open_table(OUTBOX)?
+            .retain_in(..=through, |_, _| false)?;
         txn.commit()?;
         Ok(())
     }

@@ -12,4 +12,21 @@ pub mod projection {
     });
 }
 
+/// The `notifier` world: imports `state`, `notify` and `log`; exports
+/// `describe` and `handle`. The interfaces it shares with `projection` are
+/// the projection's, so one host implementation serves both.
+pub mod notifier {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "notifier",
+        imports: { default: trappable },
+        with: {
+            "eventfold:plugin/types": super::projection::eventfold::plugin::types,
+            "eventfold:plugin/state": super::projection::eventfold::plugin::state,
+            "eventfold:plugin/log": super::projection::eventfold::plugin::log,
+        },
+    });
+}
+
+pub use notifier::eventfold::plugin::notify;
 pub use projection::eventfold::plugin::{log, state, types};

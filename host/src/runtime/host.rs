@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder, format_err};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{log, state, types};
+use super::bindings::{log, notify, state, types};
 use super::limits::SandboxLimits;
 use super::output::PluginOutput;
 
@@ -118,6 +118,9 @@ pub struct PluginHost {
     pub limits: SandboxLimits,
     /// The current batch's view of its state.
     pub state: StateView,
+    /// Notifications emitted by the current call (notifiers only): committed
+    /// to the outbox with the batch, or dropped with it.
+    pub emitted: Vec<notify::Notification>,
     /// Memory limits enforced by the store.
     pub store_limits: StoreLimits,
     /// The plugin's stdout (reset after each call).
@@ -158,6 +161,7 @@ impl PluginHost {
             name,
             limits,
             state: StateView::default(),
+            emitted: Vec::new(),
             store_limits,
             output: stdout,
             log_budget: limits.max_output_bytes,
@@ -223,6 +227,43 @@ impl state::Host for PluginHost {
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         self.state
             .scan(&prefix, start_after.as_deref(), limit.min(10_000) as usize)
+    }
+}
+
+/// Longest notification channel name, in bytes.
+const MAX_CHANNEL_BYTES: usize = 128;
+
+impl notify::Host for PluginHost {
+    fn emit(&mut self, n: notify::Notification) -> wasmtime::Result<()> {
+        if n.channel.is_empty() || n.channel.len() > MAX_CHANNEL_BYTES {
+            return Err(format_err!(
+                "notification channel must be 1-{MAX_CHANNEL_BYTES} bytes, got {}",
+                n.channel.len()
+            ));
+        }
+        if n.key.is_empty() || n.key.len() > self.limits.max_key_bytes {
+            return Err(format_err!(
+                "notification key must be 1-{} bytes, got {}",
+                self.limits.max_key_bytes,
+                n.key.len()
+            ));
+        }
+        if n.payload.len() > self.limits.max_notification_bytes {
+            return Err(format_err!(
+                "notification payload of {} bytes (key {:?}) is over the limit of {}",
+                n.payload.len(),
+                n.key,
+                self.limits.max_notification_bytes
+            ));
+        }
+        if self.emitted.len() >= self.limits.max_notifications_per_call {
+            return Err(format_err!(
+                "more than {} notifications emitted in one call",
+                self.limits.max_notifications_per_call
+            ));
+        }
+        self.emitted.push(n);
+        Ok(())
     }
 }
 

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use wasmtime::{Engine, Store, Trap};
 
 use super::EPOCH_TICK;
-use super::bindings::projection::{Projection, ProjectionPre};
+use super::PluginPre;
+use super::bindings::notifier::Notifier;
+use super::bindings::notify::Notification;
+use super::bindings::projection::Projection;
 use super::bindings::types::{Event, HandleError, PluginInfo};
 use super::host::{PluginHost, StateView};
 use super::limits::SandboxLimits;
@@ -40,16 +43,32 @@ impl CallError {
     }
 }
 
+/// The exports of an instance, by world.
+enum Bindings {
+    Projection(Projection),
+    Notifier(Notifier),
+}
+
 /// A plugin instance and its store.
 pub struct PluginInstance {
     store: Store<PluginHost>,
-    bindings: Projection,
+    bindings: Bindings,
+}
+
+/// What one `handle` call leaves behind.
+pub struct Handled {
+    /// Whether the batch was handled.
+    pub result: Result<(), CallError>,
+    /// The state view, with the batch's writes.
+    pub state: StateView,
+    /// The notifications the batch emitted (always empty for a projection).
+    pub emitted: Vec<Notification>,
 }
 
 impl PluginInstance {
     pub(super) fn new(
         engine: &Engine,
-        pre: &ProjectionPre<PluginHost>,
+        pre: &PluginPre,
         name: Arc<str>,
         limits: SandboxLimits,
     ) -> Result<Self, CallError> {
@@ -57,39 +76,49 @@ impl PluginInstance {
         store.limiter(|host| &mut host.store_limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(limits.deadline));
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(e, &limits))?;
+        let bindings = match pre {
+            PluginPre::Projection(pre) => pre.instantiate(&mut store).map(Bindings::Projection),
+            PluginPre::Notifier(pre) => pre.instantiate(&mut store).map(Bindings::Notifier),
+        }
+        .map_err(|e| classify(e, &limits))?;
         Ok(Self { store, bindings })
     }
 
     /// The plugin's own description.
     pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
         self.arm();
-        let result = self.bindings.call_describe(&mut self.store);
+        let result = match &self.bindings {
+            Bindings::Projection(b) => b.call_describe(&mut self.store),
+            Bindings::Notifier(b) => b.call_describe(&mut self.store),
+        };
         self.finish_call();
         result.map_err(|e| classify(e, &self.store.data().limits))
     }
 
-    /// Hands a batch to the plugin with `state` as its view; returns the view
-    /// with the batch's writes.
-    pub fn handle(
-        &mut self,
-        events: &[Event],
-        state: StateView,
-    ) -> (Result<(), CallError>, StateView) {
+    /// Hands a batch to the plugin with `state` as its view.
+    pub fn handle(&mut self, events: &[Event], state: StateView) -> Handled {
         self.store.data_mut().state = state;
+        self.store.data_mut().emitted.clear();
         self.arm();
-        let result = self.bindings.call_handle(&mut self.store, events);
+        let result = match &self.bindings {
+            Bindings::Projection(b) => b.call_handle(&mut self.store, events),
+            Bindings::Notifier(b) => b.call_handle(&mut self.store, events),
+        };
         self.finish_call();
         let limits = self.store.data().limits;
-        let state = std::mem::take(&mut self.store.data_mut().state);
+        let host = self.store.data_mut();
+        let state = std::mem::take(&mut host.state);
+        let emitted = std::mem::take(&mut host.emitted);
         let result = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(HandleError { index, message })) => Err(CallError::Rejected { index, message }),
             Err(error) => Err(classify(error, &limits)),
         };
-        (result, state)
+        Handled {
+            result,
+            state,
+            emitted,
+        }
     }
 
     /// Runs the plugin's `query` export against `state`.
@@ -98,9 +127,16 @@ impl PluginInstance {
         request: &[u8],
         state: StateView,
     ) -> Result<Result<Vec<u8>, String>, CallError> {
+        let notifier_answer = || Err("this plugin is a notifier: it answers no queries".into());
+        if matches!(self.bindings, Bindings::Notifier(_)) {
+            return Ok(notifier_answer());
+        }
         self.store.data_mut().state = state;
         self.arm();
-        let result = self.bindings.call_query(&mut self.store, request);
+        let result = match &self.bindings {
+            Bindings::Projection(b) => b.call_query(&mut self.store, request),
+            Bindings::Notifier(_) => Ok(notifier_answer()),
+        };
         self.finish_call();
         self.store.data_mut().state = StateView::default();
         result.map_err(|e| classify(e, &self.store.data().limits))
@@ -137,7 +173,10 @@ fn classify(error: wasmtime::Error, limits: &SandboxLimits) -> CallError {
     {
         return CallError::Memory(limits.memory_bytes);
     }
-    // The first line names the trap; the rest is a wasm backtrace.
-    let first = text.lines().next().unwrap_or("trap").to_owned();
-    CallError::Trap(first)
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return CallError::Trap(trap.to_string());
+    }
+    // A host call refused (a value over a cap): the root cause says why; the
+    // outer layers only say where in the wasm it happened.
+    CallError::Trap(format!("host call refused: {}", error.root_cause()))
 }

@@ -17,6 +17,10 @@ pub struct SandboxLimits {
     pub max_log_line: usize,
     /// Most bytes of stdout + stderr kept per call; the rest is dropped.
     pub max_output_bytes: usize,
+    /// Largest notification payload a notifier may emit, in bytes.
+    pub max_notification_bytes: usize,
+    /// Most notifications one call may emit.
+    pub max_notifications_per_call: usize,
 }
 
 impl Default for SandboxLimits {
@@ -28,6 +32,8 @@ impl Default for SandboxLimits {
             max_value_bytes: 1 << 20,
             max_log_line: 4096,
             max_output_bytes: 64 << 10,
+            max_notification_bytes: 256 << 10,
+            max_notifications_per_call: 100_000,
         }
     }
 }

@@ -22,9 +22,11 @@ use wasmtime::{Config, Engine};
 
 pub use cache::{Compiled, wasm_hash};
 pub use host::{PluginHost, StateView};
-pub use instance::{CallError, PluginInstance};
+pub use instance::{CallError, Handled, PluginInstance};
 pub use limits::SandboxLimits;
 
+use bindings::notifier::NotifierPre;
+pub use bindings::notify::Notification;
 use bindings::projection::{Projection, ProjectionPre};
 use bindings::types::{PluginInfo, PluginKind};
 use cache::ComponentCache;
@@ -39,7 +41,7 @@ pub enum RuntimeError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// A component, but not of a world this host runs.
-    #[error("the component does not fit the eventfold:plugin projection world: {0}")]
+    #[error("the component does not fit the eventfold:plugin@0.1.0 worlds: {0}")]
     WrongWorld(String),
     /// It loaded, but `describe` failed.
     #[error("the plugin's describe() failed: {0}")]
@@ -61,7 +63,14 @@ pub struct LoadedPlugin {
     pub info: Arc<PluginInfo>,
     /// How the compiled code was obtained.
     pub compiled: Compiled,
-    pre: ProjectionPre<PluginHost>,
+    pre: PluginPre,
+}
+
+/// A component linked against the world it targets, ready to instantiate.
+#[derive(Clone)]
+enum PluginPre {
+    Projection(ProjectionPre<PluginHost>),
+    Notifier(NotifierPre<PluginHost>),
 }
 
 impl LoadedPlugin {
@@ -72,12 +81,20 @@ impl LoadedPlugin {
             PluginKind::Notifier => "notifier",
         }
     }
+
+    /// Whether it is a notifier (it may emit notifications).
+    pub fn is_notifier(&self) -> bool {
+        self.info.kind == PluginKind::Notifier
+    }
 }
 
-/// The engine, its linker and the component cache. One per server.
+/// The engine, its linkers and the component cache. One per server.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<PluginHost>,
+    /// WASI, `state` and `log`: what a projection may import.
+    projection_linker: Linker<PluginHost>,
+    /// The same plus `notify`: what a notifier may import.
+    notifier_linker: Linker<PluginHost>,
     cache: ComponentCache,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -100,6 +117,12 @@ impl Runtime {
             PluginHost,
             wasmtime::component::HasSelf<PluginHost>,
         >(&mut linker, |host| host))?;
+        // Least privilege: only a component of the notifier world gets `notify`.
+        let projection_linker = linker.clone();
+        link(bindings::notify::add_to_linker::<
+            PluginHost,
+            wasmtime::component::HasSelf<PluginHost>,
+        >(&mut linker, |host| host))?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -114,7 +137,8 @@ impl Runtime {
             .map_err(|e| RuntimeError::Setup(format!("epoch ticker: {e}")))?;
         Ok(Self {
             engine,
-            linker,
+            projection_linker,
+            notifier_linker: linker,
             cache,
             ticker_stop,
         })
@@ -139,11 +163,23 @@ impl Runtime {
         let info = instance
             .describe()
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
-        if info.kind != PluginKind::Projection {
-            return Err(RuntimeError::WrongWorld(
-                "describe() says it is a notifier, but the component targets the projection world"
-                    .into(),
-            ));
+        match (&pre, info.kind) {
+            (PluginPre::Projection(_), PluginKind::Projection)
+            | (PluginPre::Notifier(_), PluginKind::Notifier) => {}
+            (PluginPre::Projection(_), PluginKind::Notifier) => {
+                return Err(RuntimeError::WrongWorld(
+                    "describe() says it is a notifier, but the component targets the projection \
+                     world (it exports query and cannot import notify)"
+                        .into(),
+                ));
+            }
+            (PluginPre::Notifier(_), PluginKind::Projection) => {
+                return Err(RuntimeError::WrongWorld(
+                    "describe() says it is a projection, but the component targets the notifier \
+                     world: a projection may not import notify"
+                        .into(),
+                ));
+            }
         }
         Ok(LoadedPlugin {
             hash,
@@ -153,12 +189,26 @@ impl Runtime {
         })
     }
 
-    fn prepare(&self, component: &Component) -> Result<ProjectionPre<PluginHost>, RuntimeError> {
-        let pre = self
-            .linker
+    /// Links the component against the projection world, or failing that
+    /// the notifier world.
+    fn prepare(&self, component: &Component) -> Result<PluginPre, RuntimeError> {
+        let projection = self
+            .projection_linker
             .instantiate_pre(component)
-            .map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
-        ProjectionPre::new(pre).map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))
+            .and_then(ProjectionPre::new);
+        let projection_error = match projection {
+            Ok(pre) => return Ok(PluginPre::Projection(pre)),
+            Err(e) => e,
+        };
+        let notifier = self
+            .notifier_linker
+            .instantiate_pre(component)
+            .and_then(NotifierPre::new);
+        notifier.map(PluginPre::Notifier).map_err(|notifier_error| {
+            RuntimeError::WrongWorld(format!(
+                "as a projection: {projection_error:#}; as a notifier: {notifier_error:#}"
+            ))
+        })
     }
 
     /// A fresh instance of `plugin` with its own store and limits.

@@ -1,0 +1,189 @@
+//! One dispatcher task per notifier: delivers its mailbox to its webhook, in
+//! order, after commit. Each notification is tried until the receiver
+//! answers 2xx or the attempts run out (then it becomes a dead letter);
+//! retries back off exponentially with jitter, and a rate limit keeps a
+//! burst or a replay from flooding the receiver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::mailbox::{Mailbox, Outcome};
+use super::webhook::WebhookConfig;
+use super::{NotifyError, StoredNotification};
+
+/// Notifications read from the mailbox at a time.
+const PAGE: usize = 256;
+/// How long to wait before looking again after the mailbox itself failed.
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown` is cancelled: delivers whatever the mailbox holds
+/// past the webhook's cursor, then waits to be woken.
+pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: CancellationToken) {
+    loop {
+        // Registered before looking, so that a wake during a round is not lost.
+        let woken = mailbox.wake.notified();
+        match round(&mailbox, &client, &shutdown).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(plugin = %mailbox.plugin(), %error, "notification delivery stalled");
+                tokio::select! {
+                    () = tokio::time::sleep(STORAGE_RETRY) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+        if let Err(error) = mailbox.sync() {
+            tracing::error!(plugin = %mailbox.plugin(), %error, "cannot make delivery progress durable");
+        }
+        tokio::select! {
+            () = woken => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    let _ = mailbox.sync();
+}
+
+/// One page of work; true if there may be more.
+async fn round(
+    mailbox: &Arc<Mailbox>,
+    client: &reqwest::Client,
+    shutdown: &CancellationToken,
+) -> Result<bool, NotifyError> {
+    let Some(config) = mailbox.webhook()? else {
+        return Ok(false);
+    };
+    let limiter = RateLimiter::new(config.max_per_second);
+    // Dead letters the operator asked to retry go first.
+    let mut work: Vec<(StoredNotification, bool)> = Vec::new();
+    for sequence in mailbox.retries()? {
+        if let Some(n) = mailbox.get(sequence)? {
+            work.push((n, true));
+        }
+    }
+    let retries = work.len();
+    work.extend(
+        mailbox
+            .read(mailbox.cursor()?, PAGE)?
+            .into_iter()
+            .map(|n| (n, false)),
+    );
+    if work.is_empty() {
+        return Ok(false);
+    }
+    let more = work.len() - retries == PAGE;
+    let plugin = mailbox.plugin().clone();
+    let deliveries = futures_util::stream::iter(work)
+        .map(|(notification, retry)| {
+            let (config, limiter, plugin) = (&config, &limiter, &plugin);
+            async move {
+                let outcome = if config.wants(&notification.channel) {
+                    deliver(client, config, limiter, &plugin, &notification, shutdown).await
+                } else {
+                    // Not for the webhook: it stays readable from the feed
+                    // and the pull API, and the cursor passes it.
+                    Some(Outcome::Delivered { failed: 0 })
+                };
+                (notification.sequence, retry, outcome)
+            }
+        })
+        // In order: outcomes come back in sequence, so the cursor only
+        // ever passes notifications that are settled.
+        .buffered(config.max_in_flight as usize);
+    futures_util::pin_mut!(deliveries);
+    while let Some((sequence, retry, outcome)) = deliveries.next().await {
+        let Some(outcome) = outcome else {
+            // Shutting down mid-delivery: the rest goes after the restart.
+            return Ok(false);
+        };
+        mailbox.record(sequence, retry, &outcome)?;
+        // New settings (or a removed webhook) take effect from the next page.
+        if mailbox.webhook()?.as_ref() != Some(&config) {
+            return Ok(true);
+        }
+    }
+    Ok(more || retries > 0)
+}
+
+/// Tries one notification until it is delivered or its attempts run out;
+/// `None` if the server shut down first.
+async fn deliver(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    limiter: &RateLimiter,
+    plugin: &str,
+    notification: &StoredNotification,
+    shutdown: &CancellationToken,
+) -> Option<Outcome> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tokio::select! {
+            () = limiter.acquire() => {}
+            () = shutdown.cancelled() => return None,
+        }
+        let error = tokio::select! {
+            result = config.send(client, plugin, notification) => match result {
+                Ok(()) => return Some(Outcome::Delivered { failed: attempt - 1 }),
+                Err(error) => error,
+            },
+            () = shutdown.cancelled() => return None,
+        };
+        if attempt >= config.max_attempts {
+            tracing::warn!(
+                plugin,
+                sequence = notification.sequence,
+                attempts = attempt,
+                "notification dead-lettered: {error}"
+            );
+            return Some(Outcome::Dead {
+                attempts: attempt,
+                error,
+            });
+        }
+        tracing::debug!(
+            plugin,
+            sequence = notification.sequence,
+            attempt,
+            "delivery failed, will retry: {error}"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.backoff(attempt)) => {}
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Spaces attempts out to at most `rate` per second.
+struct RateLimiter {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate: Option<f64>) -> Self {
+        Self {
+            interval: rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for the next free slot.
+    async fn acquire(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
