@@ -4,9 +4,12 @@
 //!   raw fdatasync rate measured in the same run.
 //! - `replay`: a projection rebuilt from zero through a Rust WASM plugin and
 //!   through the same fold written natively, plus deploy-to-first-event times.
-//! - `all`: both.
+//! - `notify`: notifications delivered to a webhook receiver, against a bare
+//!   loop of HTTP POSTs.
+//! - `all`: every one.
 
 mod append;
+mod notify;
 mod replay;
 
 use std::path::PathBuf;
@@ -26,6 +29,8 @@ enum Command {
     Append(append::Args),
     /// Replay from zero: WASM plugin vs native fold; deploy latency.
     Replay(replay::Args),
+    /// Notifications delivered per second to a webhook receiver.
+    Notify(notify::Args),
     /// Every benchmark with its defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
@@ -40,12 +45,17 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(append::run(append::Args::default())),
         Some(Command::Append(args)) => runtime.block_on(append::run(args)),
         Some(Command::Replay(args)) => runtime.block_on(replay::run(args)),
+        Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
         Some(Command::All { data_dir }) => {
             runtime.block_on(append::run(append::Args {
                 data_dir: data_dir.clone(),
                 ..Default::default()
             }))?;
             runtime.block_on(replay::run(replay::Args {
+                data_dir: data_dir.clone(),
+                ..Default::default()
+            }))?;
+            runtime.block_on(notify::run(notify::Args {
                 data_dir,
                 ..Default::default()
             }))
