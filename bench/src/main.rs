@@ -39,6 +39,16 @@ enum Command {
     },
 }
 
+/// A benchmark's options with every default, as if given no flags.
+fn defaults<T: clap::Args>() -> T {
+    #[derive(Parser)]
+    struct Wrapper<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    Wrapper::<T>::parse_from(["eventfold-bench"]).args
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match Cli::parse().command {

@@ -35,13 +35,7 @@ pub struct Args {
 
 impl Default for Args {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: Args,
-        }
-        Wrapper::parse_from(["notify"]).args
+        crate::defaults()
     }
 }
 

@@ -13,15 +13,19 @@
 //! - [`plugins`]: the registry of deployed plugins, one runner thread per
 //!   plugin (the one place a plugin's checkpoint moves), each plugin's redb
 //!   state file, replay and the blue/green swap.
+//! - [`notify`]: notifications of notifier plugins after they are committed:
+//!   each notifier's mailbox (every key accepted once, so a replay never
+//!   re-sends), the dispatcher that delivers it to a signed webhook with
+//!   retries and dead letters, and the live feed.
 //! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
-//!   (including the live SSE feed), `batch`, `plugins`, `health`; `error` turns every
-//!   failure into the JSON error body.
+//!   (including the live SSE feed), `batch`, `plugins`, `notifications`,
+//!   `health`; `error` turns every failure into the JSON error body.
 //! - [`server`]: [`server::run`] takes a [`Config`], a `TcpListener` and a
 //!   cancellation token, opens the log and the plugins, and serves until the
 //!   token is cancelled; then drains requests, stops the runners and commits.
 //! - [`cli`]: the `eventfold` command line: `serve`, and the client
 //!   subcommands that talk to a running server (`append`, `read`, `tail`;
-//!   `deploy`, `plugins`, `replay`, `state`).
+//!   `deploy`, `plugins`, `replay`, `state`; `webhook`, `notifications`).
 //! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
 
 /// Implements `From` for each of redb's error types into `$target::Storage`

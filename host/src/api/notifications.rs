@@ -76,15 +76,19 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn limit(&self) -> Result<usize, ApiError> {
-        match self.limit {
-            Some(0) => Err(ApiError::bad_request(
-                "invalid_query",
-                "limit must be at least 1",
-            )),
-            Some(n) => Ok(n.min(10_000)),
-            None => Ok(100),
-        }
+    /// Where the page starts (after this sequence) and how long it is.
+    fn bounds(&self) -> Result<(u64, usize), ApiError> {
+        let limit = match self.limit {
+            Some(0) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "limit must be at least 1",
+                ));
+            }
+            Some(n) => n.min(10_000),
+            None => 100,
+        };
+        Ok((self.after.unwrap_or(0), limit))
     }
 }
 
@@ -94,9 +98,8 @@ pub async fn list(
     Path(raw): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
+    let (after, limit) = query.bounds()?;
     let mailbox = mailbox(&state, raw)?;
-    let limit = query.limit()?;
-    let after = query.after.unwrap_or(0);
     let plugin = mailbox.plugin().clone();
     let page = blocking(move || mailbox.read(after, limit)).await?;
     let next = page.last().map_or(after, |n| n.sequence);
@@ -110,9 +113,8 @@ pub async fn dead_letters(
     Path(raw): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
+    let (after, limit) = query.bounds()?;
     let mailbox = mailbox(&state, raw)?;
-    let limit = query.limit()?;
-    let after = query.after.unwrap_or(0);
     let plugin = mailbox.plugin().clone();
     let page = blocking(move || mailbox.dead_letters(after, limit)).await?;
     let next = page.last().map_or(after, |d| d.notification.sequence);

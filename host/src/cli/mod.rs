@@ -2,6 +2,7 @@
 //! subcommands are clients of a running server (`client`).
 
 mod client;
+mod notify;
 mod plugins;
 
 use std::io::Write;
@@ -43,6 +44,10 @@ enum Command {
     Replay(plugins::ReplayArgs),
     /// Read a plugin's state: one key, or every key with a prefix.
     State(plugins::StateArgs),
+    /// Show, set or remove a notifier's webhook.
+    Webhook(notify::WebhookArgs),
+    /// Print a notifier's notifications or dead letters; retry a dead letter.
+    Notifications(notify::NotificationsArgs),
 }
 
 #[derive(Args)]
@@ -116,6 +121,8 @@ pub fn main() -> ExitCode {
         Command::Plugins(args) => client::run(plugins::list(args)),
         Command::Replay(args) => client::run(plugins::replay(args)),
         Command::State(args) => client::run(plugins::state(args)),
+        Command::Webhook(args) => client::run(notify::webhook(args)),
+        Command::Notifications(args) => client::run(notify::notifications(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,11 +83,11 @@ async fn round(
             let (config, limiter, plugin) = (&config, &limiter, &plugin);
             async move {
                 let outcome = if config.wants(&notification.channel) {
-                    deliver(client, config, limiter, &plugin, &notification, shutdown).await
+                    deliver(client, config, limiter, plugin, &notification, shutdown).await
                 } else {
                     // Not for the webhook: it stays readable from the feed
                     // and the pull API, and the cursor passes it.
-                    Some(Outcome::Delivered { failed: 0 })
+                    Some(Outcome::Skipped)
                 };
                 (notification.sequence, retry, outcome)
             }

@@ -46,6 +46,8 @@ pub enum Outcome {
         /// Attempts that failed before the one that succeeded.
         failed: u32,
     },
+    /// Not for the webhook (its channel is not one the webhook takes).
+    Skipped,
     /// Every attempt failed: the notification is now a dead letter.
     Dead {
         /// Attempts made.
@@ -266,6 +268,7 @@ impl Mailbox {
                     bump(META_DELIVERED, 1)?;
                     bump(META_FAILED, u64::from(*failed))?;
                 }
+                Outcome::Skipped => {}
                 Outcome::Dead { attempts, error } => {
                     bump(META_DEAD, 1)?;
                     bump(META_FAILED, u64::from(*attempts))?;

@@ -93,10 +93,9 @@ impl PluginStore {
             }
             if !emitted.is_empty() {
                 let mut outbox = txn.open_table(OUTBOX)?;
-                let mut next = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
-                for n in emitted {
-                    outbox.insert(next, (n.channel.as_str(), n.key.as_str(), &n.payload[..]))?;
-                    next += 1;
+                let first = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+                for (number, n) in (first..).zip(emitted) {
+                    outbox.insert(number, (n.channel.as_str(), n.key.as_str(), &n.payload[..]))?;
                 }
             }
             txn.open_table(META)?.insert("checkpoint", checkpoint)?;
