@@ -94,6 +94,20 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
         "{failer}"
     );
     assert_eq!(failer["last_error"]["attempts"], 3);
+    assert_eq!(failer["checkpoint"], bad - 1, "{failer}");
+    // Deployed after the fact, its first batch holds the bad event and the
+    // good ones before it: those are applied, and the failure pinned.
+    let (status, body) = server.deploy("late-failer", FAILING).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let late = failed(&server, "late-failer").await;
+    assert_eq!(late["last_error"]["position"], bad, "{late}");
+    assert_eq!(late["checkpoint"], bad - 1, "{late}");
+    let (_, count) = server.get("/plugins/late-failer/state/count").await;
+    assert_eq!(
+        count.as_u64(),
+        Some(bad - 1),
+        "every event before the bad one counted"
+    );
 
     // The good plugin and the chatty one (whose output is capped) keep up.
     let head = server.head().await;

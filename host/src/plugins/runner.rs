@@ -118,6 +118,9 @@ pub(super) struct Generation {
     failure: Option<Failure>,
     /// Hand over one event at a time up to here, to pin a trap to its event.
     narrow_until: u64,
+    /// The next batch stops before the event the plugin rejected, so that
+    /// the events before it are committed and the failure is pinned to it.
+    stop_before: Option<usize>,
     meter: RateMeter,
     dirty: bool,
     last_sync: Instant,
@@ -146,6 +149,7 @@ impl Generation {
             filter,
             failure: None,
             narrow_until: 0,
+            stop_before: None,
             meter: RateMeter::default(),
             dirty: false,
             last_sync: Instant::now(),
@@ -361,7 +365,7 @@ impl Runner {
         let limit = if generation.checkpoint < generation.narrow_until {
             1
         } else {
-            MAX_BATCH
+            generation.stop_before.take().unwrap_or(MAX_BATCH)
         };
         process(
             &self.shared.name,
@@ -615,11 +619,21 @@ fn process(
             }
             match &error {
                 CallError::Rejected { index, .. } => {
-                    let position = positions
-                        .get(*index as usize)
-                        .copied()
-                        .unwrap_or(positions[0]);
-                    fail(name, generation, position, error.to_string(), true);
+                    let index = *index as usize;
+                    let position = positions.get(index).copied().unwrap_or(positions[0]);
+                    // The events before the rejected one are fine: commit
+                    // them first (at once), then blame the rejected one alone.
+                    let first_in_batch = index == 0 || index >= positions.len();
+                    if !first_in_batch {
+                        generation.stop_before = Some(index);
+                    }
+                    fail(
+                        name,
+                        generation,
+                        position,
+                        error.to_string(),
+                        first_in_batch,
+                    );
                 }
                 _ if events.len() > 1 => {
                     // A trap does not say which event caused it: retry one event at a time.

@@ -1,0 +1,53 @@
+"""The classic example in Python: a directory of users.
+
+State: ``user/{id}`` → ``{"name": ...}``; a deleted user is removed. The same
+projection as the Rust ``plugins/user-directory``, byte for byte.
+"""
+
+import json
+
+from componentize_py_types import Err
+from wit_world import WitWorld as Projection
+from wit_world.imports import state, types
+
+
+def encode(value) -> bytes:
+    """JSON as serde_json writes it: compact, UTF-8."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class WitWorld(Projection):
+    def describe(self) -> types.PluginInfo:
+        return types.PluginInfo(
+            kind=types.PluginKind.PROJECTION,
+            subscription=types.Subscription(categories=["user"], event_types=[]),
+            version="0.1.0",
+        )
+
+    def handle(self, events: list[types.Event]) -> None:
+        # Writes are cached for the batch and handed to the host once per key:
+        # host calls, not the fold, are what a plugin pays for per event.
+        writes: dict[str, bytes | None] = {}
+        for index, event in enumerate(events):
+            try:
+                data = json.loads(event.data)
+                key = f"user/{int(data['userId'])}"
+                if event.event_type in ("UserCreated", "UserNameUpdated"):
+                    name = data["name"]
+                    if not isinstance(name, str):
+                        raise ValueError("name must be a string")
+                    writes[key] = encode({"name": name})
+                elif event.event_type == "UserDeleted":
+                    writes[key] = None
+                else:
+                    raise ValueError(f"unknown event type {event.event_type!r}")
+            except Exception as error:
+                raise Err(types.HandleError(index=index, message=str(error)))
+        for key, value in writes.items():
+            if value is None:
+                state.delete(key)
+            else:
+                state.set(key, value)
+
+    def query(self, request: bytes) -> bytes:
+        raise Err("this plugin answers no queries")
