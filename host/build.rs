@@ -3,11 +3,39 @@
 //! hand and the tests can say `USER_DIRECTORY_WASM` instead of a path.
 //!
 //! The plugins get their own target directory (`target/plugins`): this build
-//! holds the lock on the main one. The example components are also copied to
+//! holds the lock on the main one. Python and JavaScript plugins are built
+//! with their own toolchains (`build/languages.rs`). The example components are also copied to
 //! `target/plugins/examples/` for `serve --plugins-dir`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build/languages.rs"]
+mod languages;
+
+use languages::{Language, Plugin};
+
+/// Plugins in other languages, built with their own toolchains.
+const OTHER_LANGUAGES: &[Plugin] = &[
+    Plugin {
+        language: Language::Python,
+        dir: "user-directory",
+        world: "projection",
+        var: "PYTHON_USER_DIRECTORY_WASM",
+    },
+    Plugin {
+        language: Language::JavaScript,
+        dir: "user-directory",
+        world: "projection",
+        var: "JS_USER_DIRECTORY_WASM",
+    },
+    Plugin {
+        language: Language::JavaScript,
+        dir: "endless-loop",
+        world: "projection",
+        var: "JS_ENDLESS_LOOP_WASM",
+    },
+];
 
 /// The plugins built, by crate name.
 const PLUGINS: &[&str] = &[
@@ -88,6 +116,17 @@ fn main() {
         if EXAMPLES.contains(plugin) {
             copy_if_changed(&file, &examples.join(format!("{plugin}.wasm")));
         }
+    }
+    for (var, file) in languages::build(&root, &target_dir, OTHER_LANGUAGES) {
+        println!("cargo:rustc-env={var}={}", file.display());
+    }
+    // The user directory in Python and JavaScript beside the Rust one.
+    for language in ["python", "js"] {
+        let file = target_dir.join(language).join("user-directory.wasm");
+        copy_if_changed(
+            &file,
+            &examples.join(format!("{language}-user-directory.wasm")),
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod durability;
 mod harness;
+mod languages;
 mod lifecycle;
 mod live;
 mod log_api;

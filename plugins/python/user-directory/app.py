@@ -42,7 +42,8 @@ class WitWorld(Projection):
                 else:
                     raise ValueError(f"unknown event type {event.event_type!r}")
             except Exception as error:
-                raise Err(types.HandleError(index=index, message=str(error)))
+                message = f"{type(error).__name__}: {error}"
+                raise Err(types.HandleError(index=index, message=message))
         for key, value in writes.items():
             if value is None:
                 state.delete(key)

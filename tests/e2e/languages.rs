@@ -1,0 +1,187 @@
+//! Plugins in Python and JavaScript beside the Rust one: the same projection
+//! in three languages over the same log ends in the same state, byte for
+//! byte, also after a replay; and their failures are reported like Rust's.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, data_dir};
+
+const RUST: &str = env!("USER_DIRECTORY_WASM");
+const PYTHON: &str = env!("PYTHON_USER_DIRECTORY_WASM");
+const JS: &str = env!("JS_USER_DIRECTORY_WASM");
+const JS_ENDLESS_LOOP: &str = env!("JS_ENDLESS_LOOP_WASM");
+
+const PLUGINS: [(&str, &str); 3] = [
+    ("rust-users", RUST),
+    ("python-users", PYTHON),
+    ("js-users", JS),
+];
+
+/// A few thousand user events over 300 users: creations, renames (names
+/// with quotes, backslashes and non-ASCII) and deletions.
+fn generated_users() -> Vec<Value> {
+    let mut appends = Vec::new();
+    for user in 10..310u64 {
+        let mut events = vec![
+            json!({"type": "UserCreated", "data": {"userId": user, "name": format!("user {user}")}}),
+        ];
+        for rename in 0..(user % 9) {
+            let name = format!("Zoë \"{user}\" \\ {rename} — ünïcødé");
+            events.push(json!({"type": "UserNameUpdated", "data": {"userId": user, "name": name}}));
+        }
+        if user % 5 == 0 {
+            events.push(json!({"type": "UserDeleted", "data": {"userId": user}}));
+        }
+        appends.push(json!({"stream": format!("user-{user}"), "expected_version": "no_stream", "events": events}));
+    }
+    appends
+}
+
+async fn raw_state(server: &Server, plugin: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, _) in server.plugin_state(plugin).await {
+        let value = server
+            .get_text(&format!("/plugins/{plugin}/state/{key}"))
+            .await;
+        out.push((key, value));
+    }
+    out
+}
+
+async fn assert_same_state(server: &Server, when: &str) {
+    let rust = raw_state(server, "rust-users").await;
+    assert!(
+        rust.len() > 200,
+        "{when}: the Rust state is too small to prove anything"
+    );
+    for (name, _) in &PLUGINS[1..] {
+        let other = raw_state(server, name).await;
+        assert_eq!(
+            other.len(),
+            rust.len(),
+            "{when}: {name} has another number of keys"
+        );
+        for (a, b) in rust.iter().zip(&other) {
+            assert_eq!(a, b, "{when}: {name} differs from Rust");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rust_python_and_javascript_projections_agree_key_by_key() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    for (name, wasm) in PLUGINS {
+        let (status, body) = server.deploy(name, wasm).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    // The classic example first.
+    let classic = json!([
+        {"type": "UserCreated", "data": {"userId": 1, "name": "Alice"}},
+        {"type": "UserNameUpdated", "data": {"userId": 1, "name": "Alice Cooper"}},
+        {"type": "UserDeleted", "data": {"userId": 1}},
+    ]);
+    server.append("user-1", json!("no_stream"), classic).await;
+    server
+        .append(
+            "user-2",
+            json!("no_stream"),
+            json!([{"type": "UserCreated", "data": {"userId": 2, "name": "Bob"}}]),
+        )
+        .await;
+    let (status, body) = server
+        .post("/batch", &json!({ "appends": generated_users() }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (name, _) in PLUGINS {
+        server.wait_caught_up(name).await;
+        let (status, _) = server.get(&format!("/plugins/{name}/state/user/1")).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{name}: a deleted user no longer exists"
+        );
+        let (_, bob) = server.get(&format!("/plugins/{name}/state/user/2")).await;
+        assert_eq!(bob, json!({"name": "Bob"}), "{name}");
+    }
+    assert_same_state(&server, "live").await;
+
+    for (name, _) in PLUGINS {
+        let (status, body) = server
+            .post(&format!("/plugins/{name}/replay"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {body}");
+    }
+    for (name, _) in PLUGINS {
+        let status = server.wait_caught_up(name).await;
+        assert_eq!(status["generation"], 2, "{name}: {status}");
+    }
+    assert_same_state(&server, "after replay").await;
+}
+
+#[tokio::test]
+async fn python_and_javascript_failures_are_stopped_and_reported() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &["--plugin-deadline", "1s"]).await;
+    for (name, wasm) in [
+        ("python-users", PYTHON),
+        ("js-loop", JS_ENDLESS_LOOP),
+        ("rust-users", RUST),
+    ] {
+        let (status, body) = server.deploy(name, wasm).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    server
+        .append(
+            "user-1",
+            json!("no_stream"),
+            json!([{"type": "UserCreated", "data": {"userId": 1, "name": "Alice"}}]),
+        )
+        .await;
+    // A UserCreated without a name: the Python plugin raises on it.
+    let (_, bad) = server
+        .append(
+            "user-2",
+            json!("no_stream"),
+            json!([{"type": "UserCreated", "data": {"userId": 2}}]),
+        )
+        .await;
+    let bad = bad["first_position"].as_u64().unwrap();
+
+    let python = server
+        .wait_plugin("python-users", "failed", |s| s["state"] == "failed")
+        .await;
+    assert_eq!(python["last_error"]["position"], bad, "{python}");
+    assert_eq!(python["checkpoint"], bad - 1, "{python}");
+    let message = python["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("KeyError") && message.contains("name"),
+        "{python}"
+    );
+
+    let looper = server
+        .wait_plugin("js-loop", "failed", |s| s["state"] == "failed")
+        .await;
+    assert!(
+        looper["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{looper}"
+    );
+    assert_eq!(looper["last_error"]["position"], 1, "{looper}");
+
+    // The Rust one is unaffected by the misbehaviour beside it (it fails on
+    // the same bad event, on its own, and has applied the good one).
+    let (_, alice) = server.get("/plugins/rust-users/state/user/1").await;
+    assert_eq!(alice, json!({"name": "Alice"}));
+    let (status, _) = server
+        .append(
+            "user-3",
+            json!("no_stream"),
+            json!([{"type": "UserCreated", "data": {"userId": 3, "name": "Carol"}}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the log goes on");
+}
