@@ -4,11 +4,13 @@
 //!   raw fdatasync rate measured in the same run.
 //! - `replay`: a projection rebuilt from zero through a Rust WASM plugin and
 //!   through the same fold written natively, plus deploy-to-first-event times.
+//! - `languages`: the same projection in Rust, Python and JavaScript.
 //! - `notify`: notifications delivered to a webhook receiver, against a bare
 //!   loop of HTTP POSTs.
 //! - `all`: every one.
 
 mod append;
+mod languages;
 mod notify;
 mod replay;
 
@@ -29,6 +31,8 @@ enum Command {
     Append(append::Args),
     /// Replay from zero: WASM plugin vs native fold; deploy latency.
     Replay(replay::Args),
+    /// The same projection in Rust, Python and JavaScript.
+    Languages(languages::Args),
     /// Notifications delivered per second to a webhook receiver.
     Notify(notify::Args),
     /// Every benchmark with its defaults.
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(append::run(append::Args::default())),
         Some(Command::Append(args)) => runtime.block_on(append::run(args)),
         Some(Command::Replay(args)) => runtime.block_on(replay::run(args)),
+        Some(Command::Languages(args)) => runtime.block_on(languages::run(args)),
         Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
         Some(Command::All { data_dir }) => {
             runtime.block_on(append::run(append::Args {
@@ -62,6 +67,10 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             }))?;
             runtime.block_on(replay::run(replay::Args {
+                data_dir: data_dir.clone(),
+                ..Default::default()
+            }))?;
+            runtime.block_on(languages::run(languages::Args {
                 data_dir: data_dir.clone(),
                 ..Default::default()
             }))?;

@@ -161,7 +161,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     plugins.shutdown().await;
     let wasm = std::fs::read(args.plugins.join(FOLDS[0].wasm))?;
-    let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm).await?;
+    let sample = (
+        "order-1",
+        "OrderPlaced",
+        &br#"{"customerId":"c1","amount":1.5}"#[..],
+    );
+    let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm, sample).await?;
     log.shutdown().await;
 
     let rate = |d: Duration| head as f64 / d.as_secs_f64();
@@ -287,7 +292,7 @@ fn counter(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
 }
 
 /// The plugin host over `log`, with default limits, in `dir`.
-fn open_plugins(dir: &std::path::Path, log: &EventLog) -> anyhow::Result<Plugins> {
+pub fn open_plugins(dir: &std::path::Path, log: &EventLog) -> anyhow::Result<Plugins> {
     let config = PluginsConfig {
         limits: SandboxLimits::default(),
     };
@@ -295,7 +300,7 @@ fn open_plugins(dir: &std::path::Path, log: &EventLog) -> anyhow::Result<Plugins
 }
 
 /// Polls the plugin's status until `done`; the time it took.
-async fn wait_until(
+pub async fn wait_until(
     plugins: &Plugins,
     name: &PluginName,
     done: impl Fn(&eventfold::plugins::PluginStatus) -> bool,
@@ -313,20 +318,29 @@ async fn wait_until(
     }
 }
 
+/// One event a plugin handles: stream, type and data.
+pub type Sample<'a> = (&'a str, &'a str, &'a [u8]);
+
 /// Deploy-to-first-event: on a fresh data directory (compiling), then again
-/// under another name (the compiled form comes from the cache).
-async fn deploy_latency(data_dir: &std::path::Path, wasm: &[u8]) -> anyhow::Result<(f64, f64)> {
+/// under another name (the compiled form comes from the cache), with `event`
+/// (one the plugin subscribes to) in the log.
+pub async fn deploy_latency(
+    data_dir: &std::path::Path,
+    wasm: &[u8],
+    event: Sample<'_>,
+) -> anyhow::Result<(f64, f64)> {
+    let (stream, event_type, data) = event;
     let scratch = tempfile::Builder::new()
         .prefix("deploy-")
         .tempdir_in(data_dir)?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     log.append(StreamAppend {
-        stream: StreamName::new("order-1")?,
+        stream: StreamName::new(stream)?,
         expected_version: ExpectedVersion::Any,
         events: vec![NewEvent {
             id: None,
-            event_type: EventType::new("OrderPlaced")?,
-            data: br#"{"customerId":"c1","amount":1.5}"#.to_vec(),
+            event_type: EventType::new(event_type)?,
+            data: data.to_vec(),
             metadata: b"{}".to_vec(),
         }],
     })
