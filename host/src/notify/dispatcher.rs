@@ -18,6 +18,8 @@ use super::{NotifyError, StoredNotification};
 
 /// Notifications read from the mailbox at a time.
 const PAGE: usize = 256;
+/// Most outcomes recorded in one mailbox transaction.
+const RECORD_CHUNK: usize = 64;
 /// How long to wait before looking again after the mailbox itself failed.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
@@ -95,13 +97,19 @@ async fn round(
         // In order: outcomes come back in sequence, so the cursor only
         // ever passes notifications that are settled.
         .buffered(config.max_in_flight as usize);
+    // Outcomes that are ready together are recorded in one transaction.
+    let deliveries = deliveries.ready_chunks(RECORD_CHUNK);
     futures_util::pin_mut!(deliveries);
-    while let Some((sequence, retry, outcome)) = deliveries.next().await {
-        let Some(outcome) = outcome else {
+    while let Some(chunk) = deliveries.next().await {
+        let settled: Vec<(u64, bool, Outcome)> = chunk
+            .iter()
+            .map_while(|(sequence, retry, outcome)| Some((*sequence, *retry, outcome.clone()?)))
+            .collect();
+        mailbox.record(&settled)?;
+        if settled.len() < chunk.len() {
             // Shutting down mid-delivery: the rest goes after the restart.
             return Ok(false);
-        };
-        mailbox.record(sequence, retry, &outcome)?;
+        }
         // New settings (or a removed webhook) take effect from the next page.
         if mailbox.webhook()?.as_ref() != Some(&config) {
             return Ok(true);

@@ -248,40 +248,51 @@ impl Mailbox {
         meta(&txn, META_CURSOR)
     }
 
-    /// Records how the delivery of `sequence` ended. In-order deliveries
-    /// move the cursor; retried dead letters leave the retry list. Not
-    /// fsynced: a crash may deliver again what was delivered just before
-    /// (at least once; receivers dedupe by `webhook-id`), never less.
-    pub fn record(&self, sequence: u64, retry: bool, outcome: &Outcome) -> Result<(), NotifyError> {
+    /// Records how deliveries ended: `(sequence, retry, outcome)` each, in
+    /// one transaction. In-order deliveries move the cursor; retried dead
+    /// letters leave the retry list. Not fsynced: a crash may deliver again
+    /// what was delivered just before (at least once; receivers dedupe by
+    /// `webhook-id`), never less.
+    pub fn record(&self, outcomes: &[(u64, bool, Outcome)]) -> Result<(), NotifyError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)
             .map_err(|e| NotifyError::Corrupt(format!("cannot defer durability: {e}")))?;
         {
             let mut meta = txn.open_table(META)?;
-            let mut bump = |name: &str, by: u64| -> Result<(), NotifyError> {
-                let value = meta.get(name)?.map_or(0, |v| v.value());
-                meta.insert(name, value + by)?;
-                Ok(())
+            let mut dead = txn.open_table(DEAD)?;
+            let mut retry_list = txn.open_table(RETRY)?;
+            let counter = |name: &str| -> Result<u64, NotifyError> {
+                Ok(meta.get(name)?.map_or(0, |v| v.value()))
             };
-            match outcome {
-                Outcome::Delivered { failed } => {
-                    bump(META_DELIVERED, 1)?;
-                    bump(META_FAILED, u64::from(*failed))?;
+            let (mut delivered, mut failed, mut dead_lettered, mut cursor) = (
+                counter(META_DELIVERED)?,
+                counter(META_FAILED)?,
+                counter(META_DEAD)?,
+                counter(META_CURSOR)?,
+            );
+            for (sequence, retry, outcome) in outcomes {
+                match outcome {
+                    Outcome::Delivered { failed: f } => {
+                        delivered += 1;
+                        failed += u64::from(*f);
+                    }
+                    Outcome::Skipped => {}
+                    Outcome::Dead { attempts, error } => {
+                        dead_lettered += 1;
+                        failed += u64::from(*attempts);
+                        dead.insert(*sequence, (*attempts, error.as_str(), now_micros()))?;
+                    }
                 }
-                Outcome::Skipped => {}
-                Outcome::Dead { attempts, error } => {
-                    bump(META_DEAD, 1)?;
-                    bump(META_FAILED, u64::from(*attempts))?;
-                    txn.open_table(DEAD)?
-                        .insert(sequence, (*attempts, error.as_str(), now_micros()))?;
+                if *retry {
+                    retry_list.remove(*sequence)?;
+                } else {
+                    cursor = cursor.max(*sequence);
                 }
             }
-            if retry {
-                txn.open_table(RETRY)?.remove(sequence)?;
-            } else {
-                let cursor = meta.get(META_CURSOR)?.map_or(0, |v| v.value());
-                meta.insert(META_CURSOR, cursor.max(sequence))?;
-            }
+            meta.insert(META_DELIVERED, delivered)?;
+            meta.insert(META_FAILED, failed)?;
+            meta.insert(META_DEAD, dead_lettered)?;
+            meta.insert(META_CURSOR, cursor)?;
         }
         txn.commit()?;
         Ok(())
