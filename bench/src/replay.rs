@@ -12,7 +12,7 @@ use eventfold::log::{
     StreamAppend, StreamName,
 };
 use eventfold::metrics::Metrics;
-use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig};
+use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig, RunState};
 use eventfold::runtime::{SandboxLimits, StateView};
 use serde::{Deserialize, Serialize};
 
@@ -311,7 +311,9 @@ pub async fn wait_until(
         if done(&status) {
             return Ok(started.elapsed());
         }
-        if let Some(error) = &status.last_error {
+        if status.state == RunState::Failed
+            && let Some(error) = &status.last_error
+        {
             bail!("the plugin failed: {}", error.message);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

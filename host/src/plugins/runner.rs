@@ -121,6 +121,9 @@ pub(super) struct Generation {
     /// The next batch stops before the event the plugin rejected, so that
     /// the events before it are committed and the failure is pinned to it.
     stop_before: Option<usize>,
+    /// Largest batch this plugin is handed: halved each time a batch runs
+    /// out of memory or time (large batches of a JS or Python plugin can).
+    max_batch: usize,
     meter: RateMeter,
     dirty: bool,
     last_sync: Instant,
@@ -150,6 +153,7 @@ impl Generation {
             failure: None,
             narrow_until: 0,
             stop_before: None,
+            max_batch: MAX_BATCH,
             meter: RateMeter::default(),
             dirty: false,
             last_sync: Instant::now(),
@@ -365,7 +369,10 @@ impl Runner {
         let limit = if generation.checkpoint < generation.narrow_until {
             1
         } else {
-            generation.stop_before.take().unwrap_or(MAX_BATCH)
+            generation
+                .stop_before
+                .take()
+                .unwrap_or(generation.max_batch)
         };
         process(
             &self.shared.name,
@@ -634,6 +641,12 @@ fn process(
                         error.to_string(),
                         first_in_batch,
                     );
+                }
+                CallError::Memory(_) | CallError::Deadline(_) if events.len() > 1 => {
+                    // Maybe only the batch was too big: halve it and retry at once.
+                    generation.max_batch = events.len() / 2;
+                    tracing::info!(plugin = %name, batch = generation.max_batch, "batch too large ({error}); retrying with smaller batches");
+                    fail(name, generation, positions[0], error.to_string(), false);
                 }
                 _ if events.len() > 1 => {
                     // A trap does not say which event caused it: retry one event at a time.
