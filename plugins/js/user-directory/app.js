@@ -17,8 +17,9 @@ export function describe() {
 }
 
 export function handle(events) {
-  // Writes are cached for the batch and handed to the host once per key:
-  // host calls, not the fold, are what a plugin pays for per event.
+  // Writes are cached for the batch (the latest name per user) and encoded
+  // and handed to the host once per key: host calls and encoding, not the
+  // fold, are what a plugin pays for per event.
   const writes = new Map();
   events.forEach((event, index) => {
     try {
@@ -31,7 +32,7 @@ export function handle(events) {
         case 'UserCreated':
         case 'UserNameUpdated':
           if (typeof data.name !== 'string') throw new Error('name must be a string');
-          writes.set(key, encoder.encode(JSON.stringify({ name: data.name })));
+          writes.set(key, data.name);
           break;
         case 'UserDeleted':
           writes.set(key, null);
@@ -46,7 +47,7 @@ export function handle(events) {
   });
   for (const [key, value] of writes) {
     if (value === null) state.delete(key);
-    else state.set(key, value);
+    else state.set(key, encoder.encode(JSON.stringify({ name: value })));
   }
 }
 

@@ -25,9 +25,10 @@ class WitWorld(Projection):
         )
 
     def handle(self, events: list[types.Event]) -> None:
-        # Writes are cached for the batch and handed to the host once per key:
-        # host calls, not the fold, are what a plugin pays for per event.
-        writes: dict[str, bytes | None] = {}
+        # Writes are cached for the batch (the latest name per user) and
+        # encoded and handed to the host once per key: host calls and
+        # encoding, not the fold, are what a plugin pays for per event.
+        writes: dict[str, str | None] = {}
         for index, event in enumerate(events):
             try:
                 data = json.loads(event.data)
@@ -36,7 +37,7 @@ class WitWorld(Projection):
                     name = data["name"]
                     if not isinstance(name, str):
                         raise ValueError("name must be a string")
-                    writes[key] = encode({"name": name})
+                    writes[key] = name
                 elif event.event_type == "UserDeleted":
                     writes[key] = None
                 else:
@@ -48,7 +49,7 @@ class WitWorld(Projection):
             if value is None:
                 state.delete(key)
             else:
-                state.set(key, value)
+                state.set(key, encode({"name": value}))
 
     def query(self, request: bytes) -> bytes:
         raise Err("this plugin answers no queries")
