@@ -85,6 +85,14 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
     assert_eq!(compiling["kind"], "unknown", "{compiling}");
     let (status, _) = server.get("/health").await;
     assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get("/plugins/python-users/state/user/1").await;
+    let code = &body["error"]["code"];
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE && code == "plugin_compiling"
+            // Unless it has just finished compiling: then the read is answered.
+            || status == StatusCode::NOT_FOUND && code == "key_not_found",
+        "{status} {body}"
+    );
     let (status, _) = server.get("/plugins").await;
     assert_eq!(status, StatusCode::OK);
     let response = deploying.await.unwrap().unwrap();

@@ -384,6 +384,11 @@ async fn a_receiver_down_for_good_fills_dead_letters_and_a_retry_delivers() {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
+    let (_, listed) = server.get("/plugins/ship/dead-letters").await;
+    for letter in listed["dead_letters"].as_array().unwrap() {
+        // A dead letter until its retry delivers it; marked meanwhile.
+        assert_eq!(letter["retrying"], true, "{letter}");
+    }
     receiver.wait_for(3).await;
     let status = server
         .wait_plugin("ship", "no dead letters", |s| {

@@ -113,6 +113,9 @@ impl From<PluginError> for ApiError {
         match error {
             PluginError::InvalidName(_) => ApiError::bad_request("invalid_plugin_name", message),
             PluginError::NotFound(_) => ApiError::not_found("plugin_not_found", message),
+            PluginError::Compiling(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "plugin_compiling", message)
+            }
             PluginError::Load(
                 RuntimeError::Invalid(_) | RuntimeError::WrongWorld(_) | RuntimeError::Describe(_),
             ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", message),

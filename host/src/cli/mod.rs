@@ -182,3 +182,14 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     tracing::info!("shutting down: draining requests and committing");
     shutdown.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks: no two flags of a subcommand share a name.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::client::{Connection, encode_segment, read_json};
 
-/// `eventfold webhook NAME [--url U --secret S …] [--remove]`.
+/// `eventfold webhook NAME [--endpoint URL --secret S …] [--remove]`.
 #[derive(Args)]
 pub struct WebhookArgs {
     #[command(flatten)]
@@ -14,8 +14,9 @@ pub struct WebhookArgs {
     /// The notifier.
     name: String,
     /// Where to POST notifications (without it: show the current settings).
+    /// Not `--url`: that names the eventfold server.
     #[arg(long, requires = "secret")]
-    url: Option<String>,
+    endpoint: Option<String>,
     /// The signing secret, `whsec_` + base64.
     #[arg(long, env = "EVENTFOLD_WEBHOOK_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -35,7 +36,7 @@ pub struct WebhookArgs {
     #[arg(long)]
     max_in_flight: Option<u32>,
     /// Remove the webhook (notifications then wait in the mailbox).
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "endpoint")]
     remove: bool,
 }
 
@@ -65,8 +66,8 @@ pub async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let path = format!("/plugins/{}/webhook", encode_segment(&args.name));
     let request = if args.remove {
         args.connection.request(reqwest::Method::DELETE, &path)
-    } else if let Some(url) = &args.url {
-        let mut settings = json!({ "url": url, "secret": args.secret });
+    } else if let Some(endpoint) = &args.endpoint {
+        let mut settings = json!({ "url": endpoint, "secret": args.secret });
         for (field, value) in [
             ("timeout_ms", args.timeout_ms.map(Value::from)),
             ("max_attempts", args.max_attempts.map(Value::from)),

@@ -285,6 +285,9 @@ impl Mailbox {
                 }
                 if *retry {
                     retry_list.remove(*sequence)?;
+                    if !matches!(outcome, Outcome::Dead { .. }) {
+                        dead.remove(*sequence)?;
+                    }
                 } else {
                     cursor = cursor.max(*sequence);
                 }
@@ -329,12 +332,12 @@ impl Mailbox {
         Ok(out)
     }
 
-    /// Moves dead letter `sequence` to the retry list; false if there is no such dead letter.
+    /// Puts dead letter `sequence` on the retry list (it stays a dead letter
+    /// until the retry delivers it); false if there is no such dead letter.
     pub fn retry_dead_letter(&self, sequence: u64) -> Result<bool, NotifyError> {
         let txn = self.db.begin_write()?;
         let found = {
-            let mut dead = txn.open_table(DEAD)?;
-            let found = dead.remove(sequence)?.is_some();
+            let found = txn.open_table(DEAD)?.get(sequence)?.is_some();
             if found {
                 txn.open_table(RETRY)?.insert(sequence, ())?;
             }

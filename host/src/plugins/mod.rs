@@ -66,6 +66,9 @@ pub enum PluginError {
     /// No plugin by that name.
     #[error("no plugin named {0}")]
     NotFound(String),
+    /// The plugin's first deploy is still compiling.
+    #[error("plugin {0} is still compiling: it answers once it has started (see its status)")]
+    Compiling(String),
     /// The component could not be loaded.
     #[error(transparent)]
     Load(#[from] RuntimeError),

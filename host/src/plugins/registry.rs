@@ -484,10 +484,19 @@ impl Plugins {
             .entries
             .lock()
             .map_err(|_| PluginError::Internal("poisoned lock".into()))?;
-        entries
-            .get(name)
-            .map(|e| e.shared.clone())
-            .ok_or_else(|| PluginError::NotFound(name.to_string()))
+        if let Some(entry) = entries.get(name) {
+            return Ok(entry.shared.clone());
+        }
+        let compiling = self
+            .inner
+            .compiling
+            .lock()
+            .is_ok_and(|c| c.contains_key(name));
+        Err(if compiling {
+            PluginError::Compiling(name.to_string())
+        } else {
+            PluginError::NotFound(name.to_string())
+        })
     }
 
     fn serving(&self, name: &PluginName) -> Result<Serving, PluginError> {
