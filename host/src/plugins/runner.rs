@@ -601,8 +601,15 @@ fn process(
         state,
         emitted,
     } = instance.handle(&events, view);
+    let memory_peak = instance.memory_peak();
     match result {
         Ok(()) => {
+            // A runtime whose heap only grows (a JS or Python interpreter
+            // between collections) gets a fresh instance before it hits the cap.
+            if memory_peak > limits.memory_bytes / 4 * 3 {
+                tracing::debug!(plugin = %name, memory_peak, "recycling the instance");
+                generation.instance = None;
+            }
             // A replay re-emits history: what was already sent is dropped here.
             let emitted = match mailbox.map(|m| m.drop_known(emitted)).transpose() {
                 Ok(emitted) => emitted.unwrap_or_default(),

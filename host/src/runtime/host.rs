@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use redb::ReadOnlyTable;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder, format_err};
+use wasmtime::format_err;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{log, notify, state, types};
 use super::limits::SandboxLimits;
+use super::memory::MemoryLimiter;
 use super::output::PluginOutput;
 
 /// A plugin's key-value state as one batch sees it: a snapshot of what is
@@ -121,8 +122,8 @@ pub struct PluginHost {
     /// Notifications emitted by the current call (notifiers only): committed
     /// to the outbox with the batch, or dropped with it.
     pub emitted: Vec<notify::Notification>,
-    /// Memory limits enforced by the store.
-    pub store_limits: StoreLimits,
+    /// The memory cap enforced by the store.
+    pub memory: MemoryLimiter,
     /// The plugin's stdout (reset after each call).
     pub output: PluginOutput,
     /// Bytes of `log` messages still allowed in the current call.
@@ -153,16 +154,12 @@ impl PluginHost {
             .stdout(stdout.clone())
             .stderr(stderr)
             .build();
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
         Self {
             name,
             limits,
             state: StateView::default(),
             emitted: Vec::new(),
-            store_limits,
+            memory: MemoryLimiter::new(limits.memory_bytes),
             output: stdout,
             log_budget: limits.max_output_bytes,
             logs_dropped: 0,

@@ -73,14 +73,14 @@ impl PluginInstance {
         limits: SandboxLimits,
     ) -> Result<Self, CallError> {
         let mut store = Store::new(engine, PluginHost::new(name, limits));
-        store.limiter(|host| &mut host.store_limits);
+        store.limiter(|host| &mut host.memory);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(limits.deadline));
         let bindings = match pre {
             PluginPre::Projection(pre) => pre.instantiate(&mut store).map(Bindings::Projection),
             PluginPre::Notifier(pre) => pre.instantiate(&mut store).map(Bindings::Notifier),
         }
-        .map_err(|e| classify(e, &limits))?;
+        .map_err(|e| classify(e, store.data()))?;
         Ok(Self { store, bindings })
     }
 
@@ -92,7 +92,7 @@ impl PluginInstance {
             Bindings::Notifier(b) => b.call_describe(&mut self.store),
         };
         self.finish_call();
-        result.map_err(|e| classify(e, &self.store.data().limits))
+        result.map_err(|e| classify(e, self.store.data()))
     }
 
     /// Hands a batch to the plugin with `state` as its view.
@@ -105,15 +105,14 @@ impl PluginInstance {
             Bindings::Notifier(b) => b.call_handle(&mut self.store, events),
         };
         self.finish_call();
-        let limits = self.store.data().limits;
-        let host = self.store.data_mut();
-        let state = std::mem::take(&mut host.state);
-        let emitted = std::mem::take(&mut host.emitted);
         let result = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(HandleError { index, message })) => Err(CallError::Rejected { index, message }),
-            Err(error) => Err(classify(error, &limits)),
+            Err(error) => Err(classify(error, self.store.data())),
         };
+        let host = self.store.data_mut();
+        let state = std::mem::take(&mut host.state);
+        let emitted = std::mem::take(&mut host.emitted);
         Handled {
             result,
             state,
@@ -139,10 +138,16 @@ impl PluginInstance {
         };
         self.finish_call();
         self.store.data_mut().state = StateView::default();
-        result.map_err(|e| classify(e, &self.store.data().limits))
+        result.map_err(|e| classify(e, self.store.data()))
+    }
+
+    /// The most linear memory this instance has held, in bytes.
+    pub fn memory_peak(&self) -> usize {
+        self.store.data().memory.peak
     }
 
     fn arm(&mut self) {
+        self.store.data_mut().memory.reset();
         let limits = self.store.data().limits;
         self.store.set_epoch_deadline(ticks(limits.deadline));
         let host = self.store.data_mut();
@@ -163,14 +168,13 @@ fn ticks(deadline: std::time::Duration) -> u64 {
     (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
-fn classify(error: wasmtime::Error, limits: &SandboxLimits) -> CallError {
+fn classify(error: wasmtime::Error, host: &PluginHost) -> CallError {
+    let limits = &host.limits;
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
         return CallError::Deadline(limits.deadline);
     }
-    let text = format!("{error:#}");
-    if text.contains("forcing trap when growing memory")
-        || text.contains("memory") && text.contains("limit")
-    {
+    // The guest was refused memory and then trapped (an allocator aborting).
+    if host.memory.refused {
         return CallError::Memory(limits.memory_bytes);
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {

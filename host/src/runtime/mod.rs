@@ -10,6 +10,7 @@ mod cache;
 mod host;
 mod instance;
 mod limits;
+mod memory;
 mod output;
 
 use std::path::Path;
