@@ -57,8 +57,7 @@ fn main() -> anyhow::Result<()> {
     // The server's own log (warnings by default; RUST_LOG for more) on stderr.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -145,6 +145,19 @@ pub fn router(state: AppState, config: &Config) -> Router {
     app
 }
 
+/// The length of a page of plugin state, notifications or dead letters:
+/// the client's `limit` (at least 1, at most 10,000), 100 by default.
+fn page_limit(requested: Option<usize>) -> Result<usize, ApiError> {
+    match requested {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be at least 1",
+        )),
+        Some(n) => Ok(n.min(10_000)),
+        None => Ok(100),
+    }
+}
+
 async fn with_timeout(
     timeout: Duration,
     request: Request,

@@ -78,17 +78,7 @@ pub struct PageQuery {
 impl PageQuery {
     /// Where the page starts (after this sequence) and how long it is.
     fn bounds(&self) -> Result<(u64, usize), ApiError> {
-        let limit = match self.limit {
-            Some(0) => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    "limit must be at least 1",
-                ));
-            }
-            Some(n) => n.min(10_000),
-            None => 100,
-        };
-        Ok((self.after.unwrap_or(0), limit))
+        Ok((self.after.unwrap_or(0), super::page_limit(self.limit)?))
     }
 }
 

@@ -195,16 +195,7 @@ pub async fn state_scan(
     Query(query): Query<ScanQuery>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    let limit = match query.limit {
-        Some(0) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "limit must be at least 1",
-            ));
-        }
-        Some(n) => n.min(10_000),
-        None => 100,
-    };
+    let limit = super::page_limit(query.limit)?;
     let entries = state
         .plugins
         .state_scan(&name, query.prefix, query.after, limit)
