@@ -151,6 +151,7 @@ async fn python_and_javascript_failures_are_stopped_and_reported() {
     let server = Server::start_in(dir.path(), &["--plugin-deadline", "1s"]).await;
     for (name, wasm) in [
         ("python-users", PYTHON),
+        ("js-users", JS),
         ("js-loop", JS_ENDLESS_LOOP),
         ("rust-users", RUST),
     ] {
@@ -183,6 +184,21 @@ async fn python_and_javascript_failures_are_stopped_and_reported() {
     assert!(
         message.contains("KeyError") && message.contains("name"),
         "{python}"
+    );
+
+    // The JS one refuses it too: its thrown `{index, message}` is the
+    // handle-error that names the event.
+    let js = server
+        .wait_plugin("js-users", "failed", |s| s["state"] == "failed")
+        .await;
+    assert_eq!(js["last_error"]["position"], bad, "{js}");
+    assert_eq!(js["checkpoint"], bad - 1, "{js}");
+    assert!(
+        js["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("name must be a string"),
+        "{js}"
     );
 
     let looper = server
