@@ -48,14 +48,13 @@ pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'stati
             let mut command = match plugin.language {
                 Language::Python => {
                     let tool = python.get_or_insert_with(|| python_toolchain(root, target_dir));
+                    // Built from a copy: the build leaves __pycache__ beside
+                    // the sources, which must not land in (and re-trigger) the tree.
+                    let copy = target_dir.join("python-src").join(plugin.dir);
+                    copy_python_sources(source.parent().expect("source has a folder"), &copy);
                     let mut c = Command::new(tool);
-                    c.arg("-d")
-                        .arg(&wit)
-                        .args(["-w", plugin.world, "componentize", "-p"]);
-                    c.arg(source.parent().expect("source has a folder"))
-                        .arg("app")
-                        .arg("-o")
-                        .arg(&out);
+                    c.arg("-d").arg(&wit).args(["-w", plugin.world, "componentize", "-p"]);
+                    c.arg(&copy).arg("app").arg("-o").arg(&out);
                     c
                 }
                 Language::JavaScript => {
@@ -77,6 +76,18 @@ pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'stati
         built.push((plugin.var, out));
     }
     built
+}
+
+/// Copies the `.py` files of `from` into a fresh `to`.
+fn copy_python_sources(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).expect("create the python source copy");
+    for entry in std::fs::read_dir(from).expect("read the plugin's folder").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy a python source");
+        }
+    }
 }
 
 /// Whether `out` exists and is newer than every file in `inputs`.
