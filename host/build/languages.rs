@@ -53,7 +53,9 @@ pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'stati
                     let copy = target_dir.join("python-src").join(plugin.dir);
                     copy_python_sources(source.parent().expect("source has a folder"), &copy);
                     let mut c = Command::new(tool);
-                    c.arg("-d").arg(&wit).args(["-w", plugin.world, "componentize", "-p"]);
+                    c.arg("-d")
+                        .arg(&wit)
+                        .args(["-w", plugin.world, "componentize", "-p"]);
                     c.arg(&copy).arg("app").arg("-o").arg(&out);
                     c
                 }
@@ -82,7 +84,10 @@ pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'stati
 fn copy_python_sources(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
     std::fs::create_dir_all(to).expect("create the python source copy");
-    for entry in std::fs::read_dir(from).expect("read the plugin's folder").flatten() {
+    for entry in std::fs::read_dir(from)
+        .expect("read the plugin's folder")
+        .flatten()
+    {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "py") {
             std::fs::copy(&path, to.join(entry.file_name())).expect("copy a python source");
