@@ -365,7 +365,8 @@ async fn a_receiver_down_for_good_fills_dead_letters_and_a_retry_delivers() {
     assert_eq!(dead.len(), 3);
     for letter in &dead {
         assert_eq!(letter["attempts"], 3);
-        assert!(!letter["error"].as_str().unwrap().is_empty(), "{letter}");
+        let error = letter["error"].as_str().unwrap().to_lowercase();
+        assert!(error.contains("connect"), "the cause is named: {letter}");
     }
     let (status, body) = server
         .post("/plugins/ship/dead-letters/999/retry", &json!({}))
@@ -518,4 +519,101 @@ async fn projections_cannot_emit_and_notifier_misuse_gets_clear_errors() {
     // A plugin's kind cannot change under its name.
     let (status, body) = server.deploy("counter", SHIPMENT_NOTIFIER).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// `openssl s_server` with a fresh self-signed certificate, killed on drop.
+struct TlsServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        let dir = data_dir();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl is installed");
+        assert!(made.status.success(), "{made:?}");
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                &addr.port().to_string(),
+                "-cert",
+            ])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        TlsServer {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_https_webhook_checks_the_receivers_certificate() {
+    let tls = TlsServer::start();
+    let listening = wait_until(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(tls.addr).await.is_ok()
+    })
+    .await;
+    assert!(listening, "s_server did not start");
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    deploy_notifier(&server).await;
+    set_webhook(
+        &server,
+        "ship",
+        json!({"url": format!("https://{}/hook", tls.addr), "secret": SECRET, "max_attempts": 1}),
+    )
+    .await;
+    ship_orders(&server, 0..1).await;
+    server
+        .wait_plugin("ship", "a dead letter", |s| {
+            s["notifications"]["dead_letters"] == 1
+        })
+        .await;
+    let (_, dead) = server.get("/plugins/ship/dead-letters").await;
+    let error = dead["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // TLS was spoken, and a self-signed certificate is not trusted.
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
 }

@@ -18,7 +18,8 @@ use super::{NotifyError, StoredNotification};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
-    /// Where to POST: an `http://` URL.
+    /// Where to POST: an `http://` or `https://` URL (certificates are
+    /// checked against the system's roots).
     pub url: String,
     /// The signing secret: `whsec_` followed by base64 (24–64 random bytes is usual).
     pub secret: String,
@@ -69,9 +70,9 @@ impl WebhookRequest {
             Ok(url) => url,
             Err(e) => return bad(format!("url {:?} is not a URL: {e}", self.url)),
         };
-        if url.scheme() != "http" {
+        if !matches!(url.scheme(), "http" | "https") {
             return bad(format!(
-                "url must be http:// (this build has no TLS client; put a TLS-terminating proxy in front), got {}://",
+                "url must be http:// or https://, got {}://",
                 url.scheme()
             ));
         }
@@ -197,7 +198,7 @@ impl WebhookConfig {
                 if e.is_timeout() {
                     format!("timed out after {} ms", self.timeout_ms)
                 } else {
-                    format!("{e:#}")
+                    error_chain(&e)
                 }
             })?;
         let status = response.status();
@@ -211,6 +212,19 @@ impl WebhookConfig {
         }
         Err(format!("the receiver answered {status}: {}", &text[..end]))
     }
+}
+
+/// An error with its causes, `outer: inner: root` (reqwest's own message
+/// only says that sending failed; the cause says why).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -248,7 +262,7 @@ mod tests {
         for (secret, url, expected) in [
             ("nope", "http://x/", "whsec_"),
             ("whsec_!!!", "http://x/", "base64"),
-            ("whsec_AAAA", "ftp://x/", "http://"),
+            ("whsec_AAAA", "ftp://x/", "https://"),
             ("whsec_AAAA", "not a url", "not a URL"),
         ] {
             let mut r = request(secret);
