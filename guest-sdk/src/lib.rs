@@ -224,27 +224,27 @@ fn describe(
 pub fn __handle<P: Projection>(
     events: Vec<wit_types::Event>,
 ) -> Result<(), wit_types::HandleError> {
-    let mut state = State::new();
-    for (index, event) in events.into_iter().enumerate() {
-        let event = Event::from(event);
-        P::apply(&event, &mut state).map_err(|error| wit_types::HandleError {
-            index: index as u32,
-            message: error.to_string(),
-        })?;
-    }
-    state.flush();
-    Ok(())
+    handle_batch(events, |event, state| P::apply(event, state))
 }
 
 #[doc(hidden)]
 pub fn __handle_notifier<N: Notifier>(
     events: Vec<wit_types::Event>,
 ) -> Result<(), wit_types::HandleError> {
-    let mut state = State::new();
     let mut outbox = Outbox::new();
+    handle_batch(events, |event, state| N::apply(event, state, &mut outbox))
+}
+
+/// Applies each event in turn; the first error stops the batch and names
+/// its index. The state's writes go to the host once, at the end.
+fn handle_batch(
+    events: Vec<wit_types::Event>,
+    mut apply: impl FnMut(&Event, &mut State) -> Result<()>,
+) -> Result<(), wit_types::HandleError> {
+    let mut state = State::new();
     for (index, event) in events.into_iter().enumerate() {
         let event = Event::from(event);
-        N::apply(&event, &mut state, &mut outbox).map_err(|error| wit_types::HandleError {
+        apply(&event, &mut state).map_err(|error| wit_types::HandleError {
             index: index as u32,
             message: error.to_string(),
         })?;
