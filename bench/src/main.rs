@@ -7,11 +7,16 @@
 //! - `languages`: the same projection in Rust, Python and JavaScript.
 //! - `notify`: notifications delivered to a webhook receiver, against a bare
 //!   loop of HTTP POSTs.
+//! - `peers`: eventfold against Redis Streams and PostgreSQL in one run
+//!   (appends, a read of the whole log, replay), with the DESIGN §6 targets
+//!   as ratios, written as JSON and a PNG chart.
 //! - `all`: every one.
 
 mod append;
+mod chart;
 mod languages;
 mod notify;
+mod peers;
 mod replay;
 
 use std::path::PathBuf;
@@ -35,6 +40,8 @@ enum Command {
     Languages(languages::Args),
     /// Notifications delivered per second to a webhook receiver.
     Notify(notify::Args),
+    /// eventfold against Redis Streams and PostgreSQL, started here, in one run.
+    Peers(peers::Args),
     /// Every benchmark with its defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
@@ -54,6 +61,14 @@ fn defaults<T: clap::Args>() -> T {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The peer benchmark runs the server in a process of its own: this
+    // binary, re-executed as `eventfold-bench serve …`, is `eventfold serve`.
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        return match eventfold::cli::main() {
+            std::process::ExitCode::SUCCESS => Ok(()),
+            _ => anyhow::bail!("eventfold serve failed"),
+        };
+    }
     // The server's own log (warnings by default; RUST_LOG for more) on stderr.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -68,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Replay(args)) => runtime.block_on(replay::run(args)),
         Some(Command::Languages(args)) => runtime.block_on(languages::run(args)),
         Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
+        Some(Command::Peers(args)) => runtime.block_on(peers::run(args)),
         Some(Command::All { data_dir }) => {
             runtime.block_on(append::run(append::Args {
                 data_dir: data_dir.clone(),

@@ -87,8 +87,55 @@ const FOLDS: [Fold; 2] = [
     },
 ];
 
+/// One fold's replay times (medians of the rounds).
+#[derive(Clone, Copy)]
+pub struct FoldTimes {
+    /// What the fold computes.
+    pub label: &'static str,
+    /// The native fold from zero.
+    pub native: Duration,
+    /// The plugin's first run from zero after its deploy.
+    pub first: Duration,
+    /// The plugin's replay from zero (a rebuild beside the serving state).
+    pub rebuild: Duration,
+}
+
+/// What the replay benchmark measured.
+pub struct Report {
+    /// Events in the log.
+    pub events: u64,
+    /// Distinct customers the orders spread over.
+    pub customers: u64,
+    /// Rounds each median is taken over.
+    pub rounds: usize,
+    /// The folds, order totals first, the trivial counter second.
+    pub folds: Vec<FoldTimes>,
+    /// Deploy to first event handled, compiling, in ms.
+    pub compiled_ms: f64,
+    /// The same from the compiled cache, in ms.
+    pub cached_ms: f64,
+}
+
+impl FoldTimes {
+    /// Events per second of the native fold.
+    pub fn native_rate(&self, events: u64) -> f64 {
+        events as f64 / self.native.as_secs_f64()
+    }
+
+    /// Events per second of the plugin's replay.
+    pub fn replay_rate(&self, events: u64) -> f64 {
+        events as f64 / self.rebuild.as_secs_f64()
+    }
+}
+
 /// Runs the replay benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    print(&measure(args).await?);
+    Ok(())
+}
+
+/// Runs the replay benchmark.
+pub async fn measure(args: Args) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&args.data_dir)?;
     let scratch = tempfile::Builder::new()
         .prefix("replay-")
@@ -104,7 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let head = log.head().0;
     let plugins = open_plugins(scratch.path(), &log)?;
 
-    let mut rows = Vec::new();
+    let mut folds = Vec::new();
     for (n, fold) in FOLDS.iter().enumerate() {
         let wasm_path = args.plugins.join(fold.wasm);
         let wasm = std::fs::read(&wasm_path)
@@ -152,12 +199,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         natives.sort();
         rebuilds.sort();
-        rows.push((
-            fold.label,
-            natives[natives.len() / 2],
+        folds.push(FoldTimes {
+            label: fold.label,
+            native: natives[natives.len() / 2],
             first,
-            rebuilds[rebuilds.len() / 2],
-        ));
+            rebuild: rebuilds[rebuilds.len() / 2],
+        });
     }
     plugins.shutdown().await;
     let wasm = std::fs::read(args.plugins.join(FOLDS[0].wasm))?;
@@ -168,32 +215,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm, sample).await?;
     log.shutdown().await;
+    Ok(Report {
+        events: head,
+        customers: args.customers,
+        rounds: args.rounds,
+        folds,
+        compiled_ms,
+        cached_ms,
+    })
+}
 
-    let rate = |d: Duration| head as f64 / d.as_secs_f64();
+/// Prints the replay table.
+pub fn print(report: &Report) {
+    let events = report.events;
+    let rate = |d: Duration| events as f64 / d.as_secs_f64();
     println!();
     println!(
-        "replay from zero of {head} events ({} customers), median of {} rounds",
-        args.customers, args.rounds
+        "replay from zero of {events} events ({} customers), median of {} rounds",
+        report.customers, report.rounds
     );
     println!(
         "{:<44} {:>12} {:>14} {:>14} {:>8}",
         "fold", "native/s", "wasm deploy/s", "wasm replay/s", "ratio"
     );
-    for (label, native, first, rebuild) in rows {
+    for fold in &report.folds {
         println!(
             "{:<44} {:>12.0} {:>14.0} {:>14.0} {:>8.2}",
-            label,
-            rate(native),
-            rate(first),
-            rate(rebuild),
-            rate(rebuild) / rate(native)
+            fold.label,
+            fold.native_rate(events),
+            rate(fold.first),
+            fold.replay_rate(events),
+            fold.replay_rate(events) / fold.native_rate(events)
         );
     }
     println!();
     println!(
-        "deploy to first event handled: {compiled_ms:.1} ms compiling, {cached_ms:.1} ms from the compiled cache"
+        "deploy to first event handled: {:.1} ms compiling, {:.1} ms from the compiled cache",
+        report.compiled_ms, report.cached_ms
     );
-    Ok(())
 }
 
 /// Appends `n` OrderPlaced events (≈200 bytes of JSON) over 10,000 streams.

@@ -1,0 +1,168 @@
+//! eventfold as a peer: the real server in a process of its own (this binary
+//! re-executed as `eventfold serve`), driven over HTTP.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::service::{self, Service};
+use super::{EVENT_DATA, EVENT_TYPE, PAGE};
+
+/// The running server.
+pub struct Eventfold {
+    service: Service,
+    url: String,
+    http: reqwest::Client,
+}
+
+/// One client: its own connection and its own stream.
+pub struct Client {
+    http: reqwest::Client,
+    url: String,
+    /// The JSON array of one request's events.
+    events: String,
+    batch: u64,
+    /// The stream's last version, as the append's `expected_version`.
+    version: Option<u64>,
+}
+
+impl Eventfold {
+    /// Starts `eventfold serve` on a fresh data directory under `scratch`.
+    pub async fn start(scratch: &Path) -> anyhow::Result<Self> {
+        let dir = service::service_dir(scratch, "eventfold")?;
+        let port = service::free_port()?;
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn");
+        let log = dir.join("server.log");
+        let mut service = Service::spawn("eventfold", command, &log, "TERM")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let health = format!("{url}/health");
+        service::wait_ready(&mut service, &log, Duration::from_secs(30), || async {
+            Ok(http.get(&health).send().await?.error_for_status()?)
+        })
+        .await?;
+        Ok(Self { service, url, http })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
+    /// A client appending `batch` events per request to `stream`.
+    pub fn client(&self, stream: &str, batch: usize) -> Client {
+        let event = format!(r#"{{"type":"{EVENT_TYPE}","data":{EVENT_DATA}}}"#);
+        Client {
+            http: reqwest::Client::new(),
+            url: format!("{}/streams/{stream}", self.url),
+            events: format!("[{}]", vec![event; batch].join(",")),
+            batch: batch as u64,
+            version: None,
+        }
+    }
+
+    /// The number of events in the log (its head position).
+    pub async fn count(&self) -> anyhow::Result<u64> {
+        #[derive(Deserialize)]
+        struct Health {
+            head: u64,
+        }
+        let health: Health = self
+            .http
+            .get(format!("{}/health", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(health.head)
+    }
+
+    /// Reads the first `n` events of the global log in pages; each page's latency.
+    pub async fn read(&self, n: u64) -> anyhow::Result<Vec<Duration>> {
+        #[derive(Deserialize)]
+        struct Page<'a> {
+            #[serde(borrow)]
+            events: Vec<Event<'a>>,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)] // decoded as a consumer would, then dropped
+        struct Event<'a> {
+            position: u64,
+            #[serde(borrow)]
+            stream: &'a str,
+            #[serde(borrow, rename = "type")]
+            event_type: &'a str,
+            #[serde(borrow)]
+            data: &'a RawValue,
+        }
+        let mut latencies = Vec::new();
+        let mut read = 0;
+        let mut from = 1;
+        while read < n {
+            let sent = Instant::now();
+            let limit = PAGE.min(n - read);
+            let body = self
+                .http
+                .get(format!("{}/events?from={from}&limit={limit}", self.url))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let page: Page = serde_json::from_slice(&body).context("decoding a page")?;
+            let Some(last) = page.events.last() else {
+                bail!("the log ended after {read} events");
+            };
+            from = last.position + 1;
+            read += page.events.len() as u64;
+            latencies.push(sent.elapsed());
+        }
+        Ok(latencies)
+    }
+
+    /// Stops the server (SIGTERM: it commits and exits).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.service.stop().await
+    }
+}
+
+impl Client {
+    /// Appends one request's events, checking the stream's version.
+    pub async fn append(&mut self) -> anyhow::Result<()> {
+        let expected = match self.version {
+            None => "\"no_stream\"".to_owned(),
+            Some(v) => v.to_string(),
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(format!(
+                "{{\"expected_version\":{expected},\"events\":{}}}",
+                self.events
+            ))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "append failed: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        response.bytes().await?;
+        self.version = Some(self.version.map_or(self.batch - 1, |v| v + self.batch));
+        Ok(())
+    }
+}

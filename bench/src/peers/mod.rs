@@ -1,0 +1,357 @@
+//! eventfold side by side with Redis Streams and PostgreSQL, in one run on
+//! loopback: the same load generator and the same ≈200-byte JSON events for
+//! all three, systems alternating between rounds; the disk's fsync rate and
+//! a replay through a WASM plugin against the native fold in the same run;
+//! one table, the DESIGN §6 targets as ratios, and the report as JSON and
+//! as a PNG chart.
+
+mod eventfold;
+mod postgres;
+mod redis;
+mod report;
+mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use self::eventfold::Eventfold;
+use self::postgres::Postgres;
+use self::redis::Redis;
+pub use self::report::Report;
+use self::report::{Measure, Replay};
+use crate::append::fdatasync_rate;
+
+/// The benchmark's event type.
+pub const EVENT_TYPE: &str = "OrderPlaced";
+/// The benchmark's event data: with its type, about 200 bytes of JSON.
+pub const EVENT_DATA: &str = r#"{"orderId":"ord-5f0c2a9e-7d41","customerId":"cus-81b3","currency":"EUR","amount":129.95,"items":[{"sku":"SKU-1042","qty":2,"price":39.99},{"sku":"SKU-2210","qty":1,"price":49.97}],"channel":"web"}"#;
+/// Events per page when reading the log.
+pub const PAGE: u64 = 1000;
+
+/// Options of the peer benchmark.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where the servers' data and the fsync probe go (the disk measured).
+    #[arg(long, default_value = "target/bench-data")]
+    pub data_dir: PathBuf,
+    /// Where the report goes: `peers.json` and `peers.png`.
+    #[arg(long, default_value = "target/bench-report")]
+    pub out: PathBuf,
+    /// Seconds each append workload runs per system and round.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Events read from each log, and replayed.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Where the built plugins are (`cargo build` puts them there).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release"))]
+    pub plugins: PathBuf,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        crate::defaults()
+    }
+}
+
+/// One append workload: `clients` concurrent clients, each sending requests
+/// of `events` events one after the other.
+#[derive(Clone, Copy)]
+pub struct Workload {
+    /// How the table names it.
+    pub name: &'static str,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Events per request.
+    pub events: usize,
+}
+
+/// The append workloads of DESIGN §6.
+pub const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "1 client x 1 event",
+        clients: 1,
+        events: 1,
+    },
+    Workload {
+        name: "32 clients x 1 event",
+        clients: 32,
+        events: 1,
+    },
+    Workload {
+        name: "4 clients x 100 events",
+        clients: 4,
+        events: 100,
+    },
+];
+
+/// The systems compared, in the order of the table.
+pub const SYSTEMS: [&str; 3] = ["eventfold", "Redis", "PostgreSQL"];
+
+/// A running system under test.
+enum System {
+    Eventfold(Eventfold),
+    Redis(Redis),
+    Postgres(Postgres),
+}
+
+/// One client of a system, appending to a stream of its own.
+enum Client {
+    Eventfold(eventfold::Client),
+    Redis(redis::Client),
+    Postgres(postgres::Client),
+}
+
+impl System {
+    fn name(&self) -> &'static str {
+        match self {
+            System::Eventfold(_) => SYSTEMS[0],
+            System::Redis(_) => SYSTEMS[1],
+            System::Postgres(_) => SYSTEMS[2],
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            System::Eventfold(s) => s.pid(),
+            System::Redis(s) => s.pid(),
+            System::Postgres(s) => s.pid(),
+        }
+    }
+
+    async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
+        Ok(match self {
+            System::Eventfold(s) => Client::Eventfold(s.client(stream, batch)),
+            System::Redis(s) => Client::Redis(s.client(stream, batch).await?),
+            System::Postgres(s) => Client::Postgres(s.client(stream, batch).await?),
+        })
+    }
+
+    /// Makes sure the log holds at least `n` events to read.
+    async fn fill(&self, n: u64) -> anyhow::Result<()> {
+        let have = match self {
+            System::Eventfold(s) => s.count().await?,
+            System::Redis(s) => return s.fill_log(n).await,
+            System::Postgres(s) => s.count().await?,
+        };
+        if have >= n {
+            return Ok(());
+        }
+        let requests = (n - have).div_ceil(PAGE);
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let mut client = self.client(&format!("fill-{i}"), PAGE as usize).await?;
+            let mine = requests / 4 + u64::from(i < requests % 4);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..mine {
+                    client.append().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, n: u64) -> anyhow::Result<Vec<Duration>> {
+        match self {
+            System::Eventfold(s) => s.read(n).await,
+            System::Redis(s) => s.read(n).await,
+            System::Postgres(s) => s.read(n).await,
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            System::Eventfold(s) => s.stop().await,
+            System::Redis(s) => s.stop().await,
+            System::Postgres(s) => s.stop().await,
+        }
+    }
+}
+
+impl Client {
+    async fn append(&mut self) -> anyhow::Result<()> {
+        match self {
+            Client::Eventfold(c) => c.append().await,
+            Client::Redis(c) => c.append().await,
+            Client::Postgres(c) => c.append().await,
+        }
+    }
+}
+
+/// Runs the comparison, prints the table and writes the report.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("peers-")
+        .tempdir_in(&args.data_dir)?;
+    let fsync_append = fdatasync_rate(scratch.path(), Duration::from_secs(2), false)?;
+    let fsync_overwrite = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
+    eprintln!("disk: {fsync_append:.0} fdatasync/s appending, {fsync_overwrite:.0}/s overwriting");
+
+    let systems = vec![
+        System::Eventfold(Eventfold::start(scratch.path()).await?),
+        System::Redis(Redis::start(scratch.path()).await?),
+        System::Postgres(Postgres::start(scratch.path()).await?),
+    ];
+    for system in &systems {
+        eprintln!("{} running, pid {}", system.name(), system.pid());
+    }
+    let measured = measure_all(&args, &systems).await;
+    for system in systems {
+        system.stop().await?;
+    }
+    let (appends, reads) = measured?;
+
+    eprintln!(
+        "replaying {} events: WASM plugin and native fold",
+        args.events
+    );
+    let replay = crate::replay::measure(crate::replay::Args {
+        data_dir: scratch.path().to_owned(),
+        events: args.events,
+        rounds: args.rounds,
+        plugins: args.plugins.clone(),
+        ..Default::default()
+    })
+    .await?;
+
+    let report = Report::new(
+        &args,
+        fsync_append,
+        fsync_overwrite,
+        appends,
+        reads,
+        Replay::from(&replay),
+        started.elapsed(),
+    );
+    report.print();
+    let json = args.out.join("peers.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let png = args.out.join("peers.png");
+    report.chart(&png)?;
+    println!("report: {} and {}", json.display(), png.display());
+    Ok(())
+}
+
+/// Append workloads and reads, every system in every round, the systems'
+/// order rotating from round to round.
+async fn measure_all(
+    args: &Args,
+    systems: &[System],
+) -> anyhow::Result<(Vec<[Measure; 3]>, [Measure; 3])> {
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let mut appends: Vec<[Vec<Round>; 3]> = WORKLOADS.iter().map(|_| Default::default()).collect();
+    for round in 0..args.rounds {
+        for (w, workload) in WORKLOADS.iter().enumerate() {
+            for i in 0..systems.len() {
+                let s = (i + round) % systems.len();
+                let result = drive(&systems[s], *workload, seconds, round).await?;
+                eprintln!(
+                    "round {} {:<24} {:<10} {:>10.0} events/s",
+                    round + 1,
+                    workload.name,
+                    systems[s].name(),
+                    result.events_per_sec
+                );
+                appends[w][s].push(result);
+            }
+        }
+    }
+    for system in systems {
+        eprintln!(
+            "{}: filling to {} events to read",
+            system.name(),
+            args.events
+        );
+        system.fill(args.events).await?;
+    }
+    let mut reads: [Vec<Round>; 3] = Default::default();
+    for round in 0..args.rounds {
+        for i in 0..systems.len() {
+            let s = (i + round) % systems.len();
+            let started = Instant::now();
+            let latencies = systems[s].read(args.events).await?;
+            let result = Round {
+                events_per_sec: args.events as f64 / started.elapsed().as_secs_f64(),
+                latencies,
+            };
+            eprintln!(
+                "round {} read {:<10} {:>10.0} events/s",
+                round + 1,
+                systems[s].name(),
+                result.events_per_sec
+            );
+            reads[s].push(result);
+        }
+    }
+    Ok((
+        appends.into_iter().map(|w| w.map(Measure::from)).collect(),
+        reads.map(Measure::from),
+    ))
+}
+
+/// One system's result in one round.
+pub struct Round {
+    /// Events appended (or read) per second.
+    pub events_per_sec: f64,
+    /// Each request's latency.
+    pub latencies: Vec<Duration>,
+}
+
+/// Runs one workload against one system for `duration`.
+async fn drive(
+    system: &System,
+    workload: Workload,
+    duration: Duration,
+    round: usize,
+) -> anyhow::Result<Round> {
+    let mut clients = Vec::new();
+    for client in 0..workload.clients {
+        let stream = format!(
+            "bench{}x{}-{client}-r{round}",
+            workload.clients, workload.events
+        );
+        clients.push(system.client(&stream, workload.events).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let barrier = Arc::new(tokio::sync::Barrier::new(workload.clients));
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                client.append().await?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let events = latencies.len() * workload.events;
+    Ok(Round {
+        events_per_sec: events as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    })
+}

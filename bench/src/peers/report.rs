@@ -1,0 +1,426 @@
+//! What the peer benchmark measured: the printed table, the JSON report, the
+//! chart, and the DESIGN §6 targets checked as ratios.
+
+use std::path::Path;
+use std::time::Duration;
+
+use plotters::style::RGBColor;
+use serde::Serialize;
+
+use super::{Args, Round, SYSTEMS, WORKLOADS};
+use crate::chart::{self, Bar, Panel};
+
+/// One system's figures for one workload: medians over the rounds.
+#[derive(Serialize, Clone)]
+pub struct Measure {
+    /// Events per second, the median round.
+    pub events_per_sec: f64,
+    /// Request latency over every round, 50th percentile, in ms.
+    pub p50_ms: f64,
+    /// The same, 99th percentile.
+    pub p99_ms: f64,
+    /// Events per second of each round, in the order run.
+    pub rounds: Vec<f64>,
+}
+
+impl From<Vec<Round>> for Measure {
+    fn from(rounds: Vec<Round>) -> Self {
+        let per_round: Vec<f64> = rounds.iter().map(|r| r.events_per_sec).collect();
+        let mut sorted = per_round.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mut latencies: Vec<Duration> = rounds.into_iter().flat_map(|r| r.latencies).collect();
+        latencies.sort();
+        let percentile = |p: f64| match latencies.len() {
+            0 => 0.0,
+            n => latencies[((n - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0,
+        };
+        Self {
+            events_per_sec: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            rounds: per_round,
+        }
+    }
+}
+
+/// One workload (or the read) across the three systems.
+#[derive(Serialize)]
+pub struct Comparison {
+    /// The workload's name.
+    pub workload: String,
+    /// eventfold, Redis, PostgreSQL.
+    pub systems: Vec<(String, Measure)>,
+    /// eventfold's events/s over Redis's.
+    pub eventfold_vs_redis: f64,
+    /// eventfold's events/s over PostgreSQL's.
+    pub eventfold_vs_postgres: f64,
+}
+
+impl Comparison {
+    fn new(workload: &str, measures: [Measure; 3]) -> Self {
+        let rate = |i: usize| measures[i].events_per_sec;
+        Self {
+            workload: workload.to_owned(),
+            eventfold_vs_redis: rate(0) / rate(1),
+            eventfold_vs_postgres: rate(0) / rate(2),
+            systems: SYSTEMS
+                .iter()
+                .map(|s| s.to_string())
+                .zip(measures)
+                .collect(),
+        }
+    }
+}
+
+/// One fold replayed from zero, natively and as a WASM plugin.
+#[derive(Serialize)]
+pub struct ReplayFold {
+    /// What it computes.
+    pub fold: String,
+    /// The native Rust fold, events/s.
+    pub native_per_sec: f64,
+    /// The WASM plugin's replay, events/s.
+    pub wasm_per_sec: f64,
+    /// WASM over native.
+    pub ratio: f64,
+}
+
+/// The replay part of the run.
+#[derive(Serialize)]
+pub struct Replay {
+    /// Events replayed.
+    pub events: u64,
+    /// Order totals (JSON decode, one key per event), then the trivial counter.
+    pub folds: Vec<ReplayFold>,
+    /// Deploy to first event handled, compiling, in ms.
+    pub deploy_compiling_ms: f64,
+    /// The same from the compiled cache, in ms.
+    pub deploy_cached_ms: f64,
+}
+
+impl From<&crate::replay::Report> for Replay {
+    fn from(report: &crate::replay::Report) -> Self {
+        let events = report.events;
+        Self {
+            events,
+            folds: report
+                .folds
+                .iter()
+                .map(|f| ReplayFold {
+                    fold: f.label.to_owned(),
+                    native_per_sec: f.native_rate(events),
+                    wasm_per_sec: f.replay_rate(events),
+                    ratio: f.replay_rate(events) / f.native_rate(events),
+                })
+                .collect(),
+            deploy_compiling_ms: report.compiled_ms,
+            deploy_cached_ms: report.cached_ms,
+        }
+    }
+}
+
+/// A DESIGN §6 target and what this run measured against it.
+#[derive(Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The same in a few characters, for the chart.
+    pub short: String,
+    /// The measured figure (a ratio, or events/s).
+    pub measured: f64,
+    /// The least it must be.
+    pub at_least: f64,
+    /// Whether it is.
+    pub met: bool,
+}
+
+/// Everything one run measured.
+#[derive(Serialize)]
+pub struct Report {
+    /// When it ran.
+    pub date: String,
+    /// The machine: CPU model, cores, kernel.
+    pub machine: String,
+    /// Seconds per workload, rounds, events read and replayed.
+    pub settings: Settings,
+    /// The data disk's raw fdatasync rate (4 KiB writes), appending to a file.
+    pub fsync_per_sec_appending: f64,
+    /// The same, overwriting a file already written.
+    pub fsync_per_sec_overwriting: f64,
+    /// The append workloads.
+    pub appends: Vec<Comparison>,
+    /// Reading the whole log from the start.
+    pub read: Comparison,
+    /// Replays from zero.
+    pub replay: Replay,
+    /// The targets, checked.
+    pub targets: Vec<Target>,
+    /// How long the whole run took, in seconds.
+    pub elapsed_secs: f64,
+}
+
+/// The run's settings.
+#[derive(Serialize)]
+pub struct Settings {
+    /// Seconds each append workload ran per system and round.
+    pub seconds: f64,
+    /// Rounds.
+    pub rounds: usize,
+    /// Events read from each log and replayed.
+    pub events: u64,
+    /// Events per page when reading.
+    pub page: u64,
+}
+
+const EVENTFOLD: RGBColor = RGBColor(31, 119, 180);
+const REDIS: RGBColor = RGBColor(214, 39, 40);
+const POSTGRES: RGBColor = RGBColor(44, 160, 44);
+const NATIVE: RGBColor = RGBColor(127, 127, 127);
+const COLORS: [RGBColor; 3] = [EVENTFOLD, REDIS, POSTGRES];
+
+impl Report {
+    /// Puts the run's figures together and checks the targets.
+    pub fn new(
+        args: &Args,
+        fsync_append: f64,
+        fsync_overwrite: f64,
+        appends: Vec<[Measure; 3]>,
+        read: [Measure; 3],
+        replay: Replay,
+        elapsed: Duration,
+    ) -> Self {
+        let appends: Vec<Comparison> = WORKLOADS
+            .iter()
+            .zip(appends)
+            .map(|(w, m)| Comparison::new(w.name, m))
+            .collect();
+        let read = Comparison::new(&format!("read {} events", args.events), read);
+        let mut targets = Vec::new();
+        let mut target = |name: &str, short: &str, measured: f64, at_least: f64| {
+            targets.push(Target {
+                name: name.to_owned(),
+                short: short.to_owned(),
+                measured,
+                at_least,
+                met: measured >= at_least,
+            })
+        };
+        target(
+            "1 client: eventfold / Redis",
+            "1c/Redis",
+            appends[0].eventfold_vs_redis,
+            0.7,
+        );
+        target(
+            "1 client: eventfold / PostgreSQL",
+            "1c/PG",
+            appends[0].eventfold_vs_postgres,
+            1.0,
+        );
+        target(
+            "32 clients: eventfold / Redis",
+            "32c/Redis",
+            appends[1].eventfold_vs_redis,
+            1.0,
+        );
+        target(
+            "4 x 100 events: eventfold / Redis",
+            "batch/Redis",
+            appends[2].eventfold_vs_redis,
+            1.5,
+        );
+        // The trivial fold is the one DESIGN §6 sets the replay targets for.
+        if let Some(trivial) = replay.folds.last() {
+            target(
+                "replay (trivial fold): WASM events/s",
+                "replay/s",
+                trivial.wasm_per_sec,
+                1e6,
+            );
+            target(
+                "replay (trivial fold): WASM / native",
+                "/native",
+                trivial.ratio,
+                0.5,
+            );
+        }
+        Self {
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            machine: machine(),
+            settings: Settings {
+                seconds: args.seconds,
+                rounds: args.rounds,
+                events: args.events,
+                page: super::PAGE,
+            },
+            fsync_per_sec_appending: fsync_append,
+            fsync_per_sec_overwriting: fsync_overwrite,
+            appends,
+            read,
+            replay,
+            targets,
+            elapsed_secs: elapsed.as_secs_f64(),
+        }
+    }
+
+    /// Prints the table.
+    pub fn print(&self) {
+        println!();
+        println!("{} — {}", self.date, self.machine);
+        println!(
+            "disk: {:.0} fdatasync/s appending 4 KiB, {:.0}/s overwriting",
+            self.fsync_per_sec_appending, self.fsync_per_sec_overwriting
+        );
+        println!(
+            "{:<24} {:<11} {:>11} {:>8} {:>8}   {:>9} {:>9} {:>9}",
+            "workload", "system", "events/s", "p50 ms", "p99 ms", "÷ Redis", "÷ PG", "÷ fsync"
+        );
+        for comparison in self.appends.iter().chain([&self.read]) {
+            for (i, (system, m)) in comparison.systems.iter().enumerate() {
+                let workload = if i == 0 {
+                    comparison.workload.as_str()
+                } else {
+                    ""
+                };
+                print!(
+                    "{workload:<24} {system:<11} {:>11.0} {:>8.2} {:>8.2}",
+                    m.events_per_sec, m.p50_ms, m.p99_ms
+                );
+                if i == 0 {
+                    print!(
+                        "   {:>8.2}x {:>8.2}x {:>8.2}x",
+                        comparison.eventfold_vs_redis,
+                        comparison.eventfold_vs_postgres,
+                        m.events_per_sec / self.fsync_per_sec_overwriting
+                    );
+                }
+                println!();
+            }
+        }
+        println!(
+            "(median of {} rounds of {:.1} s; ≈200-byte JSON events, every append fsynced before it is acknowledged;",
+            self.settings.rounds, self.settings.seconds
+        );
+        println!(
+            " reads in pages of {}; ÷ fsync = events per raw fdatasync of the disk, overwriting)",
+            self.settings.page
+        );
+        println!();
+        println!(
+            "replay from zero of {} events: {:<44} {:>12} {:>12} {:>7}",
+            self.replay.events, "fold", "native/s", "wasm/s", "ratio"
+        );
+        for fold in &self.replay.folds {
+            println!(
+                "{:<32}{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+                "", fold.fold, fold.native_per_sec, fold.wasm_per_sec, fold.ratio
+            );
+        }
+        println!();
+        println!(
+            "{:<42} {:>12} {:>12}",
+            "DESIGN §6 target", "measured", "at least"
+        );
+        for target in &self.targets {
+            println!(
+                "{:<42} {:>12} {:>12}   {}",
+                target.name,
+                chart::human(target.measured),
+                chart::human(target.at_least),
+                if target.met { "met" } else { "NOT MET" }
+            );
+        }
+        println!("(the whole run took {:.0} s)", self.elapsed_secs);
+    }
+
+    /// Draws the chart: one panel per workload, the read, the replay, and
+    /// each target as measured / required.
+    pub fn chart(&self, path: &Path) -> anyhow::Result<()> {
+        let mut panels: Vec<Panel> = self
+            .appends
+            .iter()
+            .chain([&self.read])
+            .map(|c| Panel {
+                title: if c.workload.starts_with("read") {
+                    c.workload.clone()
+                } else {
+                    format!("append, {}", c.workload)
+                },
+                unit: "events/s".into(),
+                bars: c
+                    .systems
+                    .iter()
+                    .zip(COLORS)
+                    .map(|((system, m), color)| Bar {
+                        label: system.clone(),
+                        value: m.events_per_sec,
+                        color,
+                    })
+                    .collect(),
+                line: None,
+            })
+            .collect();
+        panels.push(Panel {
+            title: format!("replay {} events from zero", self.replay.events),
+            unit: "events/s".into(),
+            bars: self
+                .replay
+                .folds
+                .iter()
+                .flat_map(|f| {
+                    let short = f.fold.split(' ').next().unwrap_or_default();
+                    [
+                        Bar {
+                            label: format!("{short}: native"),
+                            value: f.native_per_sec,
+                            color: NATIVE,
+                        },
+                        Bar {
+                            label: format!("{short}: WASM"),
+                            value: f.wasm_per_sec,
+                            color: EVENTFOLD,
+                        },
+                    ]
+                })
+                .collect(),
+            line: Some(1e6),
+        });
+        panels.push(Panel {
+            title: "targets: measured / required (1 = met)".into(),
+            unit: "share of target".into(),
+            bars: self
+                .targets
+                .iter()
+                .map(|t| Bar {
+                    label: t.short.clone(),
+                    value: t.measured / t.at_least,
+                    color: if t.met { POSTGRES } else { REDIS },
+                })
+                .collect(),
+            line: Some(1.0),
+        });
+        chart::draw(
+            path,
+            &format!(
+                "eventfold vs Redis Streams (appendfsync always) vs PostgreSQL (synchronous commit), {}",
+                self.date
+            ),
+            &panels,
+            3,
+        )
+    }
+}
+
+/// CPU model, cores and kernel, as far as /proc tells.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cores} cores, Linux {}", kernel.trim())
+}
