@@ -10,7 +10,7 @@
 //! - `peers`: eventfold against Redis Streams and PostgreSQL in one run
 //!   (appends, a read of the whole log, replay), with the DESIGN §6 targets
 //!   as ratios, written as JSON and a PNG chart.
-//! - `all`: every one.
+//! - `all`: `peers`, `languages` and `notify`.
 
 mod append;
 mod chart;
@@ -42,7 +42,7 @@ enum Command {
     Notify(notify::Args),
     /// eventfold against Redis Streams and PostgreSQL, started here, in one run.
     Peers(peers::Args),
-    /// Every benchmark with its defaults.
+    /// `peers`, `languages` and `notify` with their defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
         #[arg(long, default_value = "target/bench-data")]
@@ -85,11 +85,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
         Some(Command::Peers(args)) => runtime.block_on(peers::run(args)),
         Some(Command::All { data_dir }) => {
-            runtime.block_on(append::run(append::Args {
-                data_dir: data_dir.clone(),
-                ..Default::default()
-            }))?;
-            runtime.block_on(replay::run(replay::Args {
+            // `peers` covers the append and replay benchmarks.
+            runtime.block_on(peers::run(peers::Args {
                 data_dir: data_dir.clone(),
                 ..Default::default()
             }))?;
