@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
+use crate::peers::{EVENT_DATA, EVENT_TYPE, WORKLOADS, Workload};
+
 /// Options of the append benchmark.
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,33 +41,6 @@ impl Default for Args {
         }
     }
 }
-
-/// One append workload: `clients` concurrent clients, each sending requests of
-/// `events` events one after the other.
-#[derive(Clone, Copy)]
-struct Workload {
-    name: &'static str,
-    clients: usize,
-    events: usize,
-}
-
-const WORKLOADS: [Workload; 3] = [
-    Workload {
-        name: "1 client x 1 event",
-        clients: 1,
-        events: 1,
-    },
-    Workload {
-        name: "32 clients x 1 event",
-        clients: 32,
-        events: 1,
-    },
-    Workload {
-        name: "4 clients x 100 events",
-        clients: 4,
-        events: 100,
-    },
-];
 
 struct RoundResult {
     events_per_sec: f64,
@@ -199,9 +174,9 @@ async fn drive(
     })
 }
 
-/// An append request of `n` events of about 200 bytes of JSON each.
+/// An append request of `n` of the benchmark's events.
 fn request_body(n: usize) -> String {
-    let event = r#"{"type":"OrderPlaced","data":{"orderId":"ord-5f0c2a9e-7d41","customerId":"cus-81b3","currency":"EUR","amount":129.95,"items":[{"sku":"SKU-1042","qty":2,"price":39.99},{"sku":"SKU-2210","qty":1,"price":49.97}],"channel":"web"}}"#;
+    let event = format!(r#"{{"type":"{EVENT_TYPE}","data":{EVENT_DATA}}}"#);
     let events = vec![event; n].join(",");
     format!(r#"{{"expected_version":"any","events":[{events}]}}"#)
 }
@@ -241,7 +216,8 @@ pub fn fdatasync_rate(dir: &Path, duration: Duration, overwrite: bool) -> anyhow
     Ok(rate)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of sorted durations (zero when there are none).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

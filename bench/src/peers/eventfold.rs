@@ -21,7 +21,8 @@ pub struct Eventfold {
 /// One client: its own connection and its own stream.
 pub struct Client {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once, not on every request.
+    url: reqwest::Url,
     /// The JSON array of one request's events.
     events: String,
     batch: u64,
@@ -60,15 +61,15 @@ impl Eventfold {
     }
 
     /// A client appending `batch` events per request to `stream`.
-    pub fn client(&self, stream: &str, batch: usize) -> Client {
+    pub fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         let event = format!(r#"{{"type":"{EVENT_TYPE}","data":{EVENT_DATA}}}"#);
-        Client {
+        Ok(Client {
             http: reqwest::Client::new(),
-            url: format!("{}/streams/{stream}", self.url),
+            url: format!("{}/streams/{stream}", self.url).parse()?,
             events: format!("[{}]", vec![event; batch].join(",")),
             batch: batch as u64,
             version: None,
-        }
+        })
     }
 
     /// The number of events in the log (its head position).
@@ -146,7 +147,7 @@ impl Client {
         };
         let response = self
             .http
-            .post(&self.url)
+            .post(self.url.clone())
             .header("content-type", "application/json")
             .body(format!(
                 "{{\"expected_version\":{expected},\"events\":{}}}",

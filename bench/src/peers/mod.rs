@@ -127,7 +127,7 @@ impl System {
 
     async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         Ok(match self {
-            System::Eventfold(s) => Client::Eventfold(s.client(stream, batch)),
+            System::Eventfold(s) => Client::Eventfold(s.client(stream, batch)?),
             System::Redis(s) => Client::Redis(s.client(stream, batch).await?),
             System::Postgres(s) => Client::Postgres(s.client(stream, batch).await?),
         })

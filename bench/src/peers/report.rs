@@ -30,10 +30,7 @@ impl From<Vec<Round>> for Measure {
         sorted.sort_by(f64::total_cmp);
         let mut latencies: Vec<Duration> = rounds.into_iter().flat_map(|r| r.latencies).collect();
         latencies.sort();
-        let percentile = |p: f64| match latencies.len() {
-            0 => 0.0,
-            n => latencies[((n - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0,
-        };
+        let percentile = |p: f64| crate::append::percentile(&latencies, p).as_secs_f64() * 1000.0;
         Self {
             events_per_sec: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
             p50_ms: percentile(0.50),
