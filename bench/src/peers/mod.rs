@@ -125,6 +125,16 @@ impl System {
         }
     }
 
+    /// Its name and version, as the server reports it.
+    async fn version(&self) -> anyhow::Result<String> {
+        let version = match self {
+            System::Eventfold(_) => eventfold_version(),
+            System::Redis(s) => s.version().await?,
+            System::Postgres(s) => s.version().await?,
+        };
+        Ok(format!("{} {version}", self.name()))
+    }
+
     async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         Ok(match self {
             System::Eventfold(s) => Client::Eventfold(s.client(stream, batch)?),
@@ -207,8 +217,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         System::Redis(Redis::start(scratch.path()).await?),
         System::Postgres(Postgres::start(scratch.path()).await?),
     ];
+    let mut versions = Vec::new();
     for system in &systems {
-        eprintln!("{} running, pid {}", system.name(), system.pid());
+        versions.push(system.version().await?);
+        eprintln!(
+            "{} running, pid {}",
+            versions[versions.len() - 1],
+            system.pid()
+        );
     }
     let measured = measure_all(&args, &systems).await;
     for system in systems {
@@ -231,8 +247,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let report = Report::new(
         &args,
-        fsync_append,
-        fsync_overwrite,
+        versions,
+        (fsync_append, fsync_overwrite),
         appends,
         reads,
         Replay::from(&replay),
@@ -246,6 +262,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     report.chart(&png)?;
     println!("report: {} and {}", json.display(), png.display());
     Ok(())
+}
+
+/// The version of the eventfold crate this benchmark was built with.
+fn eventfold_version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
 }
 
 /// Append workloads and reads, every system in every round, the systems'

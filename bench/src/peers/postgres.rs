@@ -116,6 +116,13 @@ impl Postgres {
         Ok(Self { service, config })
     }
 
+    /// The server's version, as it reports it.
+    pub async fn version(&self) -> anyhow::Result<String> {
+        let client = connect(&self.config).await?;
+        let row = client.query_one("SHOW server_version", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.service.pid()

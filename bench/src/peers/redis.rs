@@ -62,6 +62,21 @@ impl Redis {
         Ok(Self { service, client })
     }
 
+    /// The server's version, as it reports it.
+    pub async fn version(&self) -> anyhow::Result<String> {
+        let mut connection = self.client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned())
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.service.pid()

@@ -138,6 +138,8 @@ pub struct Report {
     pub date: String,
     /// The machine: CPU model, cores, kernel.
     pub machine: String,
+    /// The systems compared, with the versions they report.
+    pub versions: Vec<String>,
     /// Seconds per workload, rounds, events read and replayed.
     pub settings: Settings,
     /// The data disk's raw fdatasync rate (4 KiB writes), appending to a file.
@@ -177,10 +179,11 @@ const COLORS: [RGBColor; 3] = [EVENTFOLD, REDIS, POSTGRES];
 
 impl Report {
     /// Puts the run's figures together and checks the targets.
+    /// `fsync` is the disk's fdatasync rate appending and overwriting.
     pub fn new(
         args: &Args,
-        fsync_append: f64,
-        fsync_overwrite: f64,
+        versions: Vec<String>,
+        (fsync_append, fsync_overwrite): (f64, f64),
         appends: Vec<[Measure; 3]>,
         read: [Measure; 3],
         replay: Replay,
@@ -244,6 +247,7 @@ impl Report {
         Self {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             machine: machine(),
+            versions,
             settings: Settings {
                 seconds: args.seconds,
                 rounds: args.rounds,
@@ -264,6 +268,7 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!("{} — {}", self.date, self.machine);
+        println!("{}", self.versions.join(", "));
         println!(
             "disk: {:.0} fdatasync/s appending 4 KiB, {:.0}/s overwriting",
             self.fsync_per_sec_appending, self.fsync_per_sec_overwriting
@@ -420,4 +425,41 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{model}, {cores} cores, Linux {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(events_per_sec: f64, latencies_ms: &[u64]) -> Round {
+        Round {
+            events_per_sec,
+            latencies: latencies_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_measure_is_the_median_round_with_percentiles_over_every_request() {
+        let measure = Measure::from(vec![
+            round(300.0, &[1, 2]),
+            round(100.0, &[3]),
+            round(200.0, &[4, 100]),
+        ]);
+        assert_eq!(measure.events_per_sec, 200.0);
+        assert_eq!(measure.rounds, vec![300.0, 100.0, 200.0]);
+        assert_eq!(measure.p50_ms, 3.0);
+        assert_eq!(measure.p99_ms, 100.0);
+    }
+
+    #[test]
+    fn ratios_are_eventfold_over_each_peer() {
+        let m = |rate: f64| Measure::from(vec![round(rate, &[1])]);
+        let c = Comparison::new("w", [m(150.0), m(100.0), m(300.0)]);
+        assert_eq!(c.eventfold_vs_redis, 1.5);
+        assert_eq!(c.eventfold_vs_postgres, 0.5);
+        assert_eq!(c.systems[2].0, "PostgreSQL");
+    }
 }
