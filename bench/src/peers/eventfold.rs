@@ -1,5 +1,5 @@
 //! eventfold as a peer: the real server in a process of its own (this binary
-//! re-executed as `eventfold serve`), driven over HTTP.
+//! re-executed as `eventfold serve`), or one already running, driven over HTTP.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,9 +11,9 @@ use serde_json::value::RawValue;
 use super::service::{self, Service};
 use super::{EVENT_DATA, EVENT_TYPE, PAGE};
 
-/// The running server.
+/// The server under test: started here, or one already running.
 pub struct Eventfold {
-    service: Service,
+    service: Option<Service>,
     url: String,
     http: reqwest::Client,
 }
@@ -52,12 +52,25 @@ impl Eventfold {
             Ok(http.get(&health).send().await?.error_for_status()?)
         })
         .await?;
-        Ok(Self { service, url, http })
+        Ok(Self {
+            service: Some(service),
+            url,
+            http,
+        })
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.service.pid()
+    /// A server that is already running at `url` (left running at the end).
+    pub fn connect(url: &str) -> Self {
+        Self {
+            service: None,
+            url: url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The server's process id, when it was started here.
+    pub fn pid(&self) -> Option<u32> {
+        self.service.as_ref().map(Service::pid)
     }
 
     /// A client appending `batch` events per request to `stream`.
@@ -132,9 +145,12 @@ impl Eventfold {
         Ok(latencies)
     }
 
-    /// Stops the server (SIGTERM: it commits and exits).
+    /// Stops the server if it was started here (SIGTERM: it commits and exits).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.service.stop().await
+        match self.service {
+            Some(service) => service.stop().await,
+            None => Ok(()),
+        }
     }
 }
 

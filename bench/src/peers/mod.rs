@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use self::eventfold::Eventfold;
+pub use self::eventfold::Eventfold;
 use self::postgres::Postgres;
 use self::redis::Redis;
-pub use self::report::Report;
-use self::report::{Measure, Replay};
+use self::report::Replay;
+pub use self::report::{Measure, Report};
 use crate::append::fdatasync_rate;
 
 /// The benchmark's event type.
@@ -95,7 +95,7 @@ pub const WORKLOADS: [Workload; 3] = [
 pub const SYSTEMS: [&str; 3] = ["eventfold", "Redis", "PostgreSQL"];
 
 /// A running system under test.
-enum System {
+pub enum System {
     Eventfold(Eventfold),
     Redis(Redis),
     Postgres(Postgres),
@@ -117,11 +117,11 @@ impl System {
         }
     }
 
-    fn pid(&self) -> u32 {
+    fn pid(&self) -> Option<u32> {
         match self {
             System::Eventfold(s) => s.pid(),
-            System::Redis(s) => s.pid(),
-            System::Postgres(s) => s.pid(),
+            System::Redis(s) => Some(s.pid()),
+            System::Postgres(s) => Some(s.pid()),
         }
     }
 
@@ -179,7 +179,8 @@ impl System {
         }
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    /// Stops it, if it was started here.
+    pub async fn stop(self) -> anyhow::Result<()> {
         match self {
             System::Eventfold(s) => s.stop().await,
             System::Redis(s) => s.stop().await,
@@ -219,12 +220,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ];
     let mut versions = Vec::new();
     for system in &systems {
-        versions.push(system.version().await?);
+        let version = system.version().await?;
         eprintln!(
-            "{} running, pid {}",
-            versions[versions.len() - 1],
-            system.pid()
+            "{version} running, pid {}",
+            system.pid().unwrap_or_default()
         );
+        versions.push(version);
     }
     let measured = measure_all(&args, &systems).await;
     for system in systems {
@@ -326,6 +327,16 @@ async fn measure_all(
     ))
 }
 
+/// A tag for this run of the benchmark: its start, in seconds since the epoch.
+fn run_tag() -> u64 {
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
 /// One system's result in one round.
 pub struct Round {
     /// Events appended (or read) per second.
@@ -334,8 +345,10 @@ pub struct Round {
     pub latencies: Vec<Duration>,
 }
 
-/// Runs one workload against one system for `duration`.
-async fn drive(
+/// Runs one workload against one system for `duration`; `round` names the
+/// streams (with a tag of this run, so that a server already running can be
+/// driven again).
+pub async fn drive(
     system: &System,
     workload: Workload,
     duration: Duration,
@@ -344,8 +357,10 @@ async fn drive(
     let mut clients = Vec::new();
     for client in 0..workload.clients {
         let stream = format!(
-            "bench{}x{}-{client}-r{round}",
-            workload.clients, workload.events
+            "bench{}x{}-{client}-r{round}-{}",
+            workload.clients,
+            workload.events,
+            run_tag()
         );
         clients.push(system.client(&stream, workload.events).await?);
     }
