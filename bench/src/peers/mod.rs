@@ -96,8 +96,11 @@ pub const SYSTEMS: [&str; 3] = ["eventfold", "Redis", "PostgreSQL"];
 
 /// A running system under test.
 pub enum System {
+    /// eventfold over HTTP.
     Eventfold(Eventfold),
+    /// Redis Streams, every write fsynced.
     Redis(Redis),
+    /// PostgreSQL with a Message-DB-like table.
     Postgres(Postgres),
 }
 
