@@ -643,7 +643,9 @@ fn process(
     // the next one: on a replay, reading and decoding is a quarter of the work.
     let filter = &generation.filter;
     let spent = &mut generation.spent;
-    let more = log.head().0 > checkpoint;
+    // Only a full batch (catching up) is worth a thread: following the head
+    // live, batches are small and the next one may not exist yet.
+    let more = events.len() >= limit && log.head().0 > checkpoint;
     let (handled, read_ahead) = std::thread::scope(|scope| {
         let reader = more.then(|| {
             scope.spawn(|| {
