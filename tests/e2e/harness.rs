@@ -263,6 +263,14 @@ impl Server {
         into_json(request.send().await).await
     }
 
+    /// Deploys each `(name, wasm)` as a new plugin, asserting 201 for each.
+    pub async fn deploy_all(&self, plugins: &[(&str, &str)]) {
+        for &(name, wasm) in plugins {
+            let (status, body) = self.deploy(name, wasm).await;
+            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        }
+    }
+
     /// Waits until the plugin's status satisfies `condition`; the last status.
     pub async fn wait_plugin(
         &self,

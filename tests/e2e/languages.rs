@@ -97,10 +97,7 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
     assert_eq!(status, StatusCode::OK);
     let response = deploying.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    for (name, wasm) in [PLUGINS[0], PLUGINS[2]] {
-        let (status, body) = server.deploy(name, wasm).await;
-        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
-    }
+    server.deploy_all(&[PLUGINS[0], PLUGINS[2]]).await;
     // The classic example first.
     let classic = json!([
         {"type": "UserCreated", "data": {"userId": 1, "name": "Alice"}},
@@ -149,15 +146,14 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
 async fn python_and_javascript_failures_are_stopped_and_reported() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &["--plugin-deadline", "1s"]).await;
-    for (name, wasm) in [
-        ("python-users", PYTHON),
-        ("js-users", JS),
-        ("js-loop", JS_ENDLESS_LOOP),
-        ("rust-users", RUST),
-    ] {
-        let (status, body) = server.deploy(name, wasm).await;
-        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
-    }
+    server
+        .deploy_all(&[
+            ("python-users", PYTHON),
+            ("js-users", JS),
+            ("js-loop", JS_ENDLESS_LOOP),
+            ("rust-users", RUST),
+        ])
+        .await;
     server
         .append(
             "user-1",

@@ -27,17 +27,16 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
         &["--plugin-deadline", "1s", "--plugin-memory", "33554432"],
     )
     .await;
-    for (name, wasm) in [
-        ("good", COUNTER),
-        ("looper", ENDLESS_LOOP),
-        ("hog", MEMORY_HOG),
-        ("trapper", TRAP),
-        ("failer", FAILING),
-        ("chatty", CHATTY),
-    ] {
-        let (status, body) = server.deploy(name, wasm).await;
-        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
-    }
+    server
+        .deploy_all(&[
+            ("good", COUNTER),
+            ("looper", ENDLESS_LOOP),
+            ("hog", MEMORY_HOG),
+            ("trapper", TRAP),
+            ("failer", FAILING),
+            ("chatty", CHATTY),
+        ])
+        .await;
     server
         .append("work-1", json!("any"), events("Fine", 5))
         .await;
