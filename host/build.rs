@@ -20,18 +20,21 @@ const OTHER_LANGUAGES: &[Plugin] = &[
     Plugin {
         language: Language::Python,
         dir: "user-directory",
+        wit: "wit/v0.2",
         world: "projection",
         var: "PYTHON_USER_DIRECTORY_WASM",
     },
     Plugin {
         language: Language::JavaScript,
         dir: "user-directory",
+        wit: "wit/v0.2",
         world: "projection",
         var: "JS_USER_DIRECTORY_WASM",
     },
     Plugin {
         language: Language::JavaScript,
         dir: "endless-loop",
+        wit: "wit",
         world: "projection",
         var: "JS_ENDLESS_LOOP_WASM",
     },

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One plugin: its language's folder under `plugins/`, its own folder there,
-/// the WIT world it targets, and the environment variable naming its `.wasm`.
+/// the WIT folder (the package version) and world it targets, and the
+/// environment variable naming its `.wasm`.
 pub struct Plugin {
     pub language: Language,
     pub dir: &'static str,
+    pub wit: &'static str,
     pub world: &'static str,
     pub var: &'static str,
 }
@@ -25,11 +27,11 @@ pub enum Language {
 
 /// Builds every plugin (when needed) and returns each one's `.wasm`.
 pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'static str, PathBuf)> {
-    let wit = root.join("wit");
     let mut python = None;
     let mut node = None;
     let mut built = Vec::new();
     for plugin in plugins {
+        let wit = root.join(plugin.wit);
         let (source, out) = match plugin.language {
             Language::Python => (
                 root.join("plugins/python").join(plugin.dir).join("app.py"),

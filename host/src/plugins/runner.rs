@@ -16,11 +16,10 @@ use super::registry::{Manifest, Serving};
 use super::status::{LastError, PluginStatus, RebuildStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
-use crate::log::{EventFilter, EventLog, LogError, Position, RecordedEvent, format_timestamp};
+use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
 use crate::notify::Mailbox;
-use crate::runtime::bindings::types::Event as WitEvent;
 use crate::runtime::{
-    CallError, Compiled, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
+    CallError, Compiled, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
     SandboxLimits,
 };
 
@@ -133,7 +132,7 @@ pub(super) struct Generation {
     read_ahead: Option<Batch>,
     /// The last batch's events, freed by the next read-ahead (on the other
     /// core: that is five allocations per event).
-    spent: Option<Vec<WitEvent>>,
+    spent: Option<EventBatch>,
 }
 
 /// A batch of events read from the log for a plugin.
@@ -142,8 +141,8 @@ struct Batch {
     /// only used for a step that asks for the same.
     from: u64,
     limit: usize,
-    /// The events the subscription takes, as the plugin gets them.
-    events: Vec<WitEvent>,
+    /// The events the subscription takes, in the plugin's form.
+    events: EventBatch,
     positions: Vec<u64>,
     /// One past the last event examined (the filter may have skipped some).
     next: u64,
@@ -152,6 +151,7 @@ struct Batch {
 impl Batch {
     fn read(
         log: &EventLog,
+        plugin: &LoadedPlugin,
         from: u64,
         limit: usize,
         filter: &EventFilter,
@@ -161,7 +161,7 @@ impl Batch {
             from,
             limit,
             positions: page.events.iter().map(|e| e.position.0).collect(),
-            events: page.events.into_iter().map(to_wit).collect(),
+            events: plugin.batch(page.events),
             next: page.next.0,
         })
     }
@@ -542,19 +542,6 @@ fn remove_generation(generation: Generation) {
     }
 }
 
-fn to_wit(event: RecordedEvent) -> WitEvent {
-    WitEvent {
-        position: event.position.0,
-        stream: event.stream,
-        version: event.version,
-        event_type: event.event_type,
-        id: event.id.hyphenated().to_string(),
-        data: event.data,
-        metadata: event.metadata,
-        recorded_at: event.recorded_at,
-    }
-}
-
 /// Moves a generation's outbox into the plugin's mailbox: the mailbox
 /// commits (durably) first, then the outbox is cleared, so a crash between
 /// the two only makes the mailbox see keys it already has.
@@ -599,7 +586,10 @@ fn process(
         .read_ahead
         .take()
         .filter(|b| b.from == from && b.limit == limit);
-    let batch = match ahead.map_or_else(|| Batch::read(log, from, limit, &generation.filter), Ok) {
+    let batch = match ahead.map_or_else(
+        || Batch::read(log, &generation.plugin, from, limit, &generation.filter),
+        Ok,
+    ) {
         Ok(batch) => batch,
         Err(error) => {
             return fail(
@@ -616,7 +606,7 @@ fn process(
     let Batch {
         events, positions, ..
     } = batch;
-    if events.is_empty() {
+    if positions.is_empty() {
         return commit(
             name,
             generation,
@@ -641,23 +631,23 @@ fn process(
     };
     // While the plugin handles this batch, another core reads (and decodes)
     // the next one: on a replay, reading and decoding is a quarter of the work.
-    let filter = &generation.filter;
+    let (filter, plugin) = (&generation.filter, &generation.plugin);
     let spent = &mut generation.spent;
     // Only a full batch (catching up) is worth a thread: following the head
     // live, batches are small and the next one may not exist yet.
-    let more = events.len() >= limit && log.head().0 > checkpoint;
+    let more = positions.len() >= limit && log.head().0 > checkpoint;
     let (handled, read_ahead) = std::thread::scope(|scope| {
         let reader = more.then(|| {
             scope.spawn(|| {
                 drop(spent.take());
-                Batch::read(log, checkpoint + 1, limit, filter)
+                Batch::read(log, plugin, checkpoint + 1, limit, filter)
             })
         });
         let handled = instance.handle(&events, view);
         (handled, reader.and_then(|r| r.join().ok()?.ok()))
     });
     generation.read_ahead = read_ahead;
-    let count = events.len();
+    let count = positions.len();
     // Kept for the next read-ahead to free, if there is one coming.
     generation.spent = more.then_some(events);
     let Handled {

@@ -1,4 +1,6 @@
-//! The host's bindings to the WIT package (`wit/`), generated once, here.
+//! The host's bindings to the WIT package, generated once, here: version
+//! 0.1.0 (`wit/plugin.wit`) at the root of this module, 0.2.0 (`wit/v0.2`) in
+//! [`v0_2`].
 //! Everything else imports the generated types from this module.
 
 /// The `projection` world: imports `state` and `log`; exports `describe`,
@@ -30,3 +32,33 @@ pub mod notifier {
 
 pub use notifier::eventfold::plugin::notify;
 pub use projection::eventfold::plugin::{log, state, types};
+
+/// Version 0.2 of the package (`wit/v0.2`): the same interfaces, and a
+/// plugin that chooses how `handle` receives its events (records or JSON).
+pub mod v0_2 {
+    /// The 0.2 `projection` world.
+    pub mod projection {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2",
+            world: "projection",
+            imports: { default: trappable },
+        });
+    }
+
+    /// The 0.2 `notifier` world, sharing the projection's interfaces.
+    pub mod notifier {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2",
+            world: "notifier",
+            imports: { default: trappable },
+            with: {
+                "eventfold:plugin/types": super::projection::eventfold::plugin::types,
+                "eventfold:plugin/state": super::projection::eventfold::plugin::state,
+                "eventfold:plugin/log": super::projection::eventfold::plugin::log,
+            },
+        });
+    }
+
+    pub use notifier::eventfold::plugin::notify;
+    pub use projection::eventfold::plugin::{log, state, types};
+}

@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::format_err;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{log, notify, state, types};
+use super::bindings::{self, notify};
 use super::limits::SandboxLimits;
 use super::memory::MemoryLimiter;
 use super::output::PluginOutput;
@@ -189,15 +189,18 @@ impl WasiView for PluginHost {
     }
 }
 
-impl types::Host for PluginHost {}
+/// Longest notification channel name, in bytes.
+const MAX_CHANNEL_BYTES: usize = 128;
 
-impl state::Host for PluginHost {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+/// What the WIT imports do, once for every version of the package: each
+/// version's generated traits delegate here (see [`implement_imports!`]).
+impl PluginHost {
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         self.check_key(&key)?;
         self.state.get(&key)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         self.check_key(&key)?;
         if value.len() > self.limits.max_value_bytes {
             return Err(format_err!(
@@ -210,13 +213,13 @@ impl state::Host for PluginHost {
         Ok(())
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.check_key(&key)?;
         self.state.writes.insert(key, None);
         Ok(())
     }
 
-    fn scan(
+    fn state_scan(
         &mut self,
         prefix: String,
         start_after: Option<String>,
@@ -225,12 +228,7 @@ impl state::Host for PluginHost {
         self.state
             .scan(&prefix, start_after.as_deref(), limit.min(10_000) as usize)
     }
-}
 
-/// Longest notification channel name, in bytes.
-const MAX_CHANNEL_BYTES: usize = 128;
-
-impl notify::Host for PluginHost {
     fn emit(&mut self, n: notify::Notification) -> wasmtime::Result<()> {
         if n.channel.is_empty() || n.channel.len() > MAX_CHANNEL_BYTES {
             return Err(format_err!(
@@ -262,10 +260,8 @@ impl notify::Host for PluginHost {
         self.emitted.push(n);
         Ok(())
     }
-}
 
-impl log::Host for PluginHost {
-    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+    fn log_message(&mut self, level: tracing::Level, message: String) -> wasmtime::Result<()> {
         if self.log_budget == 0 {
             self.logs_dropped += 1;
             return Ok(());
@@ -286,12 +282,71 @@ impl log::Host for PluginHost {
         };
         let plugin = &*self.name;
         match level {
-            log::Level::Trace => tracing::trace!(plugin, "{text}{note}"),
-            log::Level::Debug => tracing::debug!(plugin, "{text}{note}"),
-            log::Level::Info => tracing::info!(plugin, "{text}{note}"),
-            log::Level::Warn => tracing::warn!(plugin, "{text}{note}"),
-            log::Level::Error => tracing::error!(plugin, "{text}{note}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{text}{note}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{text}{note}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{text}{note}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{text}{note}"),
+            _ => tracing::error!(plugin, "{text}{note}"),
         }
         Ok(())
     }
 }
+
+/// Implements one version's generated import traits (`types`, `state`,
+/// `notify`, `log`) for [`PluginHost`] by delegating to the methods above.
+macro_rules! implement_imports {
+    ($($version:ident)::+) => {
+        impl $($version)::+::types::Host for PluginHost {}
+
+        impl $($version)::+::state::Host for PluginHost {
+            fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+                self.state_get(key)
+            }
+
+            fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+                self.state_set(key, value)
+            }
+
+            fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+                self.state_delete(key)
+            }
+
+            fn scan(
+                &mut self,
+                prefix: String,
+                start_after: Option<String>,
+                limit: u32,
+            ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+                self.state_scan(prefix, start_after, limit)
+            }
+        }
+
+        impl $($version)::+::notify::Host for PluginHost {
+            fn emit(&mut self, n: $($version)::+::notify::Notification) -> wasmtime::Result<()> {
+                let $($version)::+::notify::Notification { channel, key, payload } = n;
+                PluginHost::emit(self, notify::Notification { channel, key, payload })
+            }
+        }
+
+        impl $($version)::+::log::Host for PluginHost {
+            fn log(
+                &mut self,
+                level: $($version)::+::log::Level,
+                message: String,
+            ) -> wasmtime::Result<()> {
+                use $($version)::+::log::Level;
+                let level = match level {
+                    Level::Trace => tracing::Level::TRACE,
+                    Level::Debug => tracing::Level::DEBUG,
+                    Level::Info => tracing::Level::INFO,
+                    Level::Warn => tracing::Level::WARN,
+                    Level::Error => tracing::Level::ERROR,
+                };
+                self.log_message(level, message)
+            }
+        }
+    };
+}
+
+implement_imports!(bindings);
+implement_imports!(bindings::v0_2);

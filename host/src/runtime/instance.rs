@@ -7,10 +7,12 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::EPOCH_TICK;
 use super::PluginPre;
+use super::batch::{EventBatch, EventForm};
 use super::bindings::notifier::Notifier;
 use super::bindings::notify::Notification;
 use super::bindings::projection::Projection;
-use super::bindings::types::{Event, HandleError, PluginInfo};
+use super::bindings::types::{HandleError, PluginInfo, PluginKind, Subscription};
+use super::bindings::v0_2;
 use super::host::{PluginHost, StateView};
 use super::limits::SandboxLimits;
 
@@ -43,10 +45,12 @@ impl CallError {
     }
 }
 
-/// The exports of an instance, by world.
+/// The exports of an instance, by world and WIT version.
 enum Bindings {
     Projection(Projection),
     Notifier(Notifier),
+    ProjectionV0_2(v0_2::projection::Projection),
+    NotifierV0_2(v0_2::notifier::Notifier),
 }
 
 /// A plugin instance and its store.
@@ -79,30 +83,55 @@ impl PluginInstance {
         let bindings = match pre {
             PluginPre::Projection(pre) => pre.instantiate(&mut store).map(Bindings::Projection),
             PluginPre::Notifier(pre) => pre.instantiate(&mut store).map(Bindings::Notifier),
+            PluginPre::ProjectionV0_2(pre) => {
+                pre.instantiate(&mut store).map(Bindings::ProjectionV0_2)
+            }
+            PluginPre::NotifierV0_2(pre) => pre.instantiate(&mut store).map(Bindings::NotifierV0_2),
         }
         .map_err(|e| classify(e, store.data()))?;
         Ok(Self { store, bindings })
     }
 
-    /// The plugin's own description.
-    pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
+    /// The plugin's own description (in the terms of WIT 0.1, which every
+    /// later version extends), and how it takes its events.
+    pub fn describe(&mut self) -> Result<(PluginInfo, EventForm), CallError> {
         self.arm();
         let result = match &self.bindings {
-            Bindings::Projection(b) => b.call_describe(&mut self.store),
-            Bindings::Notifier(b) => b.call_describe(&mut self.store),
+            Bindings::Projection(b) => b
+                .call_describe(&mut self.store)
+                .map(|info| (info, EventForm::RecordsV0_1)),
+            Bindings::Notifier(b) => b
+                .call_describe(&mut self.store)
+                .map(|info| (info, EventForm::RecordsV0_1)),
+            Bindings::ProjectionV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
+            Bindings::NotifierV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
         };
         self.finish_call();
         result.map_err(|e| classify(e, self.store.data()))
     }
 
-    /// Hands a batch to the plugin with `state` as its view.
-    pub fn handle(&mut self, events: &[Event], state: StateView) -> Handled {
+    /// Hands a batch to the plugin with `state` as its view. The batch must
+    /// be in the plugin's own form ([`super::LoadedPlugin::batch`]).
+    pub fn handle(&mut self, events: &EventBatch, state: StateView) -> Handled {
         self.store.data_mut().state = state;
         self.store.data_mut().emitted.clear();
         self.arm();
-        let result = match &self.bindings {
-            Bindings::Projection(b) => b.call_handle(&mut self.store, events),
-            Bindings::Notifier(b) => b.call_handle(&mut self.store, events),
+        let result = match (&self.bindings, events) {
+            (Bindings::Projection(b), EventBatch::V0_1(events)) => {
+                b.call_handle(&mut self.store, events)
+            }
+            (Bindings::Notifier(b), EventBatch::V0_1(events)) => {
+                b.call_handle(&mut self.store, events)
+            }
+            (Bindings::ProjectionV0_2(b), EventBatch::V0_2(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_2_error)),
+            (Bindings::NotifierV0_2(b), EventBatch::V0_2(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_2_error)),
+            _ => Err(wasmtime::format_err!(
+                "a batch built for another WIT version than the plugin's"
+            )),
         };
         self.finish_call();
         let result = match result {
@@ -127,14 +156,18 @@ impl PluginInstance {
         state: StateView,
     ) -> Result<Result<Vec<u8>, String>, CallError> {
         let notifier_answer = || Err("this plugin is a notifier: it answers no queries".into());
-        if matches!(self.bindings, Bindings::Notifier(_)) {
+        if matches!(
+            self.bindings,
+            Bindings::Notifier(_) | Bindings::NotifierV0_2(_)
+        ) {
             return Ok(notifier_answer());
         }
         self.store.data_mut().state = state;
         self.arm();
         let result = match &self.bindings {
             Bindings::Projection(b) => b.call_query(&mut self.store, request),
-            Bindings::Notifier(_) => Ok(notifier_answer()),
+            Bindings::ProjectionV0_2(b) => b.call_query(&mut self.store, request),
+            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) => Ok(notifier_answer()),
         };
         self.finish_call();
         self.store.data_mut().state = StateView::default();
@@ -161,6 +194,41 @@ impl PluginInstance {
         if host.logs_dropped > 0 {
             tracing::warn!(plugin = %host.name, "{} log messages dropped (over the cap)", host.logs_dropped);
         }
+    }
+}
+
+/// A 0.2 description in 0.1 terms, and the encoding it asks for.
+fn from_v0_2(info: v0_2::types::PluginInfo) -> (PluginInfo, EventForm) {
+    let v0_2::types::PluginInfo {
+        kind,
+        subscription,
+        version,
+        encoding,
+    } = info;
+    let kind = match kind {
+        v0_2::types::PluginKind::Projection => PluginKind::Projection,
+        v0_2::types::PluginKind::Notifier => PluginKind::Notifier,
+    };
+    let subscription = Subscription {
+        categories: subscription.categories,
+        event_types: subscription.event_types,
+    };
+    let form = match encoding {
+        v0_2::types::EventEncoding::Records => EventForm::RecordsV0_2,
+        v0_2::types::EventEncoding::Json => EventForm::JsonV0_2,
+    };
+    let info = PluginInfo {
+        kind,
+        subscription,
+        version,
+    };
+    (info, form)
+}
+
+fn from_v0_2_error(error: v0_2::types::HandleError) -> HandleError {
+    HandleError {
+        index: error.index,
+        message: error.message,
     }
 }
 

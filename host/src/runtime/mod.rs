@@ -5,6 +5,7 @@
 //! Owns loading and calling plugins; knows nothing of the log or of
 //! checkpoints (`crate::plugins` drives the calls).
 
+mod batch;
 pub mod bindings;
 mod cache;
 mod host;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+pub use batch::{EventBatch, EventForm};
 pub use cache::{Compiled, wasm_hash};
 pub use host::{PluginHost, StateView};
 pub use instance::{CallError, Handled, PluginInstance};
@@ -30,6 +32,7 @@ use bindings::notifier::NotifierPre;
 pub use bindings::notify::Notification;
 use bindings::projection::{Projection, ProjectionPre};
 use bindings::types::{PluginInfo, PluginKind};
+use bindings::v0_2;
 use cache::ComponentCache;
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
@@ -42,7 +45,7 @@ pub enum RuntimeError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// A component, but not of a world this host runs.
-    #[error("the component does not fit the eventfold:plugin@0.1.0 worlds: {0}")]
+    #[error("the component does not fit the eventfold:plugin worlds: {0}")]
     WrongWorld(String),
     /// It loaded, but `describe` failed.
     #[error("the plugin's describe() failed: {0}")]
@@ -64,6 +67,8 @@ pub struct LoadedPlugin {
     pub info: Arc<PluginInfo>,
     /// How the compiled code was obtained.
     pub compiled: Compiled,
+    /// The WIT version it was built against, and how it takes its events.
+    pub form: EventForm,
     pre: PluginPre,
 }
 
@@ -72,6 +77,17 @@ pub struct LoadedPlugin {
 enum PluginPre {
     Projection(ProjectionPre<PluginHost>),
     Notifier(NotifierPre<PluginHost>),
+    ProjectionV0_2(v0_2::projection::ProjectionPre<PluginHost>),
+    NotifierV0_2(v0_2::notifier::NotifierPre<PluginHost>),
+}
+
+impl PluginPre {
+    fn is_projection(&self) -> bool {
+        matches!(
+            self,
+            PluginPre::Projection(_) | PluginPre::ProjectionV0_2(_)
+        )
+    }
 }
 
 impl LoadedPlugin {
@@ -87,12 +103,17 @@ impl LoadedPlugin {
     pub fn is_notifier(&self) -> bool {
         self.info.kind == PluginKind::Notifier
     }
+
+    /// `events` (in log order) in the form this plugin takes them.
+    pub fn batch(&self, events: Vec<crate::log::RecordedEvent>) -> EventBatch {
+        EventBatch::new(self.form, events)
+    }
 }
 
 /// The engine, its linkers and the component cache. One per server.
 pub struct Runtime {
     engine: Engine,
-    /// WASI, `state` and `log`: what a projection may import.
+    /// WASI, `state` and `log` (every version): what a projection may import.
     projection_linker: Linker<PluginHost>,
     /// The same plus `notify`: what a notifier may import.
     notifier_linker: Linker<PluginHost>,
@@ -106,6 +127,9 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        if std::env::var_os("EVENTFOLD_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine =
             Engine::new(&config).map_err(|e| RuntimeError::Setup(format!("engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -114,16 +138,26 @@ impl Runtime {
         // WASI p2 with an empty context: Rust, Python and JS components import
         // some of it (clocks, random, stdio) but get no files, network or env.
         link(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
-        link(Projection::add_to_linker::<
-            PluginHost,
-            wasmtime::component::HasSelf<PluginHost>,
-        >(&mut linker, |host| host))?;
+        type Own = wasmtime::component::HasSelf<PluginHost>;
+        link(Projection::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(
+            v0_2::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
         // Least privilege: only a component of the notifier world gets `notify`.
         let projection_linker = linker.clone();
-        link(bindings::notify::add_to_linker::<
-            PluginHost,
-            wasmtime::component::HasSelf<PluginHost>,
-        >(&mut linker, |host| host))?;
+        link(bindings::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_2::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -161,20 +195,19 @@ impl Runtime {
         let pre = self.prepare(&component)?;
         let mut instance = PluginInstance::new(&self.engine, &pre, "describe".into(), limits)
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
-        let info = instance
+        let (info, form) = instance
             .describe()
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
-        match (&pre, info.kind) {
-            (PluginPre::Projection(_), PluginKind::Projection)
-            | (PluginPre::Notifier(_), PluginKind::Notifier) => {}
-            (PluginPre::Projection(_), PluginKind::Notifier) => {
+        match (pre.is_projection(), info.kind) {
+            (true, PluginKind::Projection) | (false, PluginKind::Notifier) => {}
+            (true, PluginKind::Notifier) => {
                 return Err(RuntimeError::WrongWorld(
                     "describe() says it is a notifier, but the component targets the projection \
                      world (it exports query and cannot import notify)"
                         .into(),
                 ));
             }
-            (PluginPre::Notifier(_), PluginKind::Projection) => {
+            (false, PluginKind::Projection) => {
                 return Err(RuntimeError::WrongWorld(
                     "describe() says it is a projection, but the component targets the notifier \
                      world: a projection may not import notify"
@@ -186,30 +219,49 @@ impl Runtime {
             hash,
             info: Arc::new(info),
             compiled,
+            form,
             pre,
         })
     }
 
     /// Links the component against the projection world, or failing that
-    /// the notifier world.
+    /// the notifier world, of the WIT version whose interfaces it imports.
     fn prepare(&self, component: &Component) -> Result<PluginPre, RuntimeError> {
-        let projection = self
-            .projection_linker
-            .instantiate_pre(component)
-            .and_then(ProjectionPre::new);
-        let projection_error = match projection {
-            Ok(pre) => return Ok(PluginPre::Projection(pre)),
-            Err(e) => e,
+        let v0_2 = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("eventfold:plugin/") && name.ends_with("@0.2.0"));
+        let (projection, notifier) = if v0_2 {
+            (
+                self.projection_linker
+                    .instantiate_pre(component)
+                    .and_then(v0_2::projection::ProjectionPre::new)
+                    .map(PluginPre::ProjectionV0_2),
+                self.notifier_linker
+                    .instantiate_pre(component)
+                    .and_then(v0_2::notifier::NotifierPre::new)
+                    .map(PluginPre::NotifierV0_2),
+            )
+        } else {
+            (
+                self.projection_linker
+                    .instantiate_pre(component)
+                    .and_then(ProjectionPre::new)
+                    .map(PluginPre::Projection),
+                self.notifier_linker
+                    .instantiate_pre(component)
+                    .and_then(NotifierPre::new)
+                    .map(PluginPre::Notifier),
+            )
         };
-        let notifier = self
-            .notifier_linker
-            .instantiate_pre(component)
-            .and_then(NotifierPre::new);
-        notifier.map(PluginPre::Notifier).map_err(|notifier_error| {
-            RuntimeError::WrongWorld(format!(
-                "as a projection: {projection_error:#}; as a notifier: {notifier_error:#}"
-            ))
-        })
+        let version = if v0_2 { "0.2.0" } else { "0.1.0" };
+        match (projection, notifier) {
+            (Ok(pre), _) | (_, Ok(pre)) => Ok(pre),
+            (Err(projection_error), Err(notifier_error)) => Err(RuntimeError::WrongWorld(format!(
+                "as a {version} projection: {projection_error:#}; as a {version} notifier: \
+                 {notifier_error:#}"
+            ))),
+        }
     }
 
     /// A fresh instance of `plugin` with its own store and limits.

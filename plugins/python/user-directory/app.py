@@ -22,26 +22,30 @@ class WitWorld(Projection):
             kind=types.PluginKind.PROJECTION,
             subscription=types.Subscription(categories=["user"], event_types=[]),
             version="0.1.0",
+            # The whole batch as one JSON array: one json.loads per batch.
+            encoding=types.EventEncoding.JSON,
         )
 
-    def handle(self, events: list[types.Event]) -> None:
+    def handle(self, events: types.Events) -> None:
+        if not isinstance(events, types.Events_Json):
+            raise Err(types.HandleError(index=0, message="expected a JSON batch"))
         # Writes are cached for the batch (the latest name per user) and
         # encoded and handed to the host once per key: host calls and
         # encoding, not the fold, are what a plugin pays for per event.
         writes: dict[str, str | None] = {}
-        for index, event in enumerate(events):
+        batch = json.loads(events.value)
+        for index, (_, _, _, event_type, _, data, _, _) in enumerate(batch):
             try:
-                data = json.loads(event.data)
                 key = f"user/{int(data['userId'])}"
-                if event.event_type in ("UserCreated", "UserNameUpdated"):
+                if event_type == "UserCreated" or event_type == "UserNameUpdated":
                     name = data["name"]
                     if not isinstance(name, str):
                         raise ValueError("name must be a string")
                     writes[key] = name
-                elif event.event_type == "UserDeleted":
+                elif event_type == "UserDeleted":
                     writes[key] = None
                 else:
-                    raise ValueError(f"unknown event type {event.event_type!r}")
+                    raise ValueError(f"unknown event type {event_type!r}")
             except Exception as error:
                 message = f"{type(error).__name__}: {error}"
                 raise Err(types.HandleError(index=index, message=message))

@@ -1,0 +1,164 @@
+//! A batch of events in the form its plugin takes them: the records of WIT
+//! 0.1, or (WIT 0.2) records or one JSON array, as the plugin asked in
+//! `describe`. Built by the runner off the plugin's thread, beside the call.
+
+use std::io::Write;
+
+use super::bindings::types::Event;
+use super::bindings::v0_2;
+use crate::log::RecordedEvent;
+
+/// How a plugin takes its events: the WIT version it was built against and,
+/// from 0.2 on, the encoding it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventForm {
+    /// WIT 0.1: a list of `event` records.
+    RecordsV0_1,
+    /// WIT 0.2, `event-encoding.records`.
+    RecordsV0_2,
+    /// WIT 0.2, `event-encoding.json`: one JSON array per batch.
+    JsonV0_2,
+}
+
+impl EventForm {
+    /// The WIT package version, e.g. `0.2.0`.
+    pub fn wit_version(self) -> &'static str {
+        match self {
+            EventForm::RecordsV0_1 => "0.1.0",
+            EventForm::RecordsV0_2 | EventForm::JsonV0_2 => "0.2.0",
+        }
+    }
+
+    /// The encoding as a word: `records` or `json`.
+    pub fn encoding(self) -> &'static str {
+        match self {
+            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 => "records",
+            EventForm::JsonV0_2 => "json",
+        }
+    }
+}
+
+/// The events of one `handle` call, ready to be lowered into the plugin.
+pub enum EventBatch {
+    /// For a WIT 0.1 plugin.
+    V0_1(Vec<Event>),
+    /// For a WIT 0.2 plugin, in its encoding.
+    V0_2(v0_2::types::Events),
+}
+
+impl EventBatch {
+    /// Converts `events` (in log order) into `form`.
+    pub fn new(form: EventForm, events: Vec<RecordedEvent>) -> Self {
+        match form {
+            EventForm::RecordsV0_1 => EventBatch::V0_1(events.into_iter().map(record).collect()),
+            EventForm::RecordsV0_2 => EventBatch::V0_2(v0_2::types::Events::Records(
+                events.into_iter().map(record_v0_2).collect(),
+            )),
+            EventForm::JsonV0_2 => EventBatch::V0_2(v0_2::types::Events::Json(json(&events))),
+        }
+    }
+}
+
+fn record(event: RecordedEvent) -> Event {
+    Event {
+        position: event.position.0,
+        stream: event.stream,
+        version: event.version,
+        event_type: event.event_type,
+        id: event.id.hyphenated().to_string(),
+        data: event.data,
+        metadata: event.metadata,
+        recorded_at: event.recorded_at,
+    }
+}
+
+fn record_v0_2(event: RecordedEvent) -> v0_2::types::Event {
+    let Event {
+        position,
+        stream,
+        version,
+        event_type,
+        id,
+        data,
+        metadata,
+        recorded_at,
+    } = record(event);
+    v0_2::types::Event {
+        position,
+        stream,
+        version,
+        event_type,
+        id,
+        data,
+        metadata,
+        recorded_at,
+    }
+}
+
+/// The events as the JSON of `event-encoding.json`: an array of arrays,
+/// `[position, stream, version, type, id, data, metadata, recorded_at]`.
+fn json(events: &[RecordedEvent]) -> Vec<u8> {
+    let size: usize = events
+        .iter()
+        .map(|e| 100 + e.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len())
+        .sum();
+    let mut out = Vec::with_capacity(size + 2);
+    let mut id = uuid::Uuid::encode_buffer();
+    // Writing into a Vec cannot fail.
+    let _ = (|| -> std::io::Result<()> {
+        out.push(b'[');
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write!(out, "[{},", e.position.0)?;
+            serde_json::to_writer(&mut out, &e.stream)?;
+            write!(out, ",{},", e.version)?;
+            serde_json::to_writer(&mut out, &e.event_type)?;
+            write!(out, ",\"{}\",", e.id.hyphenated().encode_lower(&mut id))?;
+            // Validated as JSON when appended: spliced in as stored.
+            out.extend_from_slice(&e.data);
+            out.push(b',');
+            out.extend_from_slice(&e.metadata);
+            write!(out, ",{}]", e.recorded_at)?;
+        }
+        out.push(b']');
+        Ok(())
+    })();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Position;
+
+    #[test]
+    fn json_batches_are_arrays_of_the_event_fields_in_order() {
+        let event = |position: u64, stream: &str, data: &[u8]| RecordedEvent {
+            position: Position(position),
+            stream: stream.into(),
+            version: position - 1,
+            event_type: "Said".into(),
+            id: uuid::Uuid::from_u128(position as u128),
+            data: data.to_vec(),
+            metadata: b"{}".to_vec(),
+            recorded_at: 1_764_250_619_123_456,
+        };
+        let events = vec![
+            event(1, "chat-1", br#"{"text":"hi"}"#),
+            event(2, "chat-\"q\"", b"[1,2]"),
+        ];
+        let parsed: serde_json::Value = serde_json::from_slice(&json(&events)).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                [1, "chat-1", 0, "Said", "00000000-0000-0000-0000-000000000001",
+                 {"text": "hi"}, {}, 1_764_250_619_123_456u64],
+                [2, "chat-\"q\"", 1, "Said", "00000000-0000-0000-0000-000000000002",
+                 [1, 2], {}, 1_764_250_619_123_456u64],
+            ])
+        );
+        assert_eq!(json(&[]), b"[]");
+    }
+}
