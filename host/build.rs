@@ -54,6 +54,7 @@ const PLUGINS: &[&str] = &[
     "chatty",
     "oversize-notifier",
     "sneaky-projection",
+    "records-notifier-v0-2",
 ];
 /// The ones copied to `target/plugins/examples/`.
 const EXAMPLES: &[&str] = &["user-directory", "order-totals", "shipment-notifier"];

@@ -11,3 +11,4 @@ mod log_api;
 mod notifiers;
 mod plugin_failures;
 mod plugins;
+mod wit_versions;

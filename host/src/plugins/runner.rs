@@ -504,6 +504,8 @@ impl Runner {
         if let Ok(mut status) = self.shared.status.write() {
             status.state = state;
             status.version = live.plugin.info.version.clone();
+            status.wit = live.plugin.form.wit_version().into();
+            status.encoding = live.plugin.form.encoding().into();
             status.hash = live.plugin.hash.clone();
             status.generation = live.number;
             status.checkpoint = live.checkpoint;

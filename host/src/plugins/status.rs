@@ -65,6 +65,10 @@ pub struct PluginStatus {
     pub state: RunState,
     /// The plugin's own version string.
     pub version: String,
+    /// The version of the WIT package it was built against, e.g. `0.2.0`.
+    pub wit: String,
+    /// How it takes its events: `records` or `json`.
+    pub encoding: String,
     /// SHA-256 of the serving code.
     pub hash: String,
     /// The serving generation (1 for the first deploy, +1 per rebuild).
