@@ -363,6 +363,46 @@ async fn plugins_survive_a_restart_without_recompiling() {
 }
 
 #[tokio::test]
+async fn a_deploy_that_never_finished_leaves_nothing_behind() {
+    let dir = data_dir();
+    let mut server = Server::start_in(dir.path(), &[]).await;
+    server.deploy_all(&[("p", COUNTER)]).await;
+    server.append("other-1", json!("any"), events("E", 3)).await;
+    server.wait_caught_up("p").await;
+    assert!(server.terminate().success());
+    // The process died after the plugin started but before its manifest
+    // was written: its state file is there, nothing says it was deployed.
+    let plugin_dir = dir.path().join("plugins/p");
+    std::fs::remove_file(plugin_dir.join("plugin.json")).unwrap();
+    assert!(plugin_dir.join("state-1.redb").exists());
+
+    let server = Server::start_in(dir.path(), &[]).await;
+    let (status, _) = server.get("/plugins/p").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an unfinished deploy is not restored"
+    );
+    // Another plugin under that name starts from nothing: no counter keys.
+    server.deploy_all(&[("p", USER_DIRECTORY)]).await;
+    server
+        .append(
+            "user-1",
+            json!("any"),
+            json!([user("UserCreated", 1, Some("Alice"))]),
+        )
+        .await;
+    server.wait_caught_up("p").await;
+    let keys: Vec<String> = server
+        .plugin_state("p")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["user/1"]);
+}
+
+#[tokio::test]
 async fn bad_deploys_and_unknown_plugins_get_clear_errors() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;

@@ -300,26 +300,39 @@ impl Plugins {
             }
         };
         let dir = self.inner.dir.join(name.as_str());
-        std::fs::create_dir_all(&dir)?;
-        let wasm_path = dir.join(format!("{}.wasm", loaded.hash));
-        if !wasm_path.exists() {
-            let tmp = wasm_path.with_extension("tmp");
-            std::fs::write(&tmp, &wasm)?;
-            std::fs::rename(&tmp, &wasm_path)?;
-        }
         let outcome = match existing {
             None => {
-                let store = PluginStore::open(&dir.join("state-1.redb"))?;
-                let live = Generation::new(1, loaded.clone(), store)?;
-                Manifest {
+                // Files without a manifest are a deploy that never finished
+                // (the process died): this one starts from nothing.
+                if dir.exists() && !dir.join(Manifest::FILE).exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                std::fs::create_dir_all(&dir)?;
+                let started = PluginStore::open(&dir.join("state-1.redb"))
+                    .and_then(|store| Generation::new(1, loaded.clone(), store))
+                    .and_then(|live| self.start(name.clone(), dir.clone(), live, None));
+                self.mark_compiling(&name, false);
+                started?;
+                // The plugin is already at work; the deploy is acknowledged
+                // once its code and then the manifest naming it are durable.
+                let manifest = Manifest {
                     generation: 1,
                     hash: loaded.hash.clone(),
                     rebuild: None,
+                };
+                let (persist_dir, persist_wasm) = (dir.clone(), wasm.clone());
+                let persisted = blocking(move || {
+                    store_wasm(&persist_dir, &manifest.hash, &persist_wasm)?;
+                    manifest.save(&persist_dir)
+                })
+                .await;
+                if let Err(error) = persisted {
+                    if let Some(entry) = self.take_entry(&name) {
+                        stop(entry).await;
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(error);
                 }
-                .save(&dir)?;
-                let started = self.start(name.clone(), dir, live, None);
-                self.mark_compiling(&name, false);
-                started?;
                 DeployOutcome::Created
             }
             Some(shared) => {
@@ -348,6 +361,8 @@ impl Plugins {
                 if serving_hash == loaded.hash && rebuilding_hash.is_none() {
                     DeployOutcome::Unchanged
                 } else {
+                    let (hash, persist_dir) = (loaded.hash.clone(), dir.clone());
+                    blocking(move || store_wasm(&persist_dir, &hash, &wasm)).await?;
                     let generation = self.begin_rebuild(&name, &shared, &dir, loaded)?;
                     DeployOutcome::Rebuilding(generation)
                 }
@@ -439,15 +454,16 @@ impl Plugins {
     pub async fn remove(&self, name: &PluginName) -> Result<(), PluginError> {
         let _guard = self.inner.lifecycle.lock().await;
         let entry = self
-            .inner
-            .entries
-            .lock()
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?
-            .remove(name)
+            .take_entry(name)
             .ok_or_else(|| PluginError::NotFound(name.to_string()))?;
         stop(entry).await;
         std::fs::remove_dir_all(self.inner.dir.join(name.as_str()))?;
         Ok(())
+    }
+
+    /// Unregisters the plugin's runner (the caller stops it).
+    fn take_entry(&self, name: &PluginName) -> Option<Entry> {
+        self.inner.entries.lock().ok()?.remove(name)
     }
 
     /// Pauses the plugin.
@@ -638,6 +654,21 @@ impl Plugins {
             stop(entry).await;
         }
     }
+}
+
+/// Stores a component's code as `<hash>.wasm` in `dir`, durably (it must
+/// outlive a crash before the manifest naming it does).
+fn store_wasm(dir: &Path, hash: &str, wasm: &[u8]) -> Result<(), PluginError> {
+    let path = dir.join(format!("{hash}.wasm"));
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, wasm)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }
 
 async fn stop(mut entry: Entry) {
