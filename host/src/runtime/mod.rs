@@ -127,6 +127,8 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // For profiling plugins: `perf` then names each guest function
+        // (`wasm[N]::function[M]::<name>`) from /tmp/perf-<pid>.map.
         if std::env::var_os("EVENTFOLD_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
