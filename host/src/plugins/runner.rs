@@ -131,7 +131,7 @@ pub(super) struct Generation {
     /// The next batch, read from the log while the previous one ran.
     read_ahead: Option<Batch>,
     /// The last batch's events, freed by the next read-ahead (on the other
-    /// core: that is five allocations per event).
+    /// core: as records, that is five allocations per event).
     spent: Option<EventBatch>,
 }
 

@@ -38,6 +38,23 @@ impl EventForm {
     }
 }
 
+/// The `event` record of a WIT version (every version has the same fields).
+macro_rules! record {
+    ($record:path, $event:expr) => {{
+        let event: RecordedEvent = $event;
+        $record {
+            position: event.position.0,
+            stream: event.stream,
+            version: event.version,
+            event_type: event.event_type,
+            id: event.id.hyphenated().to_string(),
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: event.recorded_at,
+        }
+    }};
+}
+
 /// The events of one `handle` call, ready to be lowered into the plugin.
 pub enum EventBatch {
     /// For a WIT 0.1 plugin.
@@ -50,48 +67,17 @@ impl EventBatch {
     /// Converts `events` (in log order) into `form`.
     pub fn new(form: EventForm, events: Vec<RecordedEvent>) -> Self {
         match form {
-            EventForm::RecordsV0_1 => EventBatch::V0_1(events.into_iter().map(record).collect()),
+            EventForm::RecordsV0_1 => {
+                EventBatch::V0_1(events.into_iter().map(|e| record!(Event, e)).collect())
+            }
             EventForm::RecordsV0_2 => EventBatch::V0_2(v0_2::types::Events::Records(
-                events.into_iter().map(record_v0_2).collect(),
+                events
+                    .into_iter()
+                    .map(|e| record!(v0_2::types::Event, e))
+                    .collect(),
             )),
             EventForm::JsonV0_2 => EventBatch::V0_2(v0_2::types::Events::Json(json(&events))),
         }
-    }
-}
-
-fn record(event: RecordedEvent) -> Event {
-    Event {
-        position: event.position.0,
-        stream: event.stream,
-        version: event.version,
-        event_type: event.event_type,
-        id: event.id.hyphenated().to_string(),
-        data: event.data,
-        metadata: event.metadata,
-        recorded_at: event.recorded_at,
-    }
-}
-
-fn record_v0_2(event: RecordedEvent) -> v0_2::types::Event {
-    let Event {
-        position,
-        stream,
-        version,
-        event_type,
-        id,
-        data,
-        metadata,
-        recorded_at,
-    } = record(event);
-    v0_2::types::Event {
-        position,
-        stream,
-        version,
-        event_type,
-        id,
-        data,
-        metadata,
-        recorded_at,
     }
 }
 
