@@ -161,6 +161,85 @@ async fn retried_appends_with_the_same_ids_are_not_appended_twice() {
 }
 
 #[tokio::test]
+async fn ids_the_log_generates_are_recognised_when_sent_back() {
+    let dir = data_dir();
+    let mut server = Server::start_in(dir.path(), &[]).await;
+    server.append("other-1", json!("any"), events("E", 2)).await;
+    let (status, _) = server
+        .append("order-1", json!("no_stream"), events("E", 3))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, page) = server.get("/streams/order-1").await;
+    let read: Vec<Value> = page["events"].as_array().unwrap().clone();
+    let ids: Vec<String> = read
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        assert_eq!(
+            uuid::Uuid::parse_str(id).unwrap().get_version_num(),
+            8,
+            "{id}"
+        );
+    }
+    // The events as read, sent back with their ids: a retry, and again after
+    // a kill -9 and a restart (the ids need no index entry to be found).
+    let resend = Value::Array(
+        read.iter()
+            .map(|e| json!({"type": e["type"], "id": e["id"], "data": e["data"]}))
+            .collect(),
+    );
+    for round in 0..2 {
+        let (status, retry) = server
+            .append("order-1", json!("no_stream"), resend.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {retry}");
+        assert_eq!(retry["first_position"], 3);
+        assert_eq!(retry["last_position"], 5);
+        assert_eq!(retry["duplicate"], true);
+        assert_eq!(server.head().await, 5);
+        if round == 0 {
+            // The events are still only in the write-ahead log: the restart
+            // replays them into redb.
+            server.kill9();
+        } else {
+            assert!(server.terminate().success());
+        }
+        server = Server::start_in(dir.path(), &[]).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("recovered events 1 to 5"), "{log}");
+    // Sent to another stream, or one of them among new events: not a retry.
+    let (status, body) = server.append("order-2", json!("any"), resend).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let mixed = json!([
+        {"type": "E", "id": uuid::Uuid::now_v7().to_string(), "data": {}},
+        {"type": "E", "id": ids[1], "data": {}},
+    ]);
+    let (status, body) = server.append("order-1", json!("any"), mixed).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_conflict");
+    // An id of the log's own form that names no event yet (the next
+    // position's, made by editing a real one) is refused: it would collide.
+    let last = uuid::Uuid::parse_str(&ids[2]).unwrap().as_u128();
+    let next = uuid::Uuid::from_u128(last + 1).to_string();
+    let (status, body) = server
+        .append(
+            "order-1",
+            json!("any"),
+            json!([{"type": "E", "id": next, "data": {}}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "reserved_event_id");
+    assert_eq!(server.head().await, 5);
+    // The next event the log makes itself gets that very id.
+    server.append("order-1", json!("any"), events("E", 1)).await;
+    let (_, page) = server.get("/events?from=6").await;
+    assert_eq!(page["events"][0]["id"], next);
+}
+
+#[tokio::test]
 async fn racing_writers_on_one_stream_get_one_winner_per_version() {
     let dir = data_dir();
     let server = std::sync::Arc::new(Server::start_in(dir.path(), &[]).await);

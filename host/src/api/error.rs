@@ -81,6 +81,9 @@ impl From<LogError> for ApiError {
             LogError::DuplicateId(id) => {
                 ApiError::bad_request("duplicate_event_id", message).with("id", id.to_string())
             }
+            LogError::ReservedId(id) => {
+                ApiError::bad_request("reserved_event_id", message).with("id", id.to_string())
+            }
             LogError::WrongExpectedVersion {
                 stream,
                 expected,

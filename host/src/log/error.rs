@@ -32,6 +32,13 @@ pub enum LogError {
         /// The first id that did not match.
         id: uuid::Uuid,
     },
+    /// A client-supplied id of the form the log generates, naming no event
+    /// that has it: it could collide with the id of a later event.
+    #[error(
+        "event id {0} has the form of the ids this log generates (UUIDv8 with its tag) but names \
+         no event in the log: give events ids of your own (UUIDv7 or v4), or none"
+    )]
+    ReservedId(uuid::Uuid),
     /// One request names the same event id twice.
     #[error("event id {0} appears more than once in the request")]
     DuplicateId(uuid::Uuid),

@@ -1,12 +1,13 @@
 //! The event log: an append-only sequence of events in one redb database.
 //!
 //! Owns the tables (`tables`), the on-disk form of an event (`codec`), the
-//! single group-commit writer (`writer`) with its write-ahead log (`wal`), and
-//! the readers (`reader`). It knows
-//! nothing of HTTP or plugins: the API and the plugin runners use [`EventLog`].
+//! ids it generates (`ids`), the single group-commit writer (`writer`) with
+//! its write-ahead log (`wal`), and the readers (`reader`). It knows nothing
+//! of HTTP or plugins: the API and the plugin runners use [`EventLog`].
 
 mod codec;
 mod error;
+mod ids;
 mod reader;
 mod tables;
 mod types;

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::codec::{self, EncodeEvent};
-use super::tables::{EVENT_IDS, EVENTS, STREAM_INDEX, STREAMS};
+use super::ids::GeneratedIds;
+use super::tables::{EVENT_IDS, EVENTS, GENERATED_ID_TAG, META, STREAM_INDEX, STREAMS};
 use super::wal::{self, RecordBuilder, Wal, WalEvent, WalRecord};
 use super::{AppendOutcome, LogError, LogOptions, Position, StreamAppend};
 use crate::metrics::Metrics;
@@ -78,6 +79,8 @@ pub(super) struct Writer {
     /// a restart replays the WAL.
     broken: Option<String>,
     heads: HashMap<String, StreamHead>,
+    /// The ids given to events that come without one.
+    generated: GeneratedIds,
     next_position: u64,
     next_stream_id: u64,
     head: watch::Sender<Position>,
@@ -111,7 +114,12 @@ impl<'txn> Tables<'txn> {
 
 /// Re-applies the WAL's groups that redb's durable state does not hold yet
 /// (those past `durable`). Returns the new last position.
-fn replay(tables: &mut Tables<'_>, durable: u64, records: Vec<WalRecord>) -> Result<u64, LogError> {
+fn replay(
+    tables: &mut Tables<'_>,
+    generated: GeneratedIds,
+    durable: u64,
+    records: Vec<WalRecord>,
+) -> Result<u64, LogError> {
     let mut last = durable;
     for record in records {
         let first = record.first_position.0;
@@ -132,7 +140,9 @@ fn replay(tables: &mut Tables<'_>, durable: u64, records: Vec<WalRecord>) -> Res
             }
             tables.events.insert(position, encoded.as_slice())?;
             tables.index.insert((stream_id, event.version), position)?;
-            tables.ids.insert(event.id.as_u128(), position)?;
+            if generated.position(event.id) != Some(position) {
+                tables.ids.insert(event.id.as_u128(), position)?;
+            }
         }
         last = first + count - 1;
     }
@@ -152,10 +162,22 @@ impl Writer {
     ) -> Result<Self, LogError> {
         let (wal, records) = Wal::open(wal_path)?;
         let txn = db.begin_write()?;
+        let generated = {
+            let mut meta = txn.open_table(META)?;
+            let tag = meta.get(GENERATED_ID_TAG)?.map(|g| g.value());
+            match tag {
+                Some(tag) => GeneratedIds::new(tag),
+                None => {
+                    let generated = GeneratedIds::random();
+                    meta.insert(GENERATED_ID_TAG, generated.tag())?;
+                    generated
+                }
+            }
+        };
         let (last, streams) = {
             let mut tables = Tables::open(&txn)?;
             let durable = tables.events.last()?.map_or(0, |(k, _)| k.value());
-            let last = replay(&mut tables, durable, records)?;
+            let last = replay(&mut tables, generated, durable, records)?;
             if last > durable {
                 tracing::info!(
                     "recovered events {} to {last} from the write-ahead log",
@@ -173,6 +195,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             broken: None,
             heads: HashMap::new(),
+            generated,
             next_position: last + 1,
             next_stream_id: streams,
             head,
@@ -401,7 +424,7 @@ impl Writer {
             for (i, event) in append.events.iter().enumerate() {
                 let position = first_position + i as u64;
                 let version = first_version + i as u64;
-                let id = event.id.unwrap_or_else(Uuid::now_v7);
+                let id = event.id.unwrap_or_else(|| self.generated.id(position));
                 buf.clear();
                 EncodeEvent {
                     stream: name,
@@ -415,7 +438,9 @@ impl Writer {
                 .encode(buf);
                 tables.events.insert(position, buf.as_slice())?;
                 tables.index.insert((stream_id, version), position)?;
-                tables.ids.insert(id.as_u128(), position)?;
+                if event.id.is_some() {
+                    tables.ids.insert(id.as_u128(), position)?;
+                }
                 self.record.push(
                     position,
                     WalEvent {
@@ -442,13 +467,15 @@ impl Writer {
         let Some(first_id) = append.events.first().and_then(|e| e.id) else {
             return Ok(None);
         };
-        let Some(first_position) = tables.ids.get(first_id.as_u128())?.map(|g| g.value()) else {
-            // A new append: none of its client-supplied ids may exist yet.
-            for event in &append.events[1..] {
-                if let Some(id) = event.id
-                    && tables.ids.get(id.as_u128())?.is_some()
-                {
+        let Some(first_position) = self.find_id(tables, first_id)? else {
+            // A new append: none of its client-supplied ids may exist yet,
+            // and none may pose as one the log generates.
+            for id in append.events.iter().filter_map(|e| e.id) {
+                if self.find_id(tables, id)?.is_some() {
                     return Err(LogError::IdempotencyConflict { id });
+                }
+                if self.generated.position(id).is_some() {
+                    return Err(LogError::ReservedId(id));
                 }
             }
             return Ok(None);
@@ -458,7 +485,7 @@ impl Writer {
             let position = first_position + i as u64;
             let id = event.id.unwrap_or(first_id);
             let found = match event.id {
-                Some(id) => tables.ids.get(id.as_u128())?.map(|g| g.value()),
+                Some(id) => self.find_id(tables, id)?,
                 None => None,
             };
             if found != Some(position) {
@@ -480,6 +507,19 @@ impl Writer {
             next_expected_version: last_version,
             duplicate: true,
         }))
+    }
+
+    /// The position of the event whose id is `id`, if it is in the log: an
+    /// id the log generated names its position; others are in the index.
+    fn find_id(&self, tables: &Tables<'_>, id: Uuid) -> Result<Option<u64>, LogError> {
+        let Some(position) = self.generated.position(id) else {
+            return Ok(tables.ids.get(id.as_u128())?.map(|g| g.value()));
+        };
+        let Some(stored) = tables.events.get(position)? else {
+            return Ok(None);
+        };
+        let event = codec::decode(Position(position), stored.value())?;
+        Ok((event.id == id).then_some(position))
     }
 
     /// The stream's id and current version: from what is pending (this request,
