@@ -10,7 +10,8 @@
 //! - `peers`: eventfold against Redis Streams and PostgreSQL in one run
 //!   (appends, a read of the whole log, replay), with the DESIGN §6 targets
 //!   as ratios, written as JSON and a PNG chart.
-//! - `all`: `peers`, `languages` and `notify`.
+//! - `storage`: the log's file size for 1 KB events against their payload.
+//! - `all`: `peers`, `languages`, `notify` and `storage`.
 
 mod append;
 mod chart;
@@ -18,6 +19,7 @@ mod languages;
 mod notify;
 mod peers;
 mod replay;
+mod storage;
 
 use std::path::PathBuf;
 
@@ -42,7 +44,9 @@ enum Command {
     Notify(notify::Args),
     /// eventfold against Redis Streams and PostgreSQL, started here, in one run.
     Peers(peers::Args),
-    /// `peers`, `languages` and `notify` with their defaults.
+    /// The log's file size for 1 KB events, against their payload.
+    Storage(storage::Args),
+    /// `peers`, `languages`, `notify` and `storage` with their defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
         #[arg(long, default_value = "target/bench-data")]
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Languages(args)) => runtime.block_on(languages::run(args)),
         Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
         Some(Command::Peers(args)) => runtime.block_on(peers::run(args)),
+        Some(Command::Storage(args)) => runtime.block_on(storage::run(args)),
         Some(Command::All { data_dir }) => {
             // `peers` covers the append and replay benchmarks.
             runtime.block_on(peers::run(peers::Args {
@@ -95,6 +100,10 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             }))?;
             runtime.block_on(notify::run(notify::Args {
+                data_dir: data_dir.clone(),
+                ..Default::default()
+            }))?;
+            runtime.block_on(storage::run(storage::Args {
                 data_dir,
                 ..Default::default()
             }))
