@@ -55,7 +55,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // 503 (compiling, shutting down) is expected and passes: not an error of the server.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::debug!(code = self.code, "{}", self.message);
+        } else if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let mut error = Map::new();
