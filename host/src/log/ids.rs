@@ -2,8 +2,8 @@
 //! UUID; v7 keeps the idempotency index append-mostly), and those go into the
 //! `event_ids` index. An event without one gets a UUIDv8 that carries this
 //! log's tag and the event's position: the log finds such an event from its
-//! id without an index entry, which saves one B-tree insert per event (a
-//! third of the writer's work for ids it makes itself, DESIGN §6b).
+//! id without an index entry: two B-tree inserts per event instead of three
+//! (DESIGN §6b).
 //!
 //! Layout, most significant bits first: 48 bits of tag, the version nibble
 //! `8`, 12 more bits of tag, the RFC 9562 variant `10`, 62 bits of position.
