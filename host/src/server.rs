@@ -1,6 +1,7 @@
 //! The server: opens the log, serves the API on a listener until shutdown,
 //! then drains in-flight requests and commits what the writer holds.
 
+use axum::serve::ListenerExt;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 
@@ -102,6 +103,12 @@ impl Server {
             head = log.head().0,
             "serving"
         );
+        // Answers go out at once, not held back by Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
