@@ -233,37 +233,38 @@ impl Runtime {
             .component_type()
             .imports(&self.engine)
             .any(|(name, _)| name.starts_with("eventfold:plugin/") && name.ends_with("@0.2.0"));
-        let (projection, notifier) = if v0_2 {
-            (
-                self.projection_linker
-                    .instantiate_pre(component)
-                    .and_then(v0_2::projection::ProjectionPre::new)
-                    .map(PluginPre::ProjectionV0_2),
-                self.notifier_linker
-                    .instantiate_pre(component)
-                    .and_then(v0_2::notifier::NotifierPre::new)
-                    .map(PluginPre::NotifierV0_2),
-            )
+        let link = |linker: &Linker<PluginHost>| linker.instantiate_pre(component);
+        // The notifier world is only tried when the projection world does not fit.
+        let (projection, version) = if v0_2 {
+            let pre = link(&self.projection_linker)
+                .and_then(v0_2::projection::ProjectionPre::new)
+                .map(PluginPre::ProjectionV0_2);
+            (pre, "0.2.0")
         } else {
-            (
-                self.projection_linker
-                    .instantiate_pre(component)
-                    .and_then(ProjectionPre::new)
-                    .map(PluginPre::Projection),
-                self.notifier_linker
-                    .instantiate_pre(component)
-                    .and_then(NotifierPre::new)
-                    .map(PluginPre::Notifier),
-            )
+            let pre = link(&self.projection_linker)
+                .and_then(ProjectionPre::new)
+                .map(PluginPre::Projection);
+            (pre, "0.1.0")
         };
-        let version = if v0_2 { "0.2.0" } else { "0.1.0" };
-        match (projection, notifier) {
-            (Ok(pre), _) | (_, Ok(pre)) => Ok(pre),
-            (Err(projection_error), Err(notifier_error)) => Err(RuntimeError::WrongWorld(format!(
+        let projection_error = match projection {
+            Ok(pre) => return Ok(pre),
+            Err(e) => e,
+        };
+        let notifier = if v0_2 {
+            link(&self.notifier_linker)
+                .and_then(v0_2::notifier::NotifierPre::new)
+                .map(PluginPre::NotifierV0_2)
+        } else {
+            link(&self.notifier_linker)
+                .and_then(NotifierPre::new)
+                .map(PluginPre::Notifier)
+        };
+        notifier.map_err(|notifier_error| {
+            RuntimeError::WrongWorld(format!(
                 "as a {version} projection: {projection_error:#}; as a {version} notifier: \
                  {notifier_error:#}"
-            ))),
-        }
+            ))
+        })
     }
 
     /// A fresh instance of `plugin` with its own store and limits.
