@@ -104,6 +104,7 @@ impl From<LogError> for ApiError {
             }
             LogError::CommitFailed(_)
             | LogError::Corrupt(_)
+            | LogError::UnsupportedFormat(_)
             | LogError::Io(_)
             | LogError::Internal(_)
             | LogError::Storage(_) => {

@@ -37,16 +37,19 @@ pub struct EncodeEvent<'a> {
 }
 
 impl EncodeEvent<'_> {
+    /// How many bytes [`Self::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        FIXED
+            + 8
+            + self.stream.len()
+            + self.event_type.len()
+            + self.metadata.len()
+            + self.data.len()
+    }
+
     /// Appends the encoded event to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.reserve(
-            FIXED
-                + 8
-                + self.stream.len()
-                + self.event_type.len()
-                + self.metadata.len()
-                + self.data.len(),
-        );
+        out.reserve(self.encoded_len());
         out.push(FORMAT);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.recorded_at.to_le_bytes());

@@ -51,6 +51,12 @@ pub enum LogError {
     /// The group commit this append was part of failed; nothing of it was appended.
     #[error("commit failed, nothing was appended: {0}")]
     CommitFailed(String),
+    /// The log's tables are in a format this eventfold does not know.
+    #[error(
+        "the log's tables are in format {0}, newer than this eventfold reads (formats 1 and 2): \
+         run a newer eventfold"
+    )]
+    UnsupportedFormat(u64),
     /// A file-system operation on the data directory failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -1,14 +1,18 @@
 //! The event log: an append-only sequence of events in one redb database.
 //!
-//! Owns the tables (`tables`), the on-disk form of an event (`codec`), the
-//! ids it generates (`ids`), the single group-commit writer (`writer`) with
+//! Owns the tables (`tables`, and `migrate` for older logs), the on-disk
+//! form of an event (`codec`), of a chunk of events (`chunk`) and of a
+//! stream's runs (`runs`), the ids it generates (`ids`), the single group-commit writer (`writer`) with
 //! its write-ahead log (`wal`), and the readers (`reader`). It knows nothing
 //! of HTTP or plugins: the API and the plugin runners use [`EventLog`].
 
+mod chunk;
 mod codec;
 mod error;
 mod ids;
+mod migrate;
 mod reader;
+mod runs;
 mod tables;
 mod types;
 mod wal;

@@ -1,11 +1,12 @@
 //! Reads of the log. Each runs in its own redb read transaction (MVCC): it sees
 //! one committed snapshot and never blocks the writer.
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase};
 
-use super::codec;
-use super::tables::{EVENTS, STREAM_INDEX, STREAMS};
+use super::chunk::{self, Chunk, ChunkCursor};
+use super::tables::{EVENT_CHUNKS, STREAM_RUNS, STREAMS};
 use super::{LogError, Position, RecordedEvent, category_of};
+use super::{codec, runs};
 
 /// Which events a read of the global log returns. Empty lists match everything.
 #[derive(Debug, Clone, Default)]
@@ -72,25 +73,30 @@ pub fn read_log(
     max_scan: usize,
 ) -> Result<LogPage, LogError> {
     let txn = db.begin_read()?;
-    let table = txn.open_table(EVENTS)?;
-    let head = Position(table.last()?.map_or(0, |(k, _)| k.value()));
+    let table = txn.open_table(EVENT_CHUNKS)?;
+    let head = Position(chunk::last_position(&table)?);
     let mut events = Vec::new();
     let mut next = from.max(Position(1));
-    for entry in table.range(next.0..)?.take(max_scan) {
-        if events.len() >= limit {
-            break;
-        }
+    let mut scanned = 0;
+    // The chunk holding `next`, then the ones after it.
+    let start = chunk::chunk_at(&table, next.0)?.map_or(next.0, |(first, _)| first);
+    'chunks: for entry in table.range(start..)? {
         let (key, value) = entry?;
-        let position = Position(key.value());
-        let bytes = value.value();
-        next = Position(position.0 + 1);
-        if !filter.is_empty() {
-            let header = codec::decode_header(position, bytes)?;
-            if !filter.matches(header.stream, header.event_type) {
-                continue;
+        for event in Chunk::new(key.value(), value.value())?.events_from(next.0) {
+            if events.len() >= limit || scanned >= max_scan {
+                break 'chunks;
             }
+            let (position, bytes) = event?;
+            scanned += 1;
+            next = Position(position.0 + 1);
+            if !filter.is_empty() {
+                let header = codec::decode_header(position, bytes)?;
+                if !filter.matches(header.stream, header.event_type) {
+                    continue;
+                }
+            }
+            events.push(codec::decode(position, bytes)?);
         }
-        events.push(codec::decode(position, bytes)?);
     }
     Ok(LogPage { events, next, head })
 }
@@ -110,42 +116,26 @@ pub fn read_stream(
     let Some(id) = streams.get(stream)?.map(|g| g.value()) else {
         return Ok(None);
     };
-    let index = txn.open_table(STREAM_INDEX)?;
-    let events_table = txn.open_table(EVENTS)?;
-    let stream_version = index
-        .range((id, 0)..=(id, u64::MAX))?
-        .next_back()
-        .transpose()?
-        .map(|(k, _)| k.value().1)
+    let index = txn.open_table(STREAM_RUNS)?;
+    let chunks = txn.open_table(EVENT_CHUNKS)?;
+    let stream_version = runs::last_run(&index, id)?
+        .map(|r| r.last_version())
         .ok_or_else(|| LogError::Corrupt(format!("stream {stream} has an id but no events")))?;
 
-    let positions: Vec<(u64, u64)> = match direction {
-        Direction::Forward => {
-            let start = from.unwrap_or(0);
-            index
-                .range((id, start)..=(id, u64::MAX))?
-                .take(limit.saturating_add(1))
-                .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
-                .collect::<Result<_, _>>()?
-        }
-        Direction::Backward => {
-            let start = from.unwrap_or(stream_version);
-            index
-                .range((id, 0)..=(id, start))?
-                .rev()
-                .take(limit.saturating_add(1))
-                .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
-                .collect::<Result<_, _>>()?
-        }
+    // One more than the limit is taken to learn where the next page starts.
+    let take = limit.saturating_add(1);
+    let positions = match direction {
+        Direction::Forward => runs::forward(&index, id, from.unwrap_or(0), take)?,
+        Direction::Backward => runs::backward(&index, id, from.unwrap_or(stream_version), take)?,
     };
-    // One more than the limit was taken to learn where the next page starts.
     let next = positions.get(limit).map(|(version, _)| *version);
     let mut events = Vec::with_capacity(positions.len().min(limit));
+    let mut cursor = ChunkCursor::new(&chunks);
     for (_, position) in positions.into_iter().take(limit) {
-        let stored = events_table.get(position)?.ok_or_else(|| {
+        let stored = cursor.get(position)?.ok_or_else(|| {
             LogError::Corrupt(format!("stream index points at missing event {position}"))
         })?;
-        events.push(codec::decode(Position(position), stored.value())?);
+        events.push(codec::decode(Position(position), stored)?);
     }
     Ok(Some(StreamPage {
         events,

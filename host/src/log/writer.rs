@@ -20,11 +20,14 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::chunk::{self, ChunkBuilder};
 use super::codec::{self, EncodeEvent};
 use super::ids::GeneratedIds;
-use super::tables::{EVENT_IDS, EVENTS, GENERATED_ID_TAG, META, STREAM_INDEX, STREAMS};
+use super::runs::{self, Run};
+use super::tables::{EVENT_CHUNKS, EVENT_IDS, GENERATED_ID_TAG, META, STREAM_RUNS, STREAMS};
 use super::wal::{self, RecordBuilder, Wal, WalEvent, WalRecord};
 use super::{AppendOutcome, LogError, LogOptions, Position, StreamAppend};
+use super::{RecordedEvent, migrate};
 use crate::metrics::Metrics;
 
 /// Most events one commit takes; a bigger queue waits for the next commit.
@@ -73,6 +76,8 @@ pub(super) struct Writer {
     wal: Wal,
     options: LogOptions,
     record: RecordBuilder,
+    /// The chunk the group being written fills.
+    chunk: ChunkBuilder,
     last_checkpoint: Instant,
     /// Set when redb refused a group the WAL already holds: the in-memory
     /// state can no longer be trusted, so the writer refuses everything until
@@ -95,20 +100,26 @@ struct Pending {
 }
 
 struct Tables<'txn> {
-    events: Table<'txn, u64, &'static [u8]>,
+    chunks: Table<'txn, u64, &'static [u8]>,
     streams: Table<'txn, &'static str, u64>,
-    index: Table<'txn, (u64, u64), u64>,
+    runs: Table<'txn, (u64, u64), (u64, u64)>,
     ids: Table<'txn, u128, u64>,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, LogError> {
         Ok(Self {
-            events: txn.open_table(EVENTS)?,
+            chunks: txn.open_table(EVENT_CHUNKS)?,
             streams: txn.open_table(STREAMS)?,
-            index: txn.open_table(STREAM_INDEX)?,
+            runs: txn.open_table(STREAM_RUNS)?,
             ids: txn.open_table(EVENT_IDS)?,
         })
+    }
+
+    fn insert_run(&mut self, stream: u64, run: Run) -> Result<(), LogError> {
+        self.runs
+            .insert((stream, run.version), (run.position, run.count))?;
+        Ok(())
     }
 }
 
@@ -121,6 +132,7 @@ fn replay(
     records: Vec<WalRecord>,
 ) -> Result<u64, LogError> {
     let mut last = durable;
+    let mut chunk = ChunkBuilder::default();
     for record in records {
         let first = record.first_position.0;
         let count = record.events.len() as u64;
@@ -132,18 +144,42 @@ fn replay(
                 "the write-ahead log continues at position {first}, the log ends at {last}"
             )));
         }
+        chunk.start(first);
+        // The runs of this group: consecutive versions of one stream.
+        let mut run: Option<(u64, Run)> = None;
         for (i, (stream_id, encoded)) in record.events.into_iter().enumerate() {
             let position = first + i as u64;
             let event = codec::decode(Position(position), &encoded)?;
             if tables.streams.get(event.stream.as_str())?.is_none() {
                 tables.streams.insert(event.stream.as_str(), stream_id)?;
             }
-            tables.events.insert(position, encoded.as_slice())?;
-            tables.index.insert((stream_id, event.version), position)?;
+            chunk.append(&mut tables.chunks, encoded.len(), |buf| {
+                buf.extend_from_slice(&encoded)
+            })?;
+            match &mut run {
+                Some((s, r)) if *s == stream_id && event.version == r.version + r.count => {
+                    r.count += 1;
+                }
+                _ => {
+                    if let Some((s, r)) = run.take() {
+                        tables.insert_run(s, r)?;
+                    }
+                    let r = Run {
+                        version: event.version,
+                        position,
+                        count: 1,
+                    };
+                    run = Some((stream_id, r));
+                }
+            }
             if generated.position(event.id) != Some(position) {
                 tables.ids.insert(event.id.as_u128(), position)?;
             }
         }
+        if let Some((s, r)) = run {
+            tables.insert_run(s, r)?;
+        }
+        chunk.flush(&mut tables.chunks)?;
         last = first + count - 1;
     }
     Ok(last)
@@ -174,9 +210,10 @@ impl Writer {
                 }
             }
         };
+        migrate::to_current(&txn)?;
         let (last, streams) = {
             let mut tables = Tables::open(&txn)?;
-            let durable = tables.events.last()?.map_or(0, |(k, _)| k.value());
+            let durable = chunk::last_position(&tables.chunks)?;
             let last = replay(&mut tables, generated, durable, records)?;
             if last > durable {
                 tracing::info!(
@@ -192,6 +229,7 @@ impl Writer {
             wal,
             options,
             record: RecordBuilder::default(),
+            chunk: ChunkBuilder::default(),
             last_checkpoint: Instant::now(),
             broken: None,
             heads: HashMap::new(),
@@ -309,15 +347,15 @@ impl Writer {
         txn.set_durability(Durability::None)
             .map_err(|e| LogError::Internal(format!("cannot defer durability: {e}")))?;
         self.record.clear();
+        self.chunk.start(pending.next_position);
         {
             let mut tables = Tables::open(&txn)?;
             let recorded_at = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
-            let mut buf = Vec::new();
             for command in group {
                 if let Command::Append { appends, .. } = command {
-                    let result = self.apply(&mut tables, pending, appends, recorded_at, &mut buf);
+                    let result = self.apply(&mut tables, pending, appends, recorded_at);
                     // A storage error poisons the whole transaction.
                     if let Err(LogError::Storage(_)) = result {
                         return result.map(|_| ());
@@ -325,6 +363,7 @@ impl Writer {
                     results.push(result);
                 }
             }
+            self.chunk.flush(&mut tables.chunks)?;
         }
         if self.record.is_empty() {
             // Only refusals and retries: nothing to make durable.
@@ -361,7 +400,6 @@ impl Writer {
         group: &mut Pending,
         appends: &[StreamAppend],
         recorded_at: u64,
-        buf: &mut Vec<u8>,
     ) -> Result<Vec<AppendOutcome>, LogError> {
         // This request's own changes, merged into the group's once all checks pass.
         let mut request = Pending {
@@ -423,21 +461,21 @@ impl Writer {
             }
             for (i, event) in append.events.iter().enumerate() {
                 let position = first_position + i as u64;
-                let version = first_version + i as u64;
                 let id = event.id.unwrap_or_else(|| self.generated.id(position));
-                buf.clear();
-                EncodeEvent {
+                let encode = EncodeEvent {
                     stream: name,
-                    version,
+                    version: first_version + i as u64,
                     recorded_at,
                     id,
                     event_type: event.event_type.as_str(),
                     metadata: &event.metadata,
                     data: &event.data,
-                }
-                .encode(buf);
-                tables.events.insert(position, buf.as_slice())?;
-                tables.index.insert((stream_id, version), position)?;
+                };
+                let at = self
+                    .chunk
+                    .append(&mut tables.chunks, encode.encoded_len(), |buf| {
+                        encode.encode(buf)
+                    })?;
                 if event.id.is_some() {
                     tables.ids.insert(id.as_u128(), position)?;
                 }
@@ -445,10 +483,16 @@ impl Writer {
                     position,
                     WalEvent {
                         stream_id,
-                        encoded: buf,
+                        encoded: self.chunk.bytes_of(at),
                     },
                 );
             }
+            let run = Run {
+                version: first_version,
+                position: first_position,
+                count: append.events.len() as u64,
+            };
+            tables.insert_run(stream_id, run)?;
         }
         group.heads.extend(request.heads);
         group.next_position = request.next_position;
@@ -491,10 +535,9 @@ impl Writer {
             if found != Some(position) {
                 return Err(LogError::IdempotencyConflict { id });
             }
-            let stored = tables.events.get(position)?.ok_or_else(|| {
+            let original = self.event_at(tables, position)?.ok_or_else(|| {
                 LogError::Corrupt(format!("id index points at missing event {position}"))
             })?;
-            let original = codec::decode(Position(position), stored.value())?;
             if original.stream != append.stream.as_str() {
                 return Err(LogError::IdempotencyConflict { id });
             }
@@ -515,11 +558,26 @@ impl Writer {
         let Some(position) = self.generated.position(id) else {
             return Ok(tables.ids.get(id.as_u128())?.map(|g| g.value()));
         };
-        let Some(stored) = tables.events.get(position)? else {
-            return Ok(None);
-        };
-        let event = codec::decode(Position(position), stored.value())?;
-        Ok((event.id == id).then_some(position))
+        let event = self.event_at(tables, position)?;
+        Ok(event.is_some_and(|e| e.id == id).then_some(position))
+    }
+
+    /// The event at `position`: in the chunk this group is filling, or stored.
+    fn event_at(
+        &self,
+        tables: &Tables<'_>,
+        position: u64,
+    ) -> Result<Option<RecordedEvent>, LogError> {
+        if let Some(bytes) = self.chunk.get(position)? {
+            return codec::decode(Position(position), bytes).map(Some);
+        }
+        match chunk::chunk_at(&tables.chunks, position)? {
+            Some((first, stored)) => chunk::Chunk::new(first, stored.value())?
+                .get(position)?
+                .map(|bytes| codec::decode(Position(position), bytes))
+                .transpose(),
+            None => Ok(None),
+        }
     }
 
     /// The stream's id and current version: from what is pending (this request,
@@ -538,12 +596,8 @@ impl Writer {
         let Some(id) = tables.streams.get(name)?.map(|g| g.value()) else {
             return Ok(None);
         };
-        let version = tables
-            .index
-            .range((id, 0)..=(id, u64::MAX))?
-            .next_back()
-            .transpose()?
-            .map(|(key, _)| key.value().1)
+        let version = runs::last_run(&tables.runs, id)?
+            .map(|r| r.last_version())
             .ok_or_else(|| LogError::Corrupt(format!("stream {name} has an id but no events")))?;
         // Not touched by the pending group, so this is committed truth.
         let head = StreamHead { id, version };

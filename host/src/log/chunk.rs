@@ -1,0 +1,324 @@
+//! Chunks: how events are laid out in the `event_chunks` table.
+//!
+//! One table entry holds a run of consecutive events, keyed by the position
+//! of its first one, instead of one entry per event. The writer fills a chunk
+//! with the events of a group commit up to [`CHUNK_BYTES`], so a batch of 100
+//! events costs one or a few B-tree inserts instead of 100, and 1 KB events
+//! fill redb's pages instead of leaving a fifth of each empty (DESIGN §6,
+//! storage). An event bigger than that gets a chunk of its own.
+//!
+//! ```text
+//! u32 count
+//! count × (u32 length, encoded event (`codec`))
+//! ```
+//! Integers are little-endian.
+
+use std::ops::Range;
+
+use redb::{AccessGuard, ReadableTable, Table};
+
+use super::{LogError, Position};
+
+/// Most bytes a chunk of several events holds: just under 32 KiB, so that a
+/// full chunk fills a 32 KiB redb page of its own (redb gives an entry
+/// bigger than a 4 KiB page a page of the next power of two).
+pub const CHUNK_BYTES: usize = (32 << 10) - 64;
+
+const COUNT: usize = 4;
+const LENGTH: usize = 4;
+
+/// A chunk being filled by the writer, not yet in the table.
+#[derive(Default)]
+pub struct ChunkBuilder {
+    buf: Vec<u8>,
+    first: u64,
+    count: u32,
+}
+
+impl ChunkBuilder {
+    /// Empties the builder; the next event pushed is at `first`.
+    pub fn start(&mut self, first: u64) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; COUNT]);
+        self.first = first;
+        self.count = 0;
+    }
+
+    /// Whether no event was pushed since [`Self::start`].
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether an event of `len` encoded bytes no longer fits. An empty
+    /// chunk takes any event.
+    pub fn is_full_for(&self, len: usize) -> bool {
+        !self.is_empty() && self.buf.len() + LENGTH + len > CHUNK_BYTES
+    }
+
+    /// Position the next pushed event gets.
+    pub fn next_position(&self) -> u64 {
+        self.first + u64::from(self.count)
+    }
+
+    /// Appends one event of `len` encoded bytes that `encode` writes, first
+    /// storing the chunk in `table` and starting the next one when the event
+    /// does not fit. Answers where the event's bytes are.
+    pub fn append(
+        &mut self,
+        table: &mut Table<'_, u64, &'static [u8]>,
+        len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Range<usize>, LogError> {
+        if self.is_full_for(len) {
+            self.flush(table)?;
+        }
+        Ok(self.push(encode))
+    }
+
+    /// Stores what the chunk holds in `table` and starts the next one.
+    pub fn flush(&mut self, table: &mut Table<'_, u64, &'static [u8]>) -> Result<(), LogError> {
+        if !self.is_empty() {
+            table.insert(self.first, self.buf.as_slice())?;
+            self.start(self.next_position());
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; LENGTH]);
+        encode(&mut self.buf);
+        let len = (self.buf.len() - at - LENGTH) as u32;
+        self.buf[at..at + LENGTH].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+        self.buf[..COUNT].copy_from_slice(&self.count.to_le_bytes());
+        at + LENGTH..self.buf.len()
+    }
+
+    /// The bytes of a pushed event.
+    pub fn bytes_of(&self, range: Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// The chunk as the table stores it.
+    #[cfg(test)]
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The encoded event at `position`, if this chunk holds it.
+    pub fn get(&self, position: u64) -> Result<Option<&[u8]>, LogError> {
+        Chunk::new(self.first, &self.buf)?.get(position)
+    }
+}
+
+/// A stored chunk, read.
+#[derive(Clone, Copy)]
+pub struct Chunk<'a> {
+    first: u64,
+    count: u64,
+    /// The events, after the count.
+    body: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk stored under `first`.
+    pub fn new(first: u64, bytes: &'a [u8]) -> Result<Self, LogError> {
+        let count = bytes
+            .get(..COUNT)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| corrupt(first))?;
+        Ok(Self {
+            first,
+            count: u64::from(count),
+            body: &bytes[COUNT..],
+        })
+    }
+
+    /// Position of its last event.
+    pub fn last(&self) -> u64 {
+        self.first + self.count.saturating_sub(1)
+    }
+
+    /// Whether it holds the event at `position`.
+    pub fn holds(&self, position: u64) -> bool {
+        position >= self.first && position - self.first < self.count
+    }
+
+    /// Its events from `from` on, with their positions.
+    pub fn events_from(self, from: u64) -> ChunkEvents<'a> {
+        ChunkEvents {
+            chunk: self,
+            index: 0,
+            rest: self.body,
+            from,
+        }
+    }
+
+    /// The encoded event at `position`, if it holds it.
+    pub fn get(self, position: u64) -> Result<Option<&'a [u8]>, LogError> {
+        if !self.holds(position) {
+            return Ok(None);
+        }
+        self.events_from(position)
+            .next()
+            .transpose()
+            .map(|found| found.map(|(_, bytes)| bytes))
+    }
+}
+
+/// The events of a chunk from a position on.
+pub struct ChunkEvents<'a> {
+    chunk: Chunk<'a>,
+    index: u64,
+    rest: &'a [u8],
+    from: u64,
+}
+
+impl<'a> Iterator for ChunkEvents<'a> {
+    type Item = Result<(Position, &'a [u8]), LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.index == self.chunk.count {
+                let trailing = !self.rest.is_empty();
+                self.rest = &[];
+                return trailing.then(|| Err(corrupt(self.chunk.first)));
+            }
+            let position = self.chunk.first + self.index;
+            let Some(len) = self.rest.get(..LENGTH) else {
+                return Some(Err(corrupt(self.chunk.first)));
+            };
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let Some(bytes) = self.rest.get(LENGTH..LENGTH + len) else {
+                self.index = self.chunk.count;
+                self.rest = &[];
+                return Some(Err(corrupt(self.chunk.first)));
+            };
+            self.rest = &self.rest[LENGTH + len..];
+            self.index += 1;
+            if position >= self.from {
+                return Some(Ok((Position(position), bytes)));
+            }
+        }
+    }
+}
+
+fn corrupt(first: u64) -> LogError {
+    LogError::Corrupt(format!("the chunk of events from {first} is truncated"))
+}
+
+/// The stored chunk that holds `position`, with the key it is stored under.
+pub fn chunk_at<'t>(
+    table: &'t impl ReadableTable<u64, &'static [u8]>,
+    position: u64,
+) -> Result<Option<(u64, AccessGuard<'t, &'static [u8]>)>, LogError> {
+    let Some(entry) = table.range(..=position)?.next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = entry?;
+    let first = key.value();
+    Ok(Chunk::new(first, value.value())?
+        .holds(position)
+        .then_some((first, value)))
+}
+
+/// The last position a chunk table holds (0 when empty).
+pub fn last_position(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, LogError> {
+    match table.last()? {
+        Some((key, value)) => Ok(Chunk::new(key.value(), value.value())?.last()),
+        None => Ok(0),
+    }
+}
+
+/// Looks events up by position, keeping the last chunk it read: events read
+/// in order mostly come from the same chunk.
+pub struct ChunkCursor<'t, T> {
+    table: &'t T,
+    current: Option<(u64, AccessGuard<'t, &'static [u8]>)>,
+}
+
+impl<'t, T: ReadableTable<u64, &'static [u8]>> ChunkCursor<'t, T> {
+    /// A cursor over `table`.
+    pub fn new(table: &'t T) -> Self {
+        Self {
+            table,
+            current: None,
+        }
+    }
+
+    /// The encoded event at `position`, if the table holds it.
+    pub fn get(&mut self, position: u64) -> Result<Option<&[u8]>, LogError> {
+        let cached = match &self.current {
+            Some((first, guard)) => Chunk::new(*first, guard.value())?.holds(position),
+            None => false,
+        };
+        if !cached {
+            self.current = chunk_at(self.table, position)?;
+        }
+        match &self.current {
+            Some((first, guard)) => Chunk::new(*first, guard.value())?.get(position),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder(first: u64, events: &[&[u8]]) -> ChunkBuilder {
+        let mut chunk = ChunkBuilder::default();
+        chunk.start(first);
+        for event in events {
+            chunk.push(|buf| buf.extend_from_slice(event));
+        }
+        chunk
+    }
+
+    #[test]
+    fn events_come_back_by_position() {
+        let chunk = builder(10, &[b"a", b"", b"ccc"]);
+        assert_eq!(chunk.next_position(), 13);
+        let read = Chunk::new(10, chunk.bytes()).unwrap();
+        assert_eq!(read.last(), 12);
+        let all: Vec<_> = read.events_from(0).map(Result::unwrap).collect();
+        assert_eq!(
+            all,
+            vec![
+                (Position(10), &b"a"[..]),
+                (Position(11), &b""[..]),
+                (Position(12), &b"ccc"[..])
+            ]
+        );
+        assert_eq!(read.events_from(12).count(), 1);
+        assert_eq!(read.get(11).unwrap(), Some(&b""[..]));
+        assert_eq!(read.get(13).unwrap(), None);
+        assert_eq!(read.get(9).unwrap(), None);
+        assert_eq!(chunk.get(12).unwrap(), Some(&b"ccc"[..]));
+    }
+
+    #[test]
+    fn a_chunk_fills_up_to_its_size_but_takes_one_big_event() {
+        let mut chunk = ChunkBuilder::default();
+        chunk.start(1);
+        assert!(!chunk.is_full_for(CHUNK_BYTES * 4));
+        chunk.push(|buf| buf.resize(buf.len() + 1000, 7));
+        assert!(!chunk.is_full_for(CHUNK_BYTES - 1000 - 3 * LENGTH));
+        assert!(chunk.is_full_for(CHUNK_BYTES - 1000));
+    }
+
+    #[test]
+    fn truncation_is_corruption_not_a_panic() {
+        let chunk = builder(1, &[b"first", b"second"]);
+        let bytes = chunk.bytes();
+        for len in 0..bytes.len() {
+            let read = Chunk::new(1, &bytes[..len]);
+            let failed = match read {
+                Err(_) => true,
+                Ok(read) => read.events_from(0).any(|e| e.is_err()),
+            };
+            assert!(failed, "{len} bytes read as a whole chunk");
+        }
+    }
+}

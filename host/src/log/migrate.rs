@@ -1,0 +1,237 @@
+//! Brings a log written by an older eventfold to the current table format
+//! (`tables`), once, when it is opened.
+//!
+//! Format 1 (eventfold before chunks) kept one `events` entry per event and
+//! one `stream_index` entry, (stream id, version) → position, per event.
+//! Format 2 packs events into chunks and indexes streams by runs. The event
+//! encoding (`codec`), the stream ids, the id index and the meta table are the
+//! same in both, so migrating copies bytes without decoding them. It runs in
+//! the writer's opening transaction: it happens whole or not at all.
+
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction};
+
+use super::LogError;
+use super::chunk::ChunkBuilder;
+use super::runs::Run;
+use super::tables::{CURRENT_FORMAT, EVENT_CHUNKS, FORMAT, META, STREAM_RUNS};
+
+/// Format 1's events by position.
+const EVENTS_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Format 1's (stream id, version) → position.
+const STREAM_INDEX_V1: TableDefinition<(u64, u64), u64> = TableDefinition::new("stream_index");
+
+/// How often a long migration reports progress.
+const REPORT_EVERY: u64 = 1_000_000;
+
+/// Migrates the tables to [`CURRENT_FORMAT`] if they are older; marks a new log.
+pub fn to_current(txn: &WriteTransaction) -> Result<(), LogError> {
+    let format = txn.open_table(META)?.get(FORMAT)?.map(|g| g.value());
+    match format {
+        Some(CURRENT_FORMAT) => return Ok(()),
+        Some(other) => return Err(LogError::UnsupportedFormat(other)),
+        None => {}
+    }
+    let has_v1 = txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name());
+    if has_v1 {
+        from_v1(txn)?;
+    }
+    txn.open_table(META)?.insert(FORMAT, CURRENT_FORMAT)?;
+    Ok(())
+}
+
+fn from_v1(txn: &WriteTransaction) -> Result<(), LogError> {
+    let started = std::time::Instant::now();
+    let total = {
+        let old = txn.open_table(EVENTS_V1)?;
+        let mut chunks = txn.open_table(EVENT_CHUNKS)?;
+        let total = old.len()?;
+        tracing::info!("migrating the log's {total} events to format {CURRENT_FORMAT} (chunks)");
+        let mut chunk = ChunkBuilder::default();
+        chunk.start(1);
+        for (done, entry) in old.iter()?.enumerate() {
+            let (key, value) = entry?;
+            let bytes = value.value();
+            if key.value() != chunk.next_position() {
+                return Err(LogError::Corrupt(format!(
+                    "format 1 log jumps from event {} to {}",
+                    chunk.next_position() - 1,
+                    key.value()
+                )));
+            }
+            chunk.append(&mut chunks, bytes.len(), |buf| buf.extend_from_slice(bytes))?;
+            if (done as u64 + 1) % REPORT_EVERY == 0 {
+                tracing::info!("migrated {} of {total} events", done as u64 + 1);
+            }
+        }
+        chunk.flush(&mut chunks)?;
+
+        let index = txn.open_table(STREAM_INDEX_V1)?;
+        let mut runs = txn.open_table(STREAM_RUNS)?;
+        let mut current: Option<(u64, Run)> = None;
+        for entry in index.iter()? {
+            let (key, value) = entry?;
+            let ((stream, version), position) = (key.value(), value.value());
+            match &mut current {
+                Some((s, run))
+                    if *s == stream
+                        && version == run.version + run.count
+                        && position == run.position + run.count =>
+                {
+                    run.count += 1;
+                }
+                _ => {
+                    if let Some((s, run)) = current.take() {
+                        runs.insert((s, run.version), (run.position, run.count))?;
+                    }
+                    current = Some((
+                        stream,
+                        Run {
+                            version,
+                            position,
+                            count: 1,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((s, run)) = current {
+            runs.insert((s, run.version), (run.position, run.count))?;
+        }
+        total
+    };
+    txn.delete_table(EVENTS_V1)?;
+    txn.delete_table(STREAM_INDEX_V1)?;
+    tracing::info!(
+        "migrated {total} events to format {CURRENT_FORMAT} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::Database;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::log::codec::EncodeEvent;
+    use crate::log::reader::{self, Direction, EventFilter};
+    use crate::log::tables::STREAMS;
+    use crate::log::{Position, RecordedEvent};
+
+    /// A format 1 log as the eventfold before chunks wrote it: events of
+    /// three streams, appended in runs of 1 to 7, some bigger than a chunk.
+    fn write_v1(db: &Database) -> Vec<RecordedEvent> {
+        let txn = db.begin_write().unwrap();
+        let mut written = Vec::new();
+        {
+            let mut events = txn.open_table(EVENTS_V1).unwrap();
+            let mut index = txn.open_table(STREAM_INDEX_V1).unwrap();
+            let mut streams = txn.open_table(STREAMS).unwrap();
+            let mut versions = [0u64; 3];
+            let mut position = 1;
+            for append in 0..300u64 {
+                let stream = (append * 7 % 3) as usize;
+                let name = format!("s-{stream}");
+                if versions[stream] == 0 {
+                    streams.insert(name.as_str(), stream as u64).unwrap();
+                }
+                for _ in 0..(append % 7 + 1) {
+                    let size = if position % 97 == 0 { 40_000 } else { 150 };
+                    let event = RecordedEvent {
+                        position: Position(position),
+                        stream: name.clone(),
+                        version: versions[stream],
+                        event_type: "Happened".into(),
+                        id: Uuid::now_v7(),
+                        data: vec![b'7'; size],
+                        metadata: b"{}".to_vec(),
+                        recorded_at: position,
+                    };
+                    let mut buf = Vec::new();
+                    EncodeEvent {
+                        stream: &event.stream,
+                        version: event.version,
+                        recorded_at: event.recorded_at,
+                        id: event.id,
+                        event_type: &event.event_type,
+                        metadata: &event.metadata,
+                        data: &event.data,
+                    }
+                    .encode(&mut buf);
+                    events.insert(position, buf.as_slice()).unwrap();
+                    index
+                        .insert((stream as u64, versions[stream]), position)
+                        .unwrap();
+                    versions[stream] += 1;
+                    position += 1;
+                    written.push(event);
+                }
+            }
+        }
+        txn.commit().unwrap();
+        written
+    }
+
+    #[test]
+    fn a_format_1_log_reads_the_same_after_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("log.redb")).unwrap();
+        let written = write_v1(&db);
+
+        let txn = db.begin_write().unwrap();
+        to_current(&txn).unwrap();
+        txn.commit().unwrap();
+        let names: Vec<String> = db
+            .begin_write()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(!names.contains(&"events".to_owned()), "{names:?}");
+        assert!(!names.contains(&"stream_index".to_owned()), "{names:?}");
+
+        let all = EventFilter::default();
+        let page = reader::read_log(&db, Position(0), usize::MAX, &all, usize::MAX).unwrap();
+        assert_eq!(page.head, Position(written.len() as u64));
+        assert_eq!(page.events, written);
+        let page = reader::read_log(&db, Position(500), 10, &all, usize::MAX).unwrap();
+        assert_eq!(page.events, written[499..509]);
+
+        for stream in ["s-0", "s-1", "s-2"] {
+            let expected: Vec<&RecordedEvent> =
+                written.iter().filter(|e| e.stream == stream).collect();
+            let page = reader::read_stream(&db, stream, None, usize::MAX, Direction::Forward)
+                .unwrap()
+                .unwrap();
+            assert_eq!(page.events.iter().collect::<Vec<_>>(), expected);
+            assert_eq!(page.stream_version, expected.len() as u64 - 1);
+            let page = reader::read_stream(&db, stream, Some(100), 5, Direction::Backward)
+                .unwrap()
+                .unwrap();
+            let versions: Vec<u64> = page.events.iter().map(|e| e.version).collect();
+            assert_eq!(versions, vec![100, 99, 98, 97, 96]);
+            assert_eq!(page.next, Some(95));
+        }
+
+        // Opening it again finds it current and changes nothing.
+        let txn = db.begin_write().unwrap();
+        to_current(&txn).unwrap();
+        txn.commit().unwrap();
+        let page = reader::read_log(&db, Position(0), usize::MAX, &all, usize::MAX).unwrap();
+        assert_eq!(page.events, written);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("log.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(FORMAT, 3).unwrap();
+        assert!(matches!(
+            to_current(&txn),
+            Err(LogError::UnsupportedFormat(3))
+        ));
+    }
+}
