@@ -133,19 +133,31 @@ async fn appends_held_only_by_the_write_ahead_log_are_recovered() {
             .await;
         assert_eq!(status, StatusCode::CREATED);
     }
+    // One append bigger than a chunk of the log (32 KiB): several chunks.
+    let big: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "Big", "data": {"i": i, "text": "x".repeat(300)}}))
+        .collect();
+    let (status, body) = server.append("wal-1", json!(14), Value::Array(big)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let before = server.read_all().await;
+    let streams_before = read_streams(&server, &["wal-0", "wal-1", "wal-2"]).await;
     server.kill9();
 
     let mut server = Server::start_in(dir.path(), &args).await;
     assert_eq!(server.read_all().await, before);
+    // Stream reads go through the stream index rebuilt from the WAL.
+    assert_eq!(
+        read_streams(&server, &["wal-0", "wal-1", "wal-2"]).await,
+        streams_before
+    );
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
-    assert!(log.contains("recovered events 1 to 50"), "{log}");
+    assert!(log.contains("recovered events 1 to 250"), "{log}");
     // Stream heads were rebuilt: expected versions hold where they left off.
     let (status, body) = server
         .append("wal-0", json!(19), crate::harness::events("E", 2))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["first_position"], 51);
+    assert_eq!(body["first_position"], 251);
     // A second crash: the WAL was restarted at its beginning after recovery,
     // and records left from before must not come back.
     let (status, _) = server
@@ -162,4 +174,21 @@ async fn appends_held_only_by_the_write_ahead_log_are_recovered() {
     assert_eq!(server.read_all().await, before);
     let (_, page) = server.get("/streams/wal-new").await;
     assert_eq!(page["stream_version"], 0);
+}
+
+/// Each stream read whole, forward and backward, as the server answers it.
+async fn read_streams(server: &Server, streams: &[&str]) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for stream in streams {
+        let (_, forward) = server.get(&format!("/streams/{stream}?limit=1000")).await;
+        let (_, backward) = server
+            .get(&format!("/streams/{stream}?direction=backward&limit=1000"))
+            .await;
+        assert!(
+            forward["events"].as_array().is_some_and(|e| !e.is_empty()),
+            "{forward}"
+        );
+        out.push((forward, backward));
+    }
+    out
 }

@@ -99,6 +99,7 @@ impl From<LogError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
                     .with("id", id.to_string())
             }
+            LogError::NoEvents(_) => ApiError::bad_request("no_events", message),
             LogError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }

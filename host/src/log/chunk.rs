@@ -127,6 +127,7 @@ impl<'a> Chunk<'a> {
         let count = bytes
             .get(..COUNT)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .filter(|&count| count > 0 && first.checked_add(u64::from(count)).is_some())
             .ok_or_else(|| corrupt(first))?;
         Ok(Self {
             first,
@@ -137,7 +138,7 @@ impl<'a> Chunk<'a> {
 
     /// Position of its last event.
     pub fn last(&self) -> u64 {
-        self.first + self.count.saturating_sub(1)
+        self.first + self.count - 1
     }
 
     /// Whether it holds the event at `position`.
@@ -186,16 +187,18 @@ impl<'a> Iterator for ChunkEvents<'a> {
                 return trailing.then(|| Err(corrupt(self.chunk.first)));
             }
             let position = self.chunk.first + self.index;
-            let Some(len) = self.rest.get(..LENGTH) else {
-                return Some(Err(corrupt(self.chunk.first)));
-            };
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            let Some(bytes) = self.rest.get(LENGTH..LENGTH + len) else {
+            let Some(bytes) = self
+                .rest
+                .get(..LENGTH)
+                .map(|len| u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize)
+                .and_then(|len| self.rest.get(LENGTH..LENGTH + len))
+            else {
+                // Nothing after this can be trusted: end here.
                 self.index = self.chunk.count;
                 self.rest = &[];
                 return Some(Err(corrupt(self.chunk.first)));
             };
-            self.rest = &self.rest[LENGTH + len..];
+            self.rest = &self.rest[LENGTH + bytes.len()..];
             self.index += 1;
             if position >= self.from {
                 return Some(Ok((Position(position), bytes)));
@@ -205,7 +208,9 @@ impl<'a> Iterator for ChunkEvents<'a> {
 }
 
 fn corrupt(first: u64) -> LogError {
-    LogError::Corrupt(format!("the chunk of events from {first} is truncated"))
+    LogError::Corrupt(format!(
+        "the chunk of events from {first} is truncated or malformed"
+    ))
 }
 
 /// The stored chunk that holds `position`, with the key it is stored under.
@@ -231,11 +236,19 @@ pub fn last_position(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u
     }
 }
 
-/// Looks events up by position, keeping the last chunk it read: events read
-/// in order mostly come from the same chunk.
+/// Looks events up by position, keeping the last chunk it read and where
+/// each of its events starts: events read in order mostly come from the same
+/// chunk, and then each costs no B-tree lookup and no scan.
 pub struct ChunkCursor<'t, T> {
     table: &'t T,
-    current: Option<(u64, AccessGuard<'t, &'static [u8]>)>,
+    current: Option<Loaded<'t>>,
+}
+
+struct Loaded<'t> {
+    first: u64,
+    guard: AccessGuard<'t, &'static [u8]>,
+    /// Byte range of each event in the stored value.
+    events: Vec<Range<usize>>,
 }
 
 impl<'t, T: ReadableTable<u64, &'static [u8]>> ChunkCursor<'t, T> {
@@ -249,17 +262,36 @@ impl<'t, T: ReadableTable<u64, &'static [u8]>> ChunkCursor<'t, T> {
 
     /// The encoded event at `position`, if the table holds it.
     pub fn get(&mut self, position: u64) -> Result<Option<&[u8]>, LogError> {
-        let cached = match &self.current {
-            Some((first, guard)) => Chunk::new(*first, guard.value())?.holds(position),
-            None => false,
-        };
+        let cached = self
+            .current
+            .as_ref()
+            .is_some_and(|c| position >= c.first && position - c.first < c.events.len() as u64);
         if !cached {
-            self.current = chunk_at(self.table, position)?;
+            self.current = None;
+            let Some((first, guard)) = chunk_at(self.table, position)? else {
+                return Ok(None);
+            };
+            let bytes = guard.value();
+            let base = bytes.as_ptr() as usize;
+            let events = Chunk::new(first, bytes)?
+                .events_from(first)
+                .map(|e| {
+                    e.map(|(_, event)| {
+                        let start = event.as_ptr() as usize - base;
+                        start..start + event.len()
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            self.current = Some(Loaded {
+                first,
+                guard,
+                events,
+            });
         }
-        match &self.current {
-            Some((first, guard)) => Chunk::new(*first, guard.value())?.get(position),
-            None => Ok(None),
-        }
+        Ok(self.current.as_ref().map(|c| {
+            let range = c.events[(position - c.first) as usize].clone();
+            &c.guard.value()[range]
+        }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The binary form of an event in the `events` table.
+//! The binary form of one event, as chunks (`chunk`) and the write-ahead
+//! log hold it.
 //!
 //! ```text
 //! u8  format (1)
@@ -9,7 +10,8 @@
 //! u32 metadata length, metadata bytes
 //! data bytes (the rest)
 //! ```
-//! Integers are little-endian. The position is the table key, not stored here.
+//! Integers are little-endian. The position is not stored here: it follows
+//! from where the event is in its chunk.
 
 use uuid::Uuid;
 

@@ -39,6 +39,9 @@ pub enum LogError {
          no event in the log: give events ids of your own (UUIDv7 or v4), or none"
     )]
     ReservedId(uuid::Uuid),
+    /// An append without events.
+    #[error("the append to stream {0} has no events: an append holds at least one")]
+    NoEvents(String),
     /// One request names the same event id twice.
     #[error("event id {0} appears more than once in the request")]
     DuplicateId(uuid::Uuid),
@@ -53,8 +56,8 @@ pub enum LogError {
     CommitFailed(String),
     /// The log's tables are in a format this eventfold does not know.
     #[error(
-        "the log's tables are in format {0}, newer than this eventfold reads (formats 1 and 2): \
-         run a newer eventfold"
+        "the log's tables are in format {0}, which this eventfold does not read (it reads \
+         formats 1 and 2; a newer format needs a newer eventfold)"
     )]
     UnsupportedFormat(u64),
     /// A file-system operation on the data directory failed.

@@ -12,7 +12,7 @@ use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, W
 
 use super::LogError;
 use super::chunk::ChunkBuilder;
-use super::runs::Run;
+use super::runs::RunBuilder;
 use super::tables::{CURRENT_FORMAT, EVENT_CHUNKS, FORMAT, META, STREAM_RUNS};
 
 /// Format 1's events by position.
@@ -26,12 +26,19 @@ const REPORT_EVERY: u64 = 1_000_000;
 /// Migrates the tables to [`CURRENT_FORMAT`] if they are older; marks a new log.
 pub fn to_current(txn: &WriteTransaction) -> Result<(), LogError> {
     let format = txn.open_table(META)?.get(FORMAT)?.map(|g| g.value());
+    let has_v1 = txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name());
     match format {
+        Some(CURRENT_FORMAT) if has_v1 && !txn.open_table(EVENTS_V1)?.is_empty()? => {
+            return Err(LogError::Corrupt(
+                "an eventfold older than format 2 appended to this format 2 log: its events \
+                 are in the format 1 table, which this eventfold does not read"
+                    .into(),
+            ));
+        }
         Some(CURRENT_FORMAT) => return Ok(()),
         Some(other) => return Err(LogError::UnsupportedFormat(other)),
         None => {}
     }
-    let has_v1 = txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name());
     if has_v1 {
         from_v1(txn)?;
     }
@@ -67,36 +74,13 @@ fn from_v1(txn: &WriteTransaction) -> Result<(), LogError> {
 
         let index = txn.open_table(STREAM_INDEX_V1)?;
         let mut runs = txn.open_table(STREAM_RUNS)?;
-        let mut current: Option<(u64, Run)> = None;
+        let mut builder = RunBuilder::default();
         for entry in index.iter()? {
             let (key, value) = entry?;
-            let ((stream, version), position) = (key.value(), value.value());
-            match &mut current {
-                Some((s, run))
-                    if *s == stream
-                        && version == run.version + run.count
-                        && position == run.position + run.count =>
-                {
-                    run.count += 1;
-                }
-                _ => {
-                    if let Some((s, run)) = current.take() {
-                        runs.insert((s, run.version), (run.position, run.count))?;
-                    }
-                    current = Some((
-                        stream,
-                        Run {
-                            version,
-                            position,
-                            count: 1,
-                        },
-                    ));
-                }
-            }
+            let (stream, version) = key.value();
+            builder.push(&mut runs, stream, version, value.value())?;
         }
-        if let Some((s, run)) = current {
-            runs.insert((s, run.version), (run.position, run.count))?;
-        }
+        builder.finish(&mut runs)?;
         total
     };
     txn.delete_table(EVENTS_V1)?;
@@ -115,9 +99,12 @@ mod tests {
 
     use super::*;
     use crate::log::codec::EncodeEvent;
-    use crate::log::reader::{self, Direction, EventFilter};
     use crate::log::tables::STREAMS;
-    use crate::log::{Position, RecordedEvent};
+    use crate::log::{
+        Direction, EventFilter, EventLog, EventType, ExpectedVersion, LOG_FILE, NewEvent, Position,
+        RecordedEvent, StreamAppend, StreamName,
+    };
+    use crate::metrics::Metrics;
 
     /// A format 1 log as the eventfold before chunks wrote it: events of
     /// three streams, appended in runs of 1 to 7, some bigger than a chunk.
@@ -173,41 +160,37 @@ mod tests {
         written
     }
 
-    #[test]
-    fn a_format_1_log_reads_the_same_after_migration() {
+    #[tokio::test]
+    async fn a_format_1_log_reads_the_same_after_migration_and_takes_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("log.redb")).unwrap();
-        let written = write_v1(&db);
-
-        let txn = db.begin_write().unwrap();
-        to_current(&txn).unwrap();
-        txn.commit().unwrap();
-        let names: Vec<String> = db
-            .begin_write()
-            .unwrap()
-            .list_tables()
-            .unwrap()
-            .map(|t| t.name().to_owned())
-            .collect();
-        assert!(!names.contains(&"events".to_owned()), "{names:?}");
-        assert!(!names.contains(&"stream_index".to_owned()), "{names:?}");
+        let written = {
+            let db = Database::create(dir.path().join(LOG_FILE)).unwrap();
+            write_v1(&db)
+        };
+        let log = EventLog::open(dir.path(), Metrics::new()).unwrap();
 
         let all = EventFilter::default();
-        let page = reader::read_log(&db, Position(0), usize::MAX, &all, usize::MAX).unwrap();
+        let page = log
+            .read_log_blocking(Position(0), usize::MAX, &all)
+            .unwrap();
         assert_eq!(page.head, Position(written.len() as u64));
         assert_eq!(page.events, written);
-        let page = reader::read_log(&db, Position(500), 10, &all, usize::MAX).unwrap();
+        let page = log.read_log_blocking(Position(500), 10, &all).unwrap();
         assert_eq!(page.events, written[499..509]);
-
         for stream in ["s-0", "s-1", "s-2"] {
             let expected: Vec<&RecordedEvent> =
                 written.iter().filter(|e| e.stream == stream).collect();
-            let page = reader::read_stream(&db, stream, None, usize::MAX, Direction::Forward)
+            let name = StreamName::new(stream).unwrap();
+            let page = log
+                .read_stream(name.clone(), None, usize::MAX, Direction::Forward)
+                .await
                 .unwrap()
                 .unwrap();
             assert_eq!(page.events.iter().collect::<Vec<_>>(), expected);
             assert_eq!(page.stream_version, expected.len() as u64 - 1);
-            let page = reader::read_stream(&db, stream, Some(100), 5, Direction::Backward)
+            let page = log
+                .read_stream(name, Some(100), 5, Direction::Backward)
+                .await
                 .unwrap()
                 .unwrap();
             let versions: Vec<u64> = page.events.iter().map(|e| e.version).collect();
@@ -215,12 +198,34 @@ mod tests {
             assert_eq!(page.next, Some(95));
         }
 
+        // The migrated log takes appends where the old one left off.
+        let s0 = written.iter().filter(|e| e.stream == "s-0").count() as u64;
+        let outcome = log
+            .append(StreamAppend {
+                stream: StreamName::new("s-0").unwrap(),
+                expected_version: ExpectedVersion::Exact(s0 - 1),
+                events: vec![NewEvent {
+                    id: None,
+                    event_type: EventType::new("After").unwrap(),
+                    data: b"{}".to_vec(),
+                    metadata: b"{}".to_vec(),
+                }],
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome.first_position, Position(written.len() as u64 + 1));
+        assert_eq!(outcome.next_expected_version, s0);
+        log.shutdown().await;
+        drop(log);
+
         // Opening it again finds it current and changes nothing.
-        let txn = db.begin_write().unwrap();
-        to_current(&txn).unwrap();
-        txn.commit().unwrap();
-        let page = reader::read_log(&db, Position(0), usize::MAX, &all, usize::MAX).unwrap();
-        assert_eq!(page.events, written);
+        let log = EventLog::open(dir.path(), Metrics::new()).unwrap();
+        let page = log
+            .read_log_blocking(Position(0), usize::MAX, &all)
+            .unwrap();
+        assert_eq!(page.events[..written.len()], written);
+        assert_eq!(page.events.len(), written.len() + 1);
+        log.shutdown().await;
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl EventLog {
         &self,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<AppendOutcome>, LogError> {
-        writer::check_unique_ids(&appends)?;
+        writer::check_request(&appends)?;
         if appends.is_empty() {
             return Ok(Vec::new());
         }

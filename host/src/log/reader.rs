@@ -118,9 +118,7 @@ pub fn read_stream(
     };
     let index = txn.open_table(STREAM_RUNS)?;
     let chunks = txn.open_table(EVENT_CHUNKS)?;
-    let stream_version = runs::last_run(&index, id)?
-        .map(|r| r.last_version())
-        .ok_or_else(|| LogError::Corrupt(format!("stream {stream} has an id but no events")))?;
+    let stream_version = runs::head(&index, id, stream)?;
 
     // One more than the limit is taken to learn where the next page starts.
     let take = limit.saturating_add(1);

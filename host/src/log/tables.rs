@@ -8,7 +8,7 @@
 //!   so that the stream index is keyed by two integers instead of a string.
 //! - `stream_runs`: (stream id, version of a run's first event) → (its
 //!   position, how many events). One append writes one run: its events have
-//!   consecutive versions and positions. A stream's current version follows
+//!   consecutive versions and positions (`runs`). A stream's current version follows
 //!   from its last run; the writer caches it in memory.
 //! - `event_ids`: client-supplied event id (UUID as u128) → position, for
 //!   idempotent retries. Time-ordered ids (UUIDv7) keep it append-mostly. Ids

@@ -20,10 +20,10 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::chunk::{self, ChunkBuilder};
+use super::chunk::{self, ChunkBuilder, ChunkCursor};
 use super::codec::{self, EncodeEvent};
 use super::ids::GeneratedIds;
-use super::runs::{self, Run};
+use super::runs::{self, Run, RunBuilder};
 use super::tables::{EVENT_CHUNKS, EVENT_IDS, GENERATED_ID_TAG, META, STREAM_RUNS, STREAMS};
 use super::wal::{self, RecordBuilder, Wal, WalEvent, WalRecord};
 use super::{AppendOutcome, LogError, LogOptions, Position, StreamAppend};
@@ -115,12 +115,6 @@ impl<'txn> Tables<'txn> {
             ids: txn.open_table(EVENT_IDS)?,
         })
     }
-
-    fn insert_run(&mut self, stream: u64, run: Run) -> Result<(), LogError> {
-        self.runs
-            .insert((stream, run.version), (run.position, run.count))?;
-        Ok(())
-    }
 }
 
 /// Re-applies the WAL's groups that redb's durable state does not hold yet
@@ -145,8 +139,7 @@ fn replay(
             )));
         }
         chunk.start(first);
-        // The runs of this group: consecutive versions of one stream.
-        let mut run: Option<(u64, Run)> = None;
+        let mut runs = RunBuilder::default();
         for (i, (stream_id, encoded)) in record.events.into_iter().enumerate() {
             let position = first + i as u64;
             let event = codec::decode(Position(position), &encoded)?;
@@ -156,29 +149,12 @@ fn replay(
             chunk.append(&mut tables.chunks, encoded.len(), |buf| {
                 buf.extend_from_slice(&encoded)
             })?;
-            match &mut run {
-                Some((s, r)) if *s == stream_id && event.version == r.version + r.count => {
-                    r.count += 1;
-                }
-                _ => {
-                    if let Some((s, r)) = run.take() {
-                        tables.insert_run(s, r)?;
-                    }
-                    let r = Run {
-                        version: event.version,
-                        position,
-                        count: 1,
-                    };
-                    run = Some((stream_id, r));
-                }
-            }
+            runs.push(&mut tables.runs, stream_id, event.version, position)?;
             if generated.position(event.id) != Some(position) {
                 tables.ids.insert(event.id.as_u128(), position)?;
             }
         }
-        if let Some((s, r)) = run {
-            tables.insert_run(s, r)?;
-        }
+        runs.finish(&mut tables.runs)?;
         chunk.flush(&mut tables.chunks)?;
         last = first + count - 1;
     }
@@ -461,6 +437,7 @@ impl Writer {
             }
             for (i, event) in append.events.iter().enumerate() {
                 let position = first_position + i as u64;
+                debug_assert_eq!(self.chunk.next_position(), position);
                 let id = event.id.unwrap_or_else(|| self.generated.id(position));
                 let encode = EncodeEvent {
                     stream: name,
@@ -492,7 +469,7 @@ impl Writer {
                 position: first_position,
                 count: append.events.len() as u64,
             };
-            tables.insert_run(stream_id, run)?;
+            runs::insert(&mut tables.runs, stream_id, run)?;
         }
         group.heads.extend(request.heads);
         group.next_position = request.next_position;
@@ -568,16 +545,14 @@ impl Writer {
         tables: &Tables<'_>,
         position: u64,
     ) -> Result<Option<RecordedEvent>, LogError> {
-        if let Some(bytes) = self.chunk.get(position)? {
-            return codec::decode(Position(position), bytes).map(Some);
-        }
-        match chunk::chunk_at(&tables.chunks, position)? {
-            Some((first, stored)) => chunk::Chunk::new(first, stored.value())?
-                .get(position)?
-                .map(|bytes| codec::decode(Position(position), bytes))
-                .transpose(),
-            None => Ok(None),
-        }
+        let mut stored = ChunkCursor::new(&tables.chunks);
+        let bytes = match self.chunk.get(position)? {
+            Some(bytes) => Some(bytes),
+            None => stored.get(position)?,
+        };
+        bytes
+            .map(|bytes| codec::decode(Position(position), bytes))
+            .transpose()
     }
 
     /// The stream's id and current version: from what is pending (this request,
@@ -596,9 +571,7 @@ impl Writer {
         let Some(id) = tables.streams.get(name)?.map(|g| g.value()) else {
             return Ok(None);
         };
-        let version = runs::last_run(&tables.runs, id)?
-            .map(|r| r.last_version())
-            .ok_or_else(|| LogError::Corrupt(format!("stream {name} has an id but no events")))?;
+        let version = runs::head(&tables.runs, id, name)?;
         // Not touched by the pending group, so this is committed truth.
         let head = StreamHead { id, version };
         self.heads.insert(name.to_owned(), head);
@@ -606,8 +579,12 @@ impl Writer {
     }
 }
 
-/// Rejects a request that names the same client id twice.
-pub(super) fn check_unique_ids(appends: &[StreamAppend]) -> Result<(), LogError> {
+/// Rejects a request with an append of no events (which would have no
+/// position to answer with) or that names the same client id twice.
+pub(super) fn check_request(appends: &[StreamAppend]) -> Result<(), LogError> {
+    if let Some(empty) = appends.iter().find(|a| a.events.is_empty()) {
+        return Err(LogError::NoEvents(empty.stream.as_str().to_owned()));
+    }
     let mut seen = HashSet::new();
     for id in appends
         .iter()
