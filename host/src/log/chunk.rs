@@ -108,6 +108,9 @@ impl ChunkBuilder {
 
     /// The encoded event at `position`, if this chunk holds it.
     pub fn get(&self, position: u64) -> Result<Option<&[u8]>, LogError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
         Chunk::new(self.first, &self.buf)?.get(position)
     }
 }
@@ -213,11 +216,14 @@ fn corrupt(first: u64) -> LogError {
     ))
 }
 
-/// The stored chunk that holds `position`, with the key it is stored under.
+/// A stored chunk: the key it is stored under and its bytes.
+pub type StoredChunk<'t> = (u64, AccessGuard<'t, &'static [u8]>);
+
+/// The stored chunk that holds `position`.
 pub fn chunk_at<'t>(
     table: &'t impl ReadableTable<u64, &'static [u8]>,
     position: u64,
-) -> Result<Option<(u64, AccessGuard<'t, &'static [u8]>)>, LogError> {
+) -> Result<Option<StoredChunk<'t>>, LogError> {
     let Some(entry) = table.range(..=position)?.next_back() else {
         return Ok(None);
     };
@@ -328,6 +334,9 @@ mod tests {
         assert_eq!(read.get(13).unwrap(), None);
         assert_eq!(read.get(9).unwrap(), None);
         assert_eq!(chunk.get(12).unwrap(), Some(&b"ccc"[..]));
+        let mut empty = ChunkBuilder::default();
+        empty.start(13);
+        assert_eq!(empty.get(13).unwrap(), None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn from_v1(txn: &WriteTransaction) -> Result<(), LogError> {
                 )));
             }
             chunk.append(&mut chunks, bytes.len(), |buf| buf.extend_from_slice(bytes))?;
-            if (done as u64 + 1) % REPORT_EVERY == 0 {
+            if (done as u64 + 1).is_multiple_of(REPORT_EVERY) {
                 tracing::info!("migrated {} of {total} events", done as u64 + 1);
             }
         }

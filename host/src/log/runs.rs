@@ -236,7 +236,7 @@ mod tests {
         let (_dir, db) = database();
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(RUNS).unwrap();
-        let all = vec![(0, 1), (1, 2), (2, 3), (3, 10), (4, 11), (5, 20)];
+        let all = [(0, 1), (1, 2), (2, 3), (3, 10), (4, 11), (5, 20)];
         assert_eq!(head(&table, 7, "s").unwrap(), 5);
         for from in 0..=7 {
             let expected: Vec<_> = all.iter().copied().filter(|(v, _)| *v >= from).collect();
