@@ -11,6 +11,7 @@ mod codec;
 mod error;
 mod ids;
 mod migrate;
+mod queue;
 mod reader;
 mod runs;
 mod tables;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::Database;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 pub use error::LogError;
 pub use reader::{Direction, EventFilter, LogPage, StreamPage};
@@ -33,13 +34,15 @@ pub use types::{
 };
 
 use crate::metrics::Metrics;
-use writer::{Command, Writer};
+use queue::Queue;
+use writer::Writer;
 
 /// Name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
 /// Name of the log's write-ahead log inside the data directory.
 pub const WAL_FILE: &str = "log.wal";
-/// How many append requests may wait for the writer before callers wait to enqueue.
+/// How many append requests may wait for the writer (or be committed) before
+/// callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
 /// Tuning of the log.
@@ -67,9 +70,17 @@ pub struct EventLog {
 
 struct Inner {
     db: Arc<Database>,
-    commands: mpsc::Sender<Command>,
+    queue: Arc<Queue>,
     head: watch::Receiver<Position>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// The last handle gone without a shutdown: the writer thread still
+    /// commits what is queued, checkpoints and stops.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl EventLog {
@@ -95,14 +106,17 @@ impl EventLog {
             head_tx,
             metrics,
         )?;
-        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name("eventfold-log-writer".into())
-            .spawn(move || writer.run(rx))?;
+        let queue = Arc::new(Queue::new(writer, QUEUE_DEPTH));
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("eventfold-log-writer".into())
+                .spawn(move || queue.run())?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                commands,
+                queue,
                 head,
                 writer: Mutex::new(Some(thread)),
             }),
@@ -127,13 +141,7 @@ impl EventLog {
         if appends.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Append { appends, reply })
-            .await
-            .map_err(|_| LogError::ShuttingDown)?;
-        answer.await.map_err(|_| LogError::ShuttingDown)?
+        self.inner.queue.submit(appends).await
     }
 
     /// The last committed position (0 for an empty log).
@@ -185,16 +193,7 @@ impl EventLog {
     /// Commits every append already queued, refuses new ones, and stops the
     /// writer. Idempotent.
     pub async fn shutdown(&self) {
-        let (done, finished) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(Command::Shutdown { done })
-            .await
-            .is_ok()
-        {
-            let _ = finished.await;
-        }
+        self.inner.queue.close();
         let thread = self.inner.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;

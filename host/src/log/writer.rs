@@ -1,15 +1,16 @@
 //! The single writer of the log: where an append becomes durable.
 //!
-//! One thread owns every write transaction. Append requests queue on a
-//! channel; the writer takes all that are waiting (up to a cap) and checks and
-//! applies them in one redb transaction (group commit). The group becomes
-//! durable as one record in the write-ahead log (`wal`, one fdatasync); then
-//! the transaction commits to redb without an fsync of its own, and only then
-//! is each caller answered and the new head published. A checkpoint makes
-//! redb itself durable every so often, and at shutdown.
+//! One commit runs at a time (`queue` decides where: on the caller's thread
+//! when the writer is idle, else on the writer thread with everything that
+//! queued meanwhile, as one group: group commit). A group's requests are
+//! checked and applied in one redb transaction. The group becomes durable as
+//! one record in the write-ahead log (`wal`, one fdatasync); then the
+//! transaction commits to redb without an fsync of its own, and only then is
+//! each caller answered and the new head published. A checkpoint makes redb
+//! itself durable every so often, and at shutdown.
 //!
-//! Positions are gapless because this thread is the only one that assigns
-//! them, and only a committed group advances them.
+//! Positions are gapless because only the one running commit assigns them,
+//! and only a committed group advances them.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::chunk::{self, ChunkBuilder, ChunkCursor};
@@ -31,34 +32,28 @@ use super::{RecordedEvent, migrate};
 use crate::metrics::Metrics;
 
 /// Most events one commit takes; a bigger queue waits for the next commit.
-const MAX_GROUP_EVENTS: usize = 20_000;
+pub(super) const MAX_GROUP_EVENTS: usize = 20_000;
 /// Most payload bytes one commit takes.
-const MAX_GROUP_BYTES: usize = 64 << 20;
+pub(super) const MAX_GROUP_BYTES: usize = 64 << 20;
 
-/// What the writer is asked to do.
-pub(super) enum Command {
-    /// Append these, atomically as a whole, and answer with one outcome each.
-    Append {
-        appends: Vec<StreamAppend>,
-        reply: oneshot::Sender<Result<Vec<AppendOutcome>, LogError>>,
-    },
-    /// Commit everything queued so far, then stop.
-    Shutdown { done: oneshot::Sender<()> },
+/// One append request: these appends, atomically as a whole, answered with
+/// one outcome each.
+pub(super) struct Command {
+    pub appends: Vec<StreamAppend>,
+    pub reply: oneshot::Sender<Result<Vec<AppendOutcome>, LogError>>,
 }
 
 impl Command {
-    fn size(&self) -> (usize, usize) {
-        match self {
-            Command::Append { appends, .. } => appends.iter().fold((0, 0), |(n, bytes), a| {
-                let b: usize = a
-                    .events
-                    .iter()
-                    .map(|e| e.data.len() + e.metadata.len())
-                    .sum();
-                (n + a.events.len(), bytes + b)
-            }),
-            Command::Shutdown { .. } => (0, 0),
-        }
+    /// Events and payload bytes.
+    pub fn size(&self) -> (usize, usize) {
+        self.appends.iter().fold((0, 0), |(n, bytes), a| {
+            let b: usize = a
+                .events
+                .iter()
+                .map(|e| e.data.len() + e.metadata.len())
+                .sum();
+            (n + a.events.len(), bytes + b)
+        })
     }
 }
 
@@ -221,47 +216,9 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Serves commands until shutdown or until every sender is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut shutdown = None;
-        while let Some(first) = rx.blocking_recv() {
-            let mut group = Vec::new();
-            let (mut events, mut bytes) = (0, 0);
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Shutdown { done } => {
-                        // Refuse new appends but commit what is already queued.
-                        rx.close();
-                        shutdown = Some(done);
-                    }
-                    command => {
-                        let (n, b) = command.size();
-                        events += n;
-                        bytes += b;
-                        group.push(command);
-                    }
-                }
-                if events < MAX_GROUP_EVENTS && bytes < MAX_GROUP_BYTES {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !group.is_empty() {
-                self.commit_group(group);
-            }
-            if shutdown.is_some() && rx.is_empty() {
-                break;
-            }
-        }
-        if let Err(error) = self.checkpoint() {
-            tracing::error!(%error, "final checkpoint failed; the write-ahead log still holds every acknowledged append");
-        }
-        if let Some(done) = shutdown {
-            let _ = done.send(());
-        }
-    }
-
-    fn commit_group(&mut self, group: Vec<Command>) {
+    /// Checks, writes and makes durable one group of requests, then answers
+    /// each. A checkpoint, when one is due, is for the caller to run.
+    pub(super) fn commit_group(&mut self, group: Vec<Command>) {
         let mut pending = Pending {
             heads: HashMap::new(),
             next_position: self.next_position,
@@ -282,26 +239,16 @@ impl Writer {
                     self.metrics.events_per_commit.observe(written as f64);
                 }
                 for (command, result) in group.into_iter().zip(results) {
-                    if let Command::Append { reply, .. } = command {
-                        let _ = reply.send(result);
-                    }
-                }
-                let wal_full = self.wal.written() > wal::CHECKPOINT_BYTES;
-                let wal_old = self.wal.written() > 0
-                    && self.last_checkpoint.elapsed() > self.options.checkpoint_interval;
-                if (wal_full || wal_old)
-                    && let Err(error) = self.checkpoint()
-                {
-                    tracing::error!(%error, "checkpoint failed; will retry after the next group");
+                    let _ = command.reply.send(result);
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "commit of {} appends failed", group.len());
                 let message = error.to_string();
                 for command in group {
-                    if let Command::Append { reply, .. } = command {
-                        let _ = reply.send(Err(LogError::CommitFailed(message.clone())));
-                    }
+                    let _ = command
+                        .reply
+                        .send(Err(LogError::CommitFailed(message.clone())));
                 }
             }
         }
@@ -330,14 +277,12 @@ impl Writer {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             for command in group {
-                if let Command::Append { appends, .. } = command {
-                    let result = self.apply(&mut tables, pending, appends, recorded_at);
-                    // A storage error poisons the whole transaction.
-                    if let Err(LogError::Storage(_)) = result {
-                        return result.map(|_| ());
-                    }
-                    results.push(result);
+                let result = self.apply(&mut tables, pending, &command.appends, recorded_at);
+                // A storage error poisons the whole transaction.
+                if let Err(LogError::Storage(_)) = result {
+                    return result.map(|_| ());
                 }
+                results.push(result);
             }
             self.chunk.flush(&mut tables.chunks)?;
         }
@@ -355,8 +300,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether the WAL is full or old enough for a checkpoint.
+    pub(super) fn checkpoint_due(&self) -> bool {
+        let wal_full = self.wal.written() > wal::CHECKPOINT_BYTES;
+        let wal_old = self.wal.written() > 0
+            && self.last_checkpoint.elapsed() > self.options.checkpoint_interval;
+        wal_full || wal_old
+    }
+
     /// Makes redb durable up to the last group, then starts the WAL over.
-    fn checkpoint(&mut self) -> Result<(), LogError> {
+    pub(super) fn checkpoint(&mut self) -> Result<(), LogError> {
         if self.wal.written() == 0 || self.broken.is_some() {
             return Ok(());
         }
