@@ -6,8 +6,12 @@
 //! (on the 2-vCPU development VM that was ~90 µs of a 1-client append's
 //! 0.5 ms). When a commit is running, the append queues, and the writer
 //! thread takes everything queued as one group when the commit ends: group
-//! commit. Checkpoints run on the writer thread, so a caller never waits for
-//! one.
+//! commit. Checkpoints run on the writer thread, never inside an inline
+//! commit (an append that arrives during one queues behind it).
+//!
+//! A commit that panics stops the writer: its callers and every later append
+//! get an error (restart to recover from the write-ahead log), and none is
+//! left waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -23,6 +27,8 @@ pub(super) struct Queue {
     /// Wakes the writer thread: work queued, a commit ended, a checkpoint
     /// asked for, or closing.
     wake: Condvar,
+    /// Never contended (`busy` admits one commit at a time); the lock gives
+    /// `&mut` access from either thread.
     writer: Mutex<Writer>,
     /// Bounds requests queued or being committed; callers wait beyond.
     permits: Semaphore,
@@ -102,34 +108,37 @@ impl Queue {
                 self.lock().checkpoint_due = true;
             }
         }
-        answer.await.map_err(|_| LogError::ShuttingDown)?
+        // Every command is answered, unless its commit panicked.
+        answer
+            .await
+            .map_err(|_| LogError::CommitFailed(PANICKED.into()))?
     }
 
-    /// Commits one group; answers whether a checkpoint is due.
+    /// Commits one group; answers whether a checkpoint is due. A panic
+    /// stops here, poisoning the writer, and its group's callers are
+    /// answered with an error when their replies are dropped.
     fn commit(&self, group: Vec<Command>) -> bool {
-        match self.writer.lock() {
-            Ok(mut writer) => {
-                writer.commit_group(group);
-                writer.checkpoint_due()
-            }
-            Err(_) => {
-                // An earlier commit panicked: its state cannot be trusted.
-                for command in group {
-                    let _ = command.reply.send(Err(LogError::CommitFailed(
-                        "the writer failed earlier; restart the server to recover from the \
-                         write-ahead log"
-                            .into(),
-                    )));
-                }
-                false
-            }
-        }
+        let mut writer = self.writer();
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.commit_group(group);
+            writer.checkpoint_due()
+        }));
+        committed.unwrap_or_else(|_| {
+            writer.stop("a commit panicked");
+            false
+        })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // Panics are caught where the writer runs, and stop it (`stop`).
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Refuses new appends; the writer thread commits what is queued, makes a
     /// last checkpoint and stops.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.permits.close();
         self.wake.notify_all();
     }
 
@@ -164,13 +173,20 @@ impl Queue {
     }
 
     fn checkpoint(&self, failure: &str) {
-        if let Ok(mut writer) = self.writer.lock()
-            && let Err(error) = writer.checkpoint()
-        {
-            tracing::error!(%error, "{failure}");
+        let mut writer = self.writer();
+        let checkpointed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.checkpoint()));
+        match checkpointed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "{failure}"),
+            Err(_) => writer.stop("a checkpoint panicked"),
         }
     }
 }
+
+/// The answer to a caller whose commit panicked.
+const PANICKED: &str = "the writer failed during this commit; restart the server to recover \
+                        from the write-ahead log";
 
 /// Takes the requests at the front of the queue, up to a group's caps.
 fn take_group(queued: &mut VecDeque<Command>) -> Vec<Command> {

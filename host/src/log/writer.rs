@@ -300,6 +300,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Refuses every append from now on: the writer's state can no longer be
+    /// trusted, and a restart replays the WAL.
+    pub(super) fn stop(&mut self, reason: &str) {
+        tracing::error!("{reason}; refusing appends until restart");
+        self.broken = Some(reason.to_owned());
+    }
+
     /// Whether the WAL is full or old enough for a checkpoint.
     pub(super) fn checkpoint_due(&self) -> bool {
         let wal_full = self.wal.written() > wal::CHECKPOINT_BYTES;
