@@ -14,7 +14,7 @@
 //! left waiting.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -30,8 +30,10 @@ pub(super) struct Queue {
     /// Never contended (`busy` admits one commit at a time); the lock gives
     /// `&mut` access from either thread.
     writer: Mutex<Writer>,
-    /// Bounds requests queued or being committed; callers wait beyond.
-    permits: Semaphore,
+    /// Bounds requests queued or being committed; callers wait beyond. A
+    /// request holds its permit until it is answered, even when its caller
+    /// has gone.
+    permits: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -66,7 +68,7 @@ impl Queue {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             writer: Mutex::new(writer),
-            permits: Semaphore::new(depth),
+            permits: Arc::new(Semaphore::new(depth)),
         }
     }
 
@@ -78,13 +80,18 @@ impl Queue {
 
     /// Appends, and answers once the appends are durable.
     pub async fn submit(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendOutcome>, LogError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| LogError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
-        let command = Command { appends, reply };
+        let command = Command {
+            appends,
+            reply,
+            _permit: permit,
+        };
         let inline = {
             let mut state = self.lock();
             if state.closed {

@@ -41,6 +41,8 @@ pub(super) const MAX_GROUP_BYTES: usize = 64 << 20;
 pub(super) struct Command {
     pub appends: Vec<StreamAppend>,
     pub reply: oneshot::Sender<Result<Vec<AppendOutcome>, LogError>>,
+    /// The request's place in the queue (`queue`), given back once answered.
+    pub _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Command {

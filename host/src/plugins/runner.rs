@@ -640,13 +640,18 @@ fn process(
     let more = positions.len() >= limit && log.head().0 > checkpoint;
     let (handled, read_ahead) = std::thread::scope(|scope| {
         let reader = more.then(|| {
-            scope.spawn(|| {
-                drop(spent.take());
-                Batch::read(log, plugin, checkpoint + 1, limit, filter)
-            })
+            std::thread::Builder::new()
+                .name(format!("read-{name}"))
+                .spawn_scoped(scope, || {
+                    drop(spent.take());
+                    Batch::read(log, plugin, checkpoint + 1, limit, filter)
+                })
         });
         let handled = instance.handle(&events, view);
-        (handled, reader.and_then(|r| r.join().ok()?.ok()))
+        // A reader that could not start or failed leaves the next batch to
+        // be read on this thread.
+        let read_ahead = reader.and_then(|r| r.ok()?.join().ok()?.ok());
+        (handled, read_ahead)
     });
     generation.read_ahead = read_ahead;
     let count = positions.len();
