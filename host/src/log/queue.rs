@@ -9,6 +9,10 @@
 //! commit. Checkpoints run on the writer thread, never inside an inline
 //! commit (an append that arrives during one queues behind it).
 //!
+//! An inline commit blocks the caller's tokio worker for its fsync; as one
+//! commit runs at a time, that is at most one worker, and under load
+//! appends queue for the writer thread instead.
+//!
 //! A commit that panics stops the writer: its callers and every later append
 //! get an error (restart to recover from the write-ahead log), and none is
 //! left waiting.
