@@ -2,9 +2,10 @@
 //!
 //! Owns the tables (`tables`, and `migrate` for older logs), the on-disk
 //! form of an event (`codec`), of a chunk of events (`chunk`) and of a
-//! stream's runs (`runs`), the ids it generates (`ids`), the single group-commit writer (`writer`) with
-//! its write-ahead log (`wal`), and the readers (`reader`). It knows nothing
-//! of HTTP or plugins: the API and the plugin runners use [`EventLog`].
+//! stream's runs (`runs`), the ids it generates (`ids`), the writer that
+//! commits one group at a time (`writer`, fed by `queue`) with its
+//! write-ahead log (`wal`), and the readers (`reader`). It knows nothing of
+//! HTTP or plugins: the API and the plugin runners use [`EventLog`].
 
 mod chunk;
 mod codec;
