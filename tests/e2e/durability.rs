@@ -192,3 +192,26 @@ async fn read_streams(server: &Server, streams: &[&str]) -> Vec<(Value, Value)> 
     }
     out
 }
+
+#[tokio::test]
+async fn an_idle_log_is_checkpointed_within_the_interval() {
+    let dir = data_dir();
+    let args = ["--checkpoint-interval", "300ms"];
+    let mut server = Server::start_in(dir.path(), &args).await;
+    let (status, _) = server
+        .append("idle-1", json!("no_stream"), crate::harness::events("E", 3))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = server.read_all().await;
+    // No more appends: the checkpoint must come from the idle writer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+
+    let server = Server::start_in(dir.path(), &args).await;
+    assert_eq!(server.read_all().await, before);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        !log.contains("recovered events"),
+        "redb was not made durable while the log was idle: {log}"
+    );
+}

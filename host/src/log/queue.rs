@@ -154,12 +154,13 @@ impl Queue {
     }
 
     /// The writer thread: commits what queues while a commit runs, one group
-    /// at a time, and checkpoints. Returns after [`Self::close`], once
-    /// everything queued is committed.
+    /// at a time, and checkpoints (after a commit, or when idle). Returns
+    /// after [`Self::close`], once everything queued is committed.
     pub fn run(&self) {
         loop {
-            let (group, checkpoint) = {
+            let (group, checkpoint, idle) = {
                 let mut state = self.lock();
+                let mut idle = false;
                 loop {
                     if !state.busy && (!state.queued.is_empty() || state.checkpoint_due) {
                         break;
@@ -169,15 +170,26 @@ impl Queue {
                         self.checkpoint("final checkpoint failed; the write-ahead log still holds every acknowledged append");
                         return;
                     }
-                    state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                    let (next, waited) = self
+                        .wake
+                        .wait_timeout(state, IDLE_CHECK)
+                        .unwrap_or_else(|e| e.into_inner());
+                    state = next;
+                    if waited.timed_out() && !state.busy && state.queued.is_empty() {
+                        idle = true;
+                        break;
+                    }
                 }
                 state.busy = true;
                 let checkpoint = std::mem::take(&mut state.checkpoint_due);
-                (take_group(&mut state.queued), checkpoint)
+                (take_group(&mut state.queued), checkpoint, idle)
             };
             let _busy = Busy(self);
             let due = !group.is_empty() && self.commit(group);
-            if checkpoint || due {
+            // An idle log is checkpointed too, so that what the WAL holds
+            // gets no older than the checkpoint interval.
+            let idle_due = idle && self.writer().checkpoint_due();
+            if checkpoint || due || idle_due {
                 self.checkpoint("checkpoint failed; will retry after the next group");
             }
         }
@@ -194,6 +206,9 @@ impl Queue {
         }
     }
 }
+
+/// How often an idle writer thread looks whether a checkpoint is due.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The answer to a caller whose commit panicked.
 const PANICKED: &str = "the writer failed during this commit; restart the server to recover \
