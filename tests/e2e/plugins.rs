@@ -22,24 +22,29 @@ fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
     }
 }
 
+/// Appends one user event to that user's own stream, `user-{id}`.
+async fn append_user(
+    server: &Server,
+    expected: Value,
+    event_type: &str,
+    id: u64,
+    name: Option<&str>,
+) -> (StatusCode, Value) {
+    server
+        .append(
+            &format!("user-{id}"),
+            expected,
+            json!([user(event_type, id, name)]),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn the_user_directory_follows_the_classic_example() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server
-        .append(
-            "user-1",
-            json!("no_stream"),
-            json!([user("UserCreated", 1, Some("Alice"))]),
-        )
-        .await;
-    server
-        .append(
-            "user-2",
-            json!("no_stream"),
-            json!([user("UserCreated", 2, Some("Bob"))]),
-        )
-        .await;
+    append_user(&server, json!("no_stream"), "UserCreated", 1, Some("Alice")).await;
+    append_user(&server, json!("no_stream"), "UserCreated", 2, Some("Bob")).await;
     server
         .append("order-9", json!("any"), events("OrderPlaced", 3))
         .await;
@@ -47,30 +52,17 @@ async fn the_user_directory_follows_the_classic_example() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["kind"], "projection");
     assert_eq!(body["categories"], json!(["user"]));
-    server
-        .append(
-            "user-1",
-            json!(0),
-            json!([user("UserNameUpdated", 1, Some("Alice Cooper"))]),
-        )
-        .await;
-    server
-        .append("user-1", json!(1), json!([user("UserDeleted", 1, None)]))
-        .await;
-    server
-        .append(
-            "user-2",
-            json!(0),
-            json!([user("UserNameUpdated", 2, Some("Robert"))]),
-        )
-        .await;
-    server
-        .append(
-            "user-3",
-            json!("no_stream"),
-            json!([user("UserCreated", 3, Some("Carol"))]),
-        )
-        .await;
+    append_user(
+        &server,
+        json!(0),
+        "UserNameUpdated",
+        1,
+        Some("Alice Cooper"),
+    )
+    .await;
+    append_user(&server, json!(1), "UserDeleted", 1, None).await;
+    append_user(&server, json!(0), "UserNameUpdated", 2, Some("Robert")).await;
+    append_user(&server, json!("no_stream"), "UserCreated", 3, Some("Carol")).await;
     let status = server.wait_caught_up("users").await;
     assert_eq!(status["lag"], 0);
 
@@ -92,13 +84,7 @@ async fn the_user_directory_follows_the_classic_example() {
         ]
     );
     // Live: a new event shows up in the state.
-    server
-        .append(
-            "user-4",
-            json!("no_stream"),
-            json!([user("UserCreated", 4, Some("Dan"))]),
-        )
-        .await;
+    append_user(&server, json!("no_stream"), "UserCreated", 4, Some("Dan")).await;
     server.wait_caught_up("users").await;
     let (_, body) = server.get("/plugins/users/state/user/4").await;
     assert_eq!(body["name"], "Dan");
@@ -205,13 +191,8 @@ async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on() {
         })
     };
     for id in 5000..5020u64 {
-        let (status, _) = server
-            .append(
-                &format!("user-{id}"),
-                json!("no_stream"),
-                json!([user("UserCreated", id, Some("late"))]),
-            )
-            .await;
+        let (status, _) =
+            append_user(&server, json!("no_stream"), "UserCreated", id, Some("late")).await;
         assert_eq!(status, StatusCode::CREATED);
     }
     let status = server
@@ -334,13 +315,7 @@ async fn plugins_survive_a_restart_without_recompiling() {
     let mut server = Server::start_in(dir.path(), &[]).await;
     let (_, body) = server.deploy("users", USER_DIRECTORY).await;
     assert_eq!(body["compiled"], "compiled");
-    server
-        .append(
-            "user-1",
-            json!("any"),
-            json!([user("UserCreated", 1, Some("Alice"))]),
-        )
-        .await;
+    append_user(&server, json!("any"), "UserCreated", 1, Some("Alice")).await;
     let before = server.wait_caught_up("users").await;
     assert!(server.terminate().success());
 
@@ -348,13 +323,7 @@ async fn plugins_survive_a_restart_without_recompiling() {
     let after = server.wait_caught_up("users").await;
     assert_eq!(after["checkpoint"], before["checkpoint"]);
     assert_eq!(after["compiled"], "cache", "{after}");
-    server
-        .append(
-            "user-2",
-            json!("any"),
-            json!([user("UserCreated", 2, Some("Bob"))]),
-        )
-        .await;
+    append_user(&server, json!("any"), "UserCreated", 2, Some("Bob")).await;
     server.wait_caught_up("users").await;
     let (_, bob) = server.get("/plugins/users/state/user/2").await;
     assert_eq!(bob["name"], "Bob");
@@ -385,13 +354,7 @@ async fn a_deploy_that_never_finished_leaves_nothing_behind() {
     );
     // Another plugin under that name starts from nothing: no counter keys.
     server.deploy_all(&[("p", USER_DIRECTORY)]).await;
-    server
-        .append(
-            "user-1",
-            json!("any"),
-            json!([user("UserCreated", 1, Some("Alice"))]),
-        )
-        .await;
+    append_user(&server, json!("any"), "UserCreated", 1, Some("Alice")).await;
     server.wait_caught_up("p").await;
     let keys: Vec<String> = server
         .plugin_state("p")
