@@ -47,6 +47,7 @@ const PLUGINS: &[&str] = &[
     "shipment-notifier",
     "counter",
     "counter-v2",
+    "counter-v0-1",
     "endless-loop",
     "memory-hog",
     "trap",

@@ -1,39 +1,42 @@
-//! [`Event`]: one event of the log, as a plugin sees it.
+//! [`Event`]: one event of the log, as a plugin sees it, and the reading of
+//! the batch the host hands over (WIT 0.3, `event-encoding.packed`).
 
 use serde::de::DeserializeOwned;
 
-use crate::wit::eventfold::plugin::types as wit_types;
+use crate::Error;
 
-/// One event of the log.
-#[derive(Debug, Clone)]
-pub struct Event {
+/// One event of the log. Its strings and bytes are read in place from the
+/// batch the host handed over: nothing is copied until the plugin asks
+/// (`event.stream.to_owned()`, [`Event::decode`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
     /// Global position (gapless, from 1).
     pub position: u64,
     /// The stream it belongs to, e.g. `user-1`.
-    pub stream: String,
+    pub stream: &'a str,
     /// 0-based version within the stream.
     pub version: u64,
     /// Its type, e.g. `UserCreated`.
-    pub event_type: String,
-    /// Its id (a UUID).
-    pub id: String,
+    pub event_type: &'a str,
+    /// Its id (a hyphenated UUID).
+    pub id: &'a str,
     /// JSON, as appended.
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
     /// A JSON object.
-    pub metadata: Vec<u8>,
+    pub metadata: &'a [u8],
     /// When the log recorded it, in microseconds since the Unix epoch.
     pub recorded_at: u64,
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// The stream's category: the part of its name before the first `-`.
-    pub fn category(&self) -> &str {
-        self.stream.split_once('-').map_or(&self.stream, |(c, _)| c)
+    pub fn category(&self) -> &'a str {
+        self.stream.split_once('-').map_or(self.stream, |(c, _)| c)
     }
 
     /// Decodes `data` into `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> crate::Result<T> {
-        Ok(serde_json::from_slice(&self.data)?)
+        Ok(serde_json::from_slice(self.data)?)
     }
 
     /// Decodes the event into an enum tagged by event type, i.e. a type with
@@ -42,30 +45,150 @@ impl Event {
     pub fn decode_tagged<T: DeserializeOwned>(&self) -> crate::Result<T> {
         let mut json = Vec::with_capacity(self.data.len() + self.event_type.len() + 20);
         json.extend_from_slice(b"{\"type\":");
-        serde_json::to_writer(&mut json, &self.event_type)?;
+        serde_json::to_writer(&mut json, self.event_type)?;
         json.extend_from_slice(b",\"data\":");
-        json.extend_from_slice(&self.data);
+        json.extend_from_slice(self.data);
         json.push(b'}');
         Ok(serde_json::from_slice(&json)?)
     }
 
     /// Decodes `metadata` into `T`.
     pub fn decode_metadata<T: DeserializeOwned>(&self) -> crate::Result<T> {
-        Ok(serde_json::from_slice(&self.metadata)?)
+        Ok(serde_json::from_slice(self.metadata)?)
     }
 }
 
-impl From<wit_types::Event> for Event {
-    fn from(e: wit_types::Event) -> Self {
-        Self {
-            position: e.position,
-            stream: e.stream,
-            version: e.version,
-            event_type: e.event_type,
-            id: e.id,
-            data: e.data,
-            metadata: e.metadata,
-            recorded_at: e.recorded_at,
+/// Bytes of an event's fixed header: position, version and recorded-at
+/// (u64 each), then the lengths of its five variable fields (u32 each).
+const HEADER: usize = 3 * 8 + 5 * 4;
+
+/// Reads the events of a packed batch one by one, in place.
+pub(crate) struct Packed<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> Packed<'a> {
+    /// The batch's event count, and a reader positioned at its first event.
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self, Error> {
+        let (count, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| Error::msg("packed batch: shorter than its count"))?;
+        Ok(Self {
+            rest,
+            remaining: u32::from_le_bytes(*count),
+        })
+    }
+
+    fn next_event(&mut self) -> Result<Event<'a>, Error> {
+        let (header, mut rest) = self
+            .rest
+            .split_first_chunk::<HEADER>()
+            .ok_or_else(|| Error::msg("packed batch: an event header is cut short"))?;
+        let u64_at =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        let len_at = |i: usize| {
+            let at = 24 + 4 * i;
+            u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default()) as usize
+        };
+        let mut field = |i: usize| -> Result<&'a [u8], Error> {
+            let len = len_at(i);
+            if rest.len() < len {
+                return Err(Error::msg("packed batch: an event's field is cut short"));
+            }
+            let (bytes, after) = rest.split_at(len);
+            rest = after;
+            Ok(bytes)
+        };
+        let text = |bytes: &'a [u8]| {
+            std::str::from_utf8(bytes)
+                .map_err(|_| Error::msg("packed batch: a string is not UTF-8"))
+        };
+        let stream = text(field(0)?)?;
+        let event_type = text(field(1)?)?;
+        let id = text(field(2)?)?;
+        let data = field(3)?;
+        let metadata = field(4)?;
+        self.rest = rest;
+        Ok(Event {
+            position: u64_at(0),
+            stream,
+            version: u64_at(8),
+            event_type,
+            id,
+            data,
+            metadata,
+            recorded_at: u64_at(16),
+        })
+    }
+}
+
+impl<'a> Iterator for Packed<'a> {
+    type Item = Result<Event<'a>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
         }
+        self.remaining -= 1;
+        let event = self.next_event();
+        if event.is_err() {
+            // Nothing after a damaged event can be found.
+            self.remaining = 0;
+        }
+        Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(events: &[(u64, &str, &[u8])]) -> Vec<u8> {
+        let mut out = (events.len() as u32).to_le_bytes().to_vec();
+        for &(position, stream, data) in events {
+            let id = "00000000-0000-0000-0000-000000000001";
+            for n in [position, position - 1, 7] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            let fields: [&[u8]; 5] = [stream.as_bytes(), b"Said", id.as_bytes(), data, b"{}"];
+            for f in fields {
+                out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            }
+            for f in fields {
+                out.extend_from_slice(f);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reads_every_field_in_place() {
+        let bytes = pack(&[(1, "chat-1", b"{\"a\":1}"), (2, "dm-2", b"[]")]);
+        let events: Vec<Event> = Packed::new(&bytes).unwrap().map(Result::unwrap).collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].position, 1);
+        assert_eq!(events[0].stream, "chat-1");
+        assert_eq!(events[0].category(), "chat");
+        assert_eq!(events[0].version, 0);
+        assert_eq!(events[0].event_type, "Said");
+        assert_eq!(events[0].id, "00000000-0000-0000-0000-000000000001");
+        assert_eq!(events[0].data, b"{\"a\":1}");
+        assert_eq!(events[0].metadata, b"{}");
+        assert_eq!(events[0].recorded_at, 7);
+        assert_eq!(events[1].stream, "dm-2");
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_not_a_panic() {
+        let bytes = pack(&[(1, "chat-1", b"{}")]);
+        for cut in 0..bytes.len() {
+            let read: Result<Vec<Event>, Error> =
+                Packed::new(&bytes[..cut]).and_then(|p| p.collect());
+            assert!(read.is_err(), "cut at {cut} was read as whole");
+        }
+        let mut not_utf8 = bytes.clone();
+        not_utf8[4 + HEADER] = 0xff;
+        assert!(Packed::new(&not_utf8).unwrap().next().unwrap().is_err());
     }
 }

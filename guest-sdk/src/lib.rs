@@ -65,7 +65,7 @@ use std::fmt;
 #[doc(hidden)]
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.3",
         world: "projection",
         pub_export_macro: true,
         export_macro_name: "__export_projection_world",
@@ -78,15 +78,15 @@ pub mod wit {
 #[doc(hidden)]
 pub mod wit_notifier {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.3",
         world: "notifier",
         pub_export_macro: true,
         export_macro_name: "__export_notifier_world",
         default_bindings_module: "eventfold_sdk::wit_notifier",
         with: {
-            "eventfold:plugin/types@0.1.0": crate::wit::eventfold::plugin::types,
-            "eventfold:plugin/state@0.1.0": crate::wit::eventfold::plugin::state,
-            "eventfold:plugin/log@0.1.0": crate::wit::eventfold::plugin::log,
+            "eventfold:plugin/types@0.3.0": crate::wit::eventfold::plugin::types,
+            "eventfold:plugin/state@0.3.0": crate::wit::eventfold::plugin::state,
+            "eventfold:plugin/log@0.3.0": crate::wit::eventfold::plugin::log,
         },
     });
 }
@@ -217,19 +217,19 @@ fn describe(
             event_types: subscription.event_types,
         },
         version: version.to_owned(),
+        // The whole batch as one buffer, read in place (`event::Packed`).
+        encoding: wit_types::EventEncoding::Packed,
     }
 }
 
 #[doc(hidden)]
-pub fn __handle<P: Projection>(
-    events: Vec<wit_types::Event>,
-) -> Result<(), wit_types::HandleError> {
+pub fn __handle<P: Projection>(events: wit_types::Events) -> Result<(), wit_types::HandleError> {
     handle_batch(events, |event, state| P::apply(event, state))
 }
 
 #[doc(hidden)]
 pub fn __handle_notifier<N: Notifier>(
-    events: Vec<wit_types::Event>,
+    events: wit_types::Events,
 ) -> Result<(), wit_types::HandleError> {
     let mut outbox = Outbox::new();
     handle_batch(events, |event, state| N::apply(event, state, &mut outbox))
@@ -238,16 +238,27 @@ pub fn __handle_notifier<N: Notifier>(
 /// Applies each event in turn; the first error stops the batch and names
 /// its index. The state's writes go to the host once, at the end.
 fn handle_batch(
-    events: Vec<wit_types::Event>,
+    events: wit_types::Events,
     mut apply: impl FnMut(&Event, &mut State) -> Result<()>,
 ) -> Result<(), wit_types::HandleError> {
+    let failed = |index: usize, error: Error| wit_types::HandleError {
+        index: index as u32,
+        message: error.to_string(),
+    };
+    // `describe` asks for `packed`; the host sends nothing else.
+    let wit_types::Events::Packed(bytes) = events else {
+        return Err(failed(
+            0,
+            Error::msg("the host sent a batch that is not packed"),
+        ));
+    };
     let mut state = State::new();
-    for (index, event) in events.into_iter().enumerate() {
-        let event = Event::from(event);
-        apply(&event, &mut state).map_err(|error| wit_types::HandleError {
-            index: index as u32,
-            message: error.to_string(),
-        })?;
+    for (index, event) in event::Packed::new(&bytes)
+        .map_err(|e| failed(0, e))?
+        .enumerate()
+    {
+        let event = event.map_err(|e| failed(index, e))?;
+        apply(&event, &mut state).map_err(|e| failed(index, e))?;
     }
     state.flush();
     Ok(())
@@ -271,7 +282,7 @@ macro_rules! export_projection {
                 $crate::__describe::<$projection>(env!("CARGO_PKG_VERSION"))
             }
             fn handle(
-                events: ::std::vec::Vec<$crate::wit::Event>,
+                events: $crate::wit::Events,
             ) -> ::std::result::Result<(), $crate::wit::HandleError> {
                 $crate::__handle::<$projection>(events)
             }
@@ -299,7 +310,7 @@ macro_rules! export_notifier {
                 $crate::__describe_notifier::<$notifier>(env!("CARGO_PKG_VERSION"))
             }
             fn handle(
-                events: ::std::vec::Vec<$crate::wit_notifier::Event>,
+                events: $crate::wit_notifier::Events,
             ) -> ::std::result::Result<(), $crate::wit_notifier::HandleError> {
                 $crate::__handle_notifier::<$notifier>(events)
             }

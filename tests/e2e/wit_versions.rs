@@ -1,7 +1,7 @@
-//! Plugins built against WIT 0.1 and WIT 0.2 side by side on one log: the
-//! host runs both versions of the package, and a 0.2 plugin gets its events
-//! in the encoding it asked for (typed records here; JSON is what the Python
-//! and JavaScript user directories of `languages.rs` ask for).
+//! Plugins built against WIT 0.1, 0.2 and 0.3 side by side on one log: the
+//! host runs every version of the package, and a plugin gets its events in
+//! the encoding it asked for (typed records, JSON for the Python and
+//! JavaScript user directories, one packed buffer for the Rust SDK's).
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -10,17 +10,19 @@ use crate::harness::{Server, data_dir};
 
 const RECORDS_NOTIFIER_V0_2: &str = env!("RECORDS_NOTIFIER_V0_2_WASM");
 const PYTHON_USER_DIRECTORY: &str = env!("PYTHON_USER_DIRECTORY_WASM");
+const COUNTER_V0_1: &str = env!("COUNTER_V0_1_WASM");
 const COUNTER: &str = env!("COUNTER_WASM");
 
 #[tokio::test]
-async fn plugins_of_both_wit_versions_run_side_by_side() {
+async fn plugins_of_every_wit_version_run_side_by_side() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
     server
         .deploy_all(&[
             ("v02-records", RECORDS_NOTIFIER_V0_2),
-            ("v01-counter", COUNTER),
+            ("v01-counter", COUNTER_V0_1),
             ("v02-json", PYTHON_USER_DIRECTORY),
+            ("v03-packed", COUNTER),
         ])
         .await;
 
@@ -47,7 +49,7 @@ async fn plugins_of_both_wit_versions_run_side_by_side() {
     }
 
     let mut statuses = Vec::new();
-    for name in ["v02-records", "v01-counter", "v02-json"] {
+    for name in ["v02-records", "v01-counter", "v02-json", "v03-packed"] {
         let status = server.wait_caught_up(name).await;
         statuses.push((status["wit"].clone(), status["encoding"].clone()));
     }
@@ -57,6 +59,7 @@ async fn plugins_of_both_wit_versions_run_side_by_side() {
             (json!("0.2.0"), json!("records")),
             (json!("0.1.0"), json!("records")),
             (json!("0.2.0"), json!("json")),
+            (json!("0.3.0"), json!("packed")),
         ]
     );
 
@@ -93,14 +96,17 @@ async fn plugins_of_both_wit_versions_run_side_by_side() {
         "the 0.2 state import"
     );
 
-    // The 0.1 plugin and the 0.2 JSON plugin on the same events.
-    assert_eq!(
-        server.plugin_state("v01-counter").await,
-        [
-            ("count".to_owned(), json!(4)),
-            ("last".to_owned(), json!(4))
-        ]
-    );
+    // The 0.1 plugin, the 0.3 packed one and the 0.2 JSON plugin on the same events.
+    for counter in ["v01-counter", "v03-packed"] {
+        assert_eq!(
+            server.plugin_state(counter).await,
+            [
+                ("count".to_owned(), json!(4)),
+                ("last".to_owned(), json!(4))
+            ],
+            "{counter}"
+        );
+    }
     assert_eq!(
         server.plugin_state("v02-json").await,
         [("user/7".to_owned(), json!({"name": "Zoë \"Z\""}))]

@@ -1,11 +1,12 @@
 //! A batch of events in the form its plugin takes them: the records of WIT
-//! 0.1, or (WIT 0.2) records or one JSON array, as the plugin asked in
-//! `describe`. Built by the runner off the plugin's thread, beside the call.
+//! 0.1; from 0.2 on, records or one JSON array; from 0.3 on, also one packed
+//! byte buffer — as the plugin asked in `describe`. Built by the runner off
+//! the plugin's thread, beside the call.
 
 use std::io::Write;
 
 use super::bindings::types::Event;
-use super::bindings::v0_2;
+use super::bindings::{v0_2, v0_3};
 use crate::log::RecordedEvent;
 
 /// How a plugin takes its events: the WIT version it was built against and,
@@ -18,6 +19,12 @@ pub enum EventForm {
     RecordsV0_2,
     /// WIT 0.2, `event-encoding.json`: one JSON array per batch.
     JsonV0_2,
+    /// WIT 0.3, `event-encoding.records`.
+    RecordsV0_3,
+    /// WIT 0.3, `event-encoding.json`.
+    JsonV0_3,
+    /// WIT 0.3, `event-encoding.packed`: one byte buffer per batch.
+    PackedV0_3,
 }
 
 impl EventForm {
@@ -26,14 +33,16 @@ impl EventForm {
         match self {
             EventForm::RecordsV0_1 => "0.1.0",
             EventForm::RecordsV0_2 | EventForm::JsonV0_2 => "0.2.0",
+            EventForm::RecordsV0_3 | EventForm::JsonV0_3 | EventForm::PackedV0_3 => "0.3.0",
         }
     }
 
-    /// The encoding as a word: `records` or `json`.
+    /// The encoding as a word: `records`, `json` or `packed`.
     pub fn encoding(self) -> &'static str {
         match self {
-            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 => "records",
-            EventForm::JsonV0_2 => "json",
+            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 | EventForm::RecordsV0_3 => "records",
+            EventForm::JsonV0_2 | EventForm::JsonV0_3 => "json",
+            EventForm::PackedV0_3 => "packed",
         }
     }
 }
@@ -61,6 +70,8 @@ pub enum EventBatch {
     V0_1(Vec<Event>),
     /// For a WIT 0.2 plugin, in its encoding.
     V0_2(v0_2::types::Events),
+    /// For a WIT 0.3 plugin, in its encoding.
+    V0_3(v0_3::types::Events),
 }
 
 impl EventBatch {
@@ -77,6 +88,14 @@ impl EventBatch {
                     .collect(),
             )),
             EventForm::JsonV0_2 => EventBatch::V0_2(v0_2::types::Events::Json(json(&events))),
+            EventForm::RecordsV0_3 => EventBatch::V0_3(v0_3::types::Events::Records(
+                events
+                    .into_iter()
+                    .map(|e| record!(v0_3::types::Event, e))
+                    .collect(),
+            )),
+            EventForm::JsonV0_3 => EventBatch::V0_3(v0_3::types::Events::Json(json(&events))),
+            EventForm::PackedV0_3 => EventBatch::V0_3(v0_3::types::Events::Packed(packed(&events))),
         }
     }
 }
@@ -114,14 +133,58 @@ fn json(events: &[RecordedEvent]) -> Vec<u8> {
     out
 }
 
+/// Bytes of an event's fixed header in `event-encoding.packed`: position,
+/// version and recorded-at (u64 each), then five field lengths (u32 each).
+pub const PACKED_HEADER: usize = 3 * 8 + 5 * 4;
+
+/// The events as the buffer of `event-encoding.packed`: their count (u32),
+/// then per event its header and its five variable fields, little-endian.
+fn packed(events: &[RecordedEvent]) -> Vec<u8> {
+    const ID: usize = uuid::fmt::Hyphenated::LENGTH;
+    let size: usize = events
+        .iter()
+        .map(|e| {
+            PACKED_HEADER
+                + ID
+                + e.stream.len()
+                + e.event_type.len()
+                + e.data.len()
+                + e.metadata.len()
+        })
+        .sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    let mut id = uuid::Uuid::encode_buffer();
+    for e in events {
+        let id = e.id.hyphenated().encode_lower(&mut id).as_bytes();
+        out.extend_from_slice(&e.position.0.to_le_bytes());
+        out.extend_from_slice(&e.version.to_le_bytes());
+        out.extend_from_slice(&e.recorded_at.to_le_bytes());
+        let fields = [
+            e.stream.as_bytes(),
+            e.event_type.as_bytes(),
+            id,
+            &e.data,
+            &e.metadata,
+        ];
+        for field in fields {
+            // Every field is capped far below 4 GiB when appended.
+            out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        }
+        for field in fields {
+            out.extend_from_slice(field);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::log::Position;
 
-    #[test]
-    fn json_batches_are_arrays_of_the_event_fields_in_order() {
-        let event = |position: u64, stream: &str, data: &[u8]| RecordedEvent {
+    fn event(position: u64, stream: &str, data: &[u8]) -> RecordedEvent {
+        RecordedEvent {
             position: Position(position),
             stream: stream.into(),
             version: position - 1,
@@ -130,7 +193,11 @@ mod tests {
             data: data.to_vec(),
             metadata: b"{}".to_vec(),
             recorded_at: 1_764_250_619_123_456,
-        };
+        }
+    }
+
+    #[test]
+    fn json_batches_are_arrays_of_the_event_fields_in_order() {
         let events = vec![
             event(1, "chat-1", br#"{"text":"hi"}"#),
             event(2, "chat-\"q\"", b"[1,2]"),
@@ -146,5 +213,36 @@ mod tests {
             ])
         );
         assert_eq!(json(&[]), b"[]");
+    }
+
+    #[test]
+    fn packed_batches_follow_the_documented_layout() {
+        let events = vec![
+            event(1, "chat-1", br#"{"text":"hi"}"#),
+            event(2, "émoji-2", b"[]"),
+        ];
+        let bytes = packed(&events);
+        let mut at = 0;
+        let mut take = |n: usize| {
+            at += n;
+            &bytes[at - n..at]
+        };
+        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap()) as usize;
+        let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+        assert_eq!(u32_at(take(4)), 2);
+        for e in &events {
+            assert_eq!(u64_at(take(8)), e.position.0);
+            assert_eq!(u64_at(take(8)), e.version);
+            assert_eq!(u64_at(take(8)), e.recorded_at);
+            let lens: Vec<usize> = (0..5).map(|_| u32_at(take(4))).collect();
+            let id = e.id.hyphenated().to_string();
+            let expected: [&[u8]; 5] =
+                [e.stream.as_bytes(), b"Said", id.as_bytes(), &e.data, b"{}"];
+            for (len, field) in lens.into_iter().zip(expected) {
+                assert_eq!(take(len), field);
+            }
+        }
+        assert_eq!(at, bytes.len(), "nothing after the last event");
+        assert_eq!(packed(&[]), 0u32.to_le_bytes());
     }
 }

@@ -1,6 +1,6 @@
 //! The host's bindings to the WIT package, generated once, here: version
 //! 0.1.0 (`wit/plugin.wit`) at the root of this module, 0.2.0 (`wit/v0.2`) in
-//! [`v0_2`].
+//! [`v0_2`], 0.3.0 (`wit/v0.3`) in [`v0_3`].
 //! Everything else imports the generated types from this module.
 
 /// The `projection` world: imports `state` and `log`; exports `describe`,
@@ -33,32 +33,46 @@ pub mod notifier {
 pub use notifier::eventfold::plugin::notify;
 pub use projection::eventfold::plugin::{log, state, types};
 
+/// One later version of the package: its `projection` and `notifier`
+/// worlds, the notifier sharing the projection's interfaces.
+macro_rules! version {
+    ($path:literal) => {
+        /// This version's `projection` world.
+        pub mod projection {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "projection",
+                imports: { default: trappable },
+            });
+        }
+
+        /// This version's `notifier` world, sharing the projection's interfaces.
+        pub mod notifier {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "notifier",
+                imports: { default: trappable },
+                with: {
+                    "eventfold:plugin/types": super::projection::eventfold::plugin::types,
+                    "eventfold:plugin/state": super::projection::eventfold::plugin::state,
+                    "eventfold:plugin/log": super::projection::eventfold::plugin::log,
+                },
+            });
+        }
+
+        pub use notifier::eventfold::plugin::notify;
+        pub use projection::eventfold::plugin::{log, state, types};
+    };
+}
+
 /// Version 0.2 of the package (`wit/v0.2`): the same interfaces, and a
 /// plugin that chooses how `handle` receives its events (records or JSON).
 pub mod v0_2 {
-    /// The 0.2 `projection` world.
-    pub mod projection {
-        wasmtime::component::bindgen!({
-            path: "../wit/v0.2",
-            world: "projection",
-            imports: { default: trappable },
-        });
-    }
+    version!("../wit/v0.2");
+}
 
-    /// The 0.2 `notifier` world, sharing the projection's interfaces.
-    pub mod notifier {
-        wasmtime::component::bindgen!({
-            path: "../wit/v0.2",
-            world: "notifier",
-            imports: { default: trappable },
-            with: {
-                "eventfold:plugin/types": super::projection::eventfold::plugin::types,
-                "eventfold:plugin/state": super::projection::eventfold::plugin::state,
-                "eventfold:plugin/log": super::projection::eventfold::plugin::log,
-            },
-        });
-    }
-
-    pub use notifier::eventfold::plugin::notify;
-    pub use projection::eventfold::plugin::{log, state, types};
+/// Version 0.3 (`wit/v0.3`): 0.2 and a third encoding, `packed`: the batch
+/// as one byte buffer the plugin reads in place.
+pub mod v0_3 {
+    version!("../wit/v0.3");
 }

@@ -350,3 +350,4 @@ macro_rules! implement_imports {
 
 implement_imports!(bindings);
 implement_imports!(bindings::v0_2);
+implement_imports!(bindings::v0_3);

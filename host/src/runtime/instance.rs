@@ -12,7 +12,7 @@ use super::bindings::notifier::Notifier;
 use super::bindings::notify::Notification;
 use super::bindings::projection::Projection;
 use super::bindings::types::{HandleError, PluginInfo, PluginKind, Subscription};
-use super::bindings::v0_2;
+use super::bindings::{v0_2, v0_3};
 use super::host::{PluginHost, StateView};
 use super::limits::SandboxLimits;
 
@@ -51,6 +51,8 @@ enum Bindings {
     Notifier(Notifier),
     ProjectionV0_2(v0_2::projection::Projection),
     NotifierV0_2(v0_2::notifier::Notifier),
+    ProjectionV0_3(v0_3::projection::Projection),
+    NotifierV0_3(v0_3::notifier::Notifier),
 }
 
 /// A plugin instance and its store.
@@ -87,6 +89,10 @@ impl PluginInstance {
                 pre.instantiate(&mut store).map(Bindings::ProjectionV0_2)
             }
             PluginPre::NotifierV0_2(pre) => pre.instantiate(&mut store).map(Bindings::NotifierV0_2),
+            PluginPre::ProjectionV0_3(pre) => {
+                pre.instantiate(&mut store).map(Bindings::ProjectionV0_3)
+            }
+            PluginPre::NotifierV0_3(pre) => pre.instantiate(&mut store).map(Bindings::NotifierV0_3),
         }
         .map_err(|e| classify(e, store.data()))?;
         Ok(Self { store, bindings })
@@ -105,6 +111,8 @@ impl PluginInstance {
                 .map(|info| (info, EventForm::RecordsV0_1)),
             Bindings::ProjectionV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
             Bindings::NotifierV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
+            Bindings::ProjectionV0_3(b) => b.call_describe(&mut self.store).map(from_v0_3),
+            Bindings::NotifierV0_3(b) => b.call_describe(&mut self.store).map(from_v0_3),
         };
         self.finish_call();
         result.map_err(|e| classify(e, self.store.data()))
@@ -129,6 +137,12 @@ impl PluginInstance {
             (Bindings::NotifierV0_2(b), EventBatch::V0_2(events)) => b
                 .call_handle(&mut self.store, events)
                 .map(|r| r.map_err(from_v0_2_error)),
+            (Bindings::ProjectionV0_3(b), EventBatch::V0_3(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_3_error)),
+            (Bindings::NotifierV0_3(b), EventBatch::V0_3(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_3_error)),
             _ => Err(wasmtime::format_err!(
                 "a batch built for another WIT version than the plugin's"
             )),
@@ -158,7 +172,7 @@ impl PluginInstance {
         let notifier_answer = || Err("this plugin is a notifier: it answers no queries".into());
         if matches!(
             self.bindings,
-            Bindings::Notifier(_) | Bindings::NotifierV0_2(_)
+            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) | Bindings::NotifierV0_3(_)
         ) {
             return Ok(notifier_answer());
         }
@@ -167,7 +181,10 @@ impl PluginInstance {
         let result = match &self.bindings {
             Bindings::Projection(b) => b.call_query(&mut self.store, request),
             Bindings::ProjectionV0_2(b) => b.call_query(&mut self.store, request),
-            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) => Ok(notifier_answer()),
+            Bindings::ProjectionV0_3(b) => b.call_query(&mut self.store, request),
+            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) | Bindings::NotifierV0_3(_) => {
+                Ok(notifier_answer())
+            }
         };
         self.finish_call();
         self.store.data_mut().state = StateView::default();
@@ -197,40 +214,54 @@ impl PluginInstance {
     }
 }
 
-/// A 0.2 description in 0.1 terms, and the encoding it asks for.
-fn from_v0_2(info: v0_2::types::PluginInfo) -> (PluginInfo, EventForm) {
-    let v0_2::types::PluginInfo {
-        kind,
-        subscription,
-        version,
-        encoding,
-    } = info;
-    let kind = match kind {
-        v0_2::types::PluginKind::Projection => PluginKind::Projection,
-        v0_2::types::PluginKind::Notifier => PluginKind::Notifier,
+/// Converts a later version's description and handle error into 0.1 terms.
+macro_rules! from_version {
+    ($version:ident, $describe:ident, $error:ident, { $($encoding:ident => $form:ident),+ $(,)? }) => {
+        /// A description in 0.1 terms, and the encoding it asks for.
+        fn $describe(info: $version::types::PluginInfo) -> (PluginInfo, EventForm) {
+            let $version::types::PluginInfo {
+                kind,
+                subscription,
+                version,
+                encoding,
+            } = info;
+            let kind = match kind {
+                $version::types::PluginKind::Projection => PluginKind::Projection,
+                $version::types::PluginKind::Notifier => PluginKind::Notifier,
+            };
+            let subscription = Subscription {
+                categories: subscription.categories,
+                event_types: subscription.event_types,
+            };
+            let form = match encoding {
+                $($version::types::EventEncoding::$encoding => EventForm::$form,)+
+            };
+            let info = PluginInfo {
+                kind,
+                subscription,
+                version,
+            };
+            (info, form)
+        }
+
+        fn $error(error: $version::types::HandleError) -> HandleError {
+            HandleError {
+                index: error.index,
+                message: error.message,
+            }
+        }
     };
-    let subscription = Subscription {
-        categories: subscription.categories,
-        event_types: subscription.event_types,
-    };
-    let form = match encoding {
-        v0_2::types::EventEncoding::Records => EventForm::RecordsV0_2,
-        v0_2::types::EventEncoding::Json => EventForm::JsonV0_2,
-    };
-    let info = PluginInfo {
-        kind,
-        subscription,
-        version,
-    };
-    (info, form)
 }
 
-fn from_v0_2_error(error: v0_2::types::HandleError) -> HandleError {
-    HandleError {
-        index: error.index,
-        message: error.message,
-    }
-}
+from_version!(v0_2, from_v0_2, from_v0_2_error, {
+    Records => RecordsV0_2,
+    Json => JsonV0_2,
+});
+from_version!(v0_3, from_v0_3, from_v0_3_error, {
+    Records => RecordsV0_3,
+    Json => JsonV0_3,
+    Packed => PackedV0_3,
+});
 
 fn ticks(deadline: std::time::Duration) -> u64 {
     (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1

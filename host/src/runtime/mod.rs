@@ -32,7 +32,7 @@ use bindings::notifier::NotifierPre;
 pub use bindings::notify::Notification;
 use bindings::projection::{Projection, ProjectionPre};
 use bindings::types::{PluginInfo, PluginKind};
-use bindings::v0_2;
+use bindings::{v0_2, v0_3};
 use cache::ComponentCache;
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
@@ -79,13 +79,15 @@ enum PluginPre {
     Notifier(NotifierPre<PluginHost>),
     ProjectionV0_2(v0_2::projection::ProjectionPre<PluginHost>),
     NotifierV0_2(v0_2::notifier::NotifierPre<PluginHost>),
+    ProjectionV0_3(v0_3::projection::ProjectionPre<PluginHost>),
+    NotifierV0_3(v0_3::notifier::NotifierPre<PluginHost>),
 }
 
 impl PluginPre {
     fn is_projection(&self) -> bool {
         matches!(
             self,
-            PluginPre::Projection(_) | PluginPre::ProjectionV0_2(_)
+            PluginPre::Projection(_) | PluginPre::ProjectionV0_2(_) | PluginPre::ProjectionV0_3(_)
         )
     }
 }
@@ -150,6 +152,11 @@ impl Runtime {
                 host
             }),
         )?;
+        link(
+            v0_3::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
         // Least privilege: only a component of the notifier world gets `notify`.
         let projection_linker = linker.clone();
         link(bindings::notify::add_to_linker::<PluginHost, Own>(
@@ -157,6 +164,10 @@ impl Runtime {
             |host| host,
         ))?;
         link(v0_2::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_3::notify::add_to_linker::<PluginHost, Own>(
             &mut linker,
             |host| host,
         ))?;
@@ -229,35 +240,43 @@ impl Runtime {
     /// Links the component against the projection world, or failing that
     /// the notifier world, of the WIT version whose interfaces it imports.
     fn prepare(&self, component: &Component) -> Result<PluginPre, RuntimeError> {
-        let v0_2 = component
-            .component_type()
-            .imports(&self.engine)
-            .any(|(name, _)| name.starts_with("eventfold:plugin/") && name.ends_with("@0.2.0"));
+        let imports = |version: &str| {
+            component
+                .component_type()
+                .imports(&self.engine)
+                .any(|(name, _)| name.starts_with("eventfold:plugin/") && name.ends_with(version))
+        };
+        let version = ["0.3.0", "0.2.0"]
+            .into_iter()
+            .find(|v| imports(&format!("@{v}")))
+            .unwrap_or("0.1.0");
         let link = |linker: &Linker<PluginHost>| linker.instantiate_pre(component);
         // The notifier world is only tried when the projection world does not fit.
-        let (projection, version) = if v0_2 {
-            let pre = link(&self.projection_linker)
-                .and_then(v0_2::projection::ProjectionPre::new)
-                .map(PluginPre::ProjectionV0_2);
-            (pre, "0.2.0")
-        } else {
-            let pre = link(&self.projection_linker)
-                .and_then(ProjectionPre::new)
-                .map(PluginPre::Projection);
-            (pre, "0.1.0")
+        let projection = {
+            let pre = link(&self.projection_linker);
+            match version {
+                "0.3.0" => pre
+                    .and_then(v0_3::projection::ProjectionPre::new)
+                    .map(PluginPre::ProjectionV0_3),
+                "0.2.0" => pre
+                    .and_then(v0_2::projection::ProjectionPre::new)
+                    .map(PluginPre::ProjectionV0_2),
+                _ => pre.and_then(ProjectionPre::new).map(PluginPre::Projection),
+            }
         };
         let projection_error = match projection {
             Ok(pre) => return Ok(pre),
             Err(e) => e,
         };
-        let notifier = if v0_2 {
-            link(&self.notifier_linker)
+        let pre = link(&self.notifier_linker);
+        let notifier = match version {
+            "0.3.0" => pre
+                .and_then(v0_3::notifier::NotifierPre::new)
+                .map(PluginPre::NotifierV0_3),
+            "0.2.0" => pre
                 .and_then(v0_2::notifier::NotifierPre::new)
-                .map(PluginPre::NotifierV0_2)
-        } else {
-            link(&self.notifier_linker)
-                .and_then(NotifierPre::new)
-                .map(PluginPre::Notifier)
+                .map(PluginPre::NotifierV0_2),
+            _ => pre.and_then(NotifierPre::new).map(PluginPre::Notifier),
         };
         notifier.map_err(|notifier_error| {
             RuntimeError::WrongWorld(format!(

@@ -39,7 +39,7 @@ impl Notifier for ShipmentNotifier {
     }
 
     fn apply(event: &Event, state: &mut State, outbox: &mut Outbox) -> eventfold_sdk::Result<()> {
-        let order_id = event.stream.strip_prefix("order-").unwrap_or(&event.stream);
+        let order_id = event.stream.strip_prefix("order-").unwrap_or(event.stream);
         let key = format!("order/{order_id}");
         match event.decode_tagged::<OrderEvent>()? {
             OrderEvent::OrderPlaced { customer_id } => state.put(&key, &Order { customer_id }),

@@ -1,9 +1,9 @@
 //! Targets the notifier world (it imports `notify`) but says it is a
 //! projection: the host must refuse it, since a projection may not emit.
 
-use eventfold_sdk::wit::eventfold::plugin::types::{PluginKind, Subscription};
+use eventfold_sdk::wit::eventfold::plugin::types::{EventEncoding, PluginKind, Subscription};
 use eventfold_sdk::wit_notifier::eventfold::plugin::notify;
-use eventfold_sdk::wit_notifier::{Event, Guest, HandleError, PluginInfo};
+use eventfold_sdk::wit_notifier::{Events, Guest, HandleError, PluginInfo};
 
 struct Sneaky;
 
@@ -11,12 +11,19 @@ impl Guest for Sneaky {
     fn describe() -> PluginInfo {
         PluginInfo {
             kind: PluginKind::Projection,
-            subscription: Subscription { categories: vec![], event_types: vec![] },
+            subscription: Subscription {
+                categories: vec![],
+                event_types: vec![],
+            },
             version: "0.1.0".into(),
+            encoding: EventEncoding::Records,
         }
     }
 
-    fn handle(events: Vec<Event>) -> Result<(), HandleError> {
+    fn handle(events: Events) -> Result<(), HandleError> {
+        let Events::Records(events) = events else {
+            return Ok(());
+        };
         for event in events {
             notify::emit(&notify::Notification {
                 channel: "webhook".into(),
