@@ -82,23 +82,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     println!(
-        "{:<24} {:>12} {:>9} {:>9} {:>14}",
-        "workload", "events/s", "p50 ms", "p99 ms", "events/fsync"
+        "{:<24} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "workload", "events/s", "p50 ms", "p99 ms", "events/fsync", "server µs", "client µs"
     );
     for (workload, rounds) in WORKLOADS.iter().zip(results) {
         let m = Measure::from(rounds);
+        let server = m
+            .server_cpu_us_per_request
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
         println!(
-            "{:<24} {:>12.0} {:>9.2} {:>9.2} {:>14.2}",
+            "{:<24} {:>12.0} {:>9.2} {:>9.2} {:>14.2} {server:>10} {:>10.0}",
             workload.name,
             m.events_per_sec,
             m.p50_ms,
             m.p99_ms,
             m.events_per_sec / overwrites,
+            m.client_cpu_us_per_request,
         );
     }
     println!(
-        "({} rounds of {:.1} s each, median round; ≈200-byte JSON events, every append fsynced; events/fsync against the overwriting rate)",
+        "({} rounds of {:.1} s each, median round; ≈200-byte JSON events, every append fsynced; events/fsync against the overwriting rate;",
         args.rounds, args.seconds
+    );
+    println!(
+        " server µs, client µs = CPU time per request of the server (unknown with --url) and of the load generator)"
     );
     Ok(())
 }

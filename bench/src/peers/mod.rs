@@ -5,6 +5,7 @@
 //! one table, the DESIGN §6 targets as ratios, and the report as JSON and
 //! as a PNG chart.
 
+mod cpu;
 mod eventfold;
 mod postgres;
 mod redis;
@@ -309,11 +310,16 @@ async fn measure_all(
     for round in 0..args.rounds {
         for i in 0..systems.len() {
             let s = (i + round) % systems.len();
+            let cpu = CpuClock::start(systems[s].pid());
             let started = Instant::now();
             let latencies = systems[s].read(args.events).await?;
+            let elapsed = started.elapsed();
+            let (server_cpu, client_cpu) = cpu.stop();
             let result = Round {
-                events_per_sec: args.events as f64 / started.elapsed().as_secs_f64(),
+                events_per_sec: args.events as f64 / elapsed.as_secs_f64(),
                 latencies,
+                server_cpu,
+                client_cpu,
             };
             eprintln!(
                 "round {} read {:<10} {:>10.0} events/s",
@@ -346,6 +352,38 @@ pub struct Round {
     pub events_per_sec: f64,
     /// Each request's latency.
     pub latencies: Vec<Duration>,
+    /// CPU time the server's processes used meanwhile (unknown for a server
+    /// not started here).
+    pub server_cpu: Option<Duration>,
+    /// CPU time the load generator (this process) used meanwhile.
+    pub client_cpu: Duration,
+}
+
+/// CPU time of the server (`pid`'s process tree) and of this process,
+/// from the moment it is taken to [`CpuClock::stop`].
+struct CpuClock {
+    pid: Option<u32>,
+    server: Option<Duration>,
+    client: Duration,
+}
+
+impl CpuClock {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            server: pid.and_then(cpu::tree),
+            client: cpu::own(),
+        }
+    }
+
+    /// (server, client) CPU time since the start.
+    fn stop(self) -> (Option<Duration>, Duration) {
+        let server = self
+            .server
+            .zip(self.pid.and_then(cpu::tree))
+            .map(|(before, after)| after.saturating_sub(before));
+        (server, cpu::own().saturating_sub(self.client))
+    }
 }
 
 /// Runs one workload against one system for `duration`; `round` names the
@@ -367,6 +405,7 @@ pub async fn drive(
         );
         clients.push(system.client(&stream, workload.events).await?);
     }
+    let cpu = CpuClock::start(system.pid());
     let started = Instant::now();
     let deadline = started + duration;
     let barrier = Arc::new(tokio::sync::Barrier::new(workload.clients));
@@ -381,16 +420,26 @@ pub async fn drive(
                 client.append().await?;
                 latencies.push(sent.elapsed());
             }
-            anyhow::Ok(latencies)
+            // The client too: its connection (a PostgreSQL backend) closes
+            // after the CPU clock has stopped.
+            anyhow::Ok((latencies, client))
         }));
     }
     let mut latencies = Vec::new();
+    let mut clients = Vec::new();
     for task in tasks {
-        latencies.extend(task.await??);
+        let (mine, client) = task.await??;
+        latencies.extend(mine);
+        clients.push(client);
     }
+    let elapsed = started.elapsed();
+    let (server_cpu, client_cpu) = cpu.stop();
+    drop(clients);
     let events = latencies.len() * workload.events;
     Ok(Round {
-        events_per_sec: events as f64 / started.elapsed().as_secs_f64(),
+        events_per_sec: events as f64 / elapsed.as_secs_f64(),
         latencies,
+        server_cpu,
+        client_cpu,
     })
 }

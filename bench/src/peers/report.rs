@@ -21,6 +21,11 @@ pub struct Measure {
     pub p99_ms: f64,
     /// Events per second of each round, in the order run.
     pub rounds: Vec<f64>,
+    /// CPU time of the server's processes per request, in µs, over every
+    /// round (`None`: a server not started here).
+    pub server_cpu_us_per_request: Option<f64>,
+    /// CPU time of the load generator per request, in µs, over every round.
+    pub client_cpu_us_per_request: f64,
 }
 
 impl From<Vec<Round>> for Measure {
@@ -28,6 +33,14 @@ impl From<Vec<Round>> for Measure {
         let per_round: Vec<f64> = rounds.iter().map(|r| r.events_per_sec).collect();
         let mut sorted = per_round.clone();
         sorted.sort_by(f64::total_cmp);
+        let requests = rounds
+            .iter()
+            .map(|r| r.latencies.len())
+            .sum::<usize>()
+            .max(1) as f64;
+        let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / requests;
+        let server_cpu: Option<Duration> = rounds.iter().map(|r| r.server_cpu).sum();
+        let client_cpu: Duration = rounds.iter().map(|r| r.client_cpu).sum();
         let mut latencies: Vec<Duration> = rounds.into_iter().flat_map(|r| r.latencies).collect();
         latencies.sort();
         let percentile = |p: f64| crate::append::percentile(&latencies, p).as_secs_f64() * 1000.0;
@@ -36,6 +49,8 @@ impl From<Vec<Round>> for Measure {
             p50_ms: percentile(0.50),
             p99_ms: percentile(0.99),
             rounds: per_round,
+            server_cpu_us_per_request: server_cpu.map(per_request),
+            client_cpu_us_per_request: per_request(client_cpu),
         }
     }
 }
@@ -274,8 +289,17 @@ impl Report {
             self.fsync_per_sec_appending, self.fsync_per_sec_overwriting
         );
         println!(
-            "{:<24} {:<11} {:>11} {:>8} {:>8}   {:>9} {:>9} {:>9}",
-            "workload", "system", "events/s", "p50 ms", "p99 ms", "÷ Redis", "÷ PG", "÷ fsync"
+            "{:<24} {:<11} {:>11} {:>8} {:>8} {:>9} {:>9}   {:>9} {:>9} {:>9}",
+            "workload",
+            "system",
+            "events/s",
+            "p50 ms",
+            "p99 ms",
+            "server µs",
+            "client µs",
+            "÷ Redis",
+            "÷ PG",
+            "÷ fsync"
         );
         for comparison in self.appends.iter().chain([&self.read]) {
             for (i, (system, m)) in comparison.systems.iter().enumerate() {
@@ -284,9 +308,12 @@ impl Report {
                 } else {
                     ""
                 };
+                let server = m
+                    .server_cpu_us_per_request
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
                 print!(
-                    "{workload:<24} {system:<11} {:>11.0} {:>8.2} {:>8.2}",
-                    m.events_per_sec, m.p50_ms, m.p99_ms
+                    "{workload:<24} {system:<11} {:>11.0} {:>8.2} {:>8.2} {server:>9} {:>9.0}",
+                    m.events_per_sec, m.p50_ms, m.p99_ms, m.client_cpu_us_per_request
                 );
                 if i == 0 {
                     print!(
@@ -304,8 +331,11 @@ impl Report {
             self.settings.rounds, self.settings.seconds
         );
         println!(
-            " reads in pages of {}; ÷ fsync = events per raw fdatasync of the disk, overwriting)",
+            " reads in pages of {}; ÷ fsync = events per raw fdatasync of the disk, overwriting;",
             self.settings.page
+        );
+        println!(
+            " server µs, client µs = CPU time per request (per page for the read) of the server's processes and of the load generator)"
         );
         println!();
         println!(
@@ -438,6 +468,8 @@ mod tests {
                 .iter()
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
+            server_cpu: Some(Duration::from_millis(latencies_ms.len() as u64)),
+            client_cpu: Duration::from_millis(2 * latencies_ms.len() as u64),
         }
     }
 
@@ -452,6 +484,16 @@ mod tests {
         assert_eq!(measure.rounds, vec![300.0, 100.0, 200.0]);
         assert_eq!(measure.p50_ms, 3.0);
         assert_eq!(measure.p99_ms, 100.0);
+        // 5 requests, 5 ms of server and 10 ms of client CPU in all.
+        assert_eq!(measure.server_cpu_us_per_request, Some(1000.0));
+        assert_eq!(measure.client_cpu_us_per_request, 2000.0);
+        let mut unknown = round(1.0, &[1]);
+        unknown.server_cpu = None;
+        let measure = Measure::from(vec![round(1.0, &[1]), unknown]);
+        assert_eq!(
+            measure.server_cpu_us_per_request, None,
+            "one round unknown: unknown"
+        );
     }
 
     #[test]
