@@ -76,6 +76,17 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Inner {
+    /// Before a read: makes every acknowledged append visible in redb (the
+    /// writer commits its open transaction when it holds any).
+    fn settle(&self) -> Result<(), LogError> {
+        // Not under the head's borrow: the writer publishes the head while
+        // it holds what a settle waits for.
+        let head = self.head.borrow().0;
+        self.queue.settle(head)
+    }
+}
+
 impl Drop for Inner {
     /// The last handle gone without a shutdown: the writer thread still
     /// commits what is queued, checkpoints and stops.
@@ -164,8 +175,12 @@ impl EventLog {
         filter: EventFilter,
         max_scan: usize,
     ) -> Result<LogPage, LogError> {
-        let db = self.inner.db.clone();
-        blocking(move || reader::read_log(&db, from, limit, &filter, max_scan)).await
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner.settle()?;
+            reader::read_log(&inner.db, from, limit, &filter, max_scan)
+        })
+        .await
     }
 
     /// Reads one stream; `None` when it has no events. See [`reader::read_stream`].
@@ -176,8 +191,12 @@ impl EventLog {
         limit: usize,
         direction: Direction,
     ) -> Result<Option<StreamPage>, LogError> {
-        let db = self.inner.db.clone();
-        blocking(move || reader::read_stream(&db, stream.as_str(), from, limit, direction)).await
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner.settle()?;
+            reader::read_stream(&inner.db, stream.as_str(), from, limit, direction)
+        })
+        .await
     }
 
     /// Reads synchronously, for callers already off the async runtime (plugin
@@ -188,6 +207,7 @@ impl EventLog {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<LogPage, LogError> {
+        self.inner.settle()?;
         reader::read_log(&self.inner.db, from, limit, filter, usize::MAX)
     }
 

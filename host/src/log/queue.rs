@@ -18,6 +18,7 @@
 //! left waiting.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::{Semaphore, oneshot};
@@ -31,9 +32,11 @@ pub(super) struct Queue {
     /// Wakes the writer thread: work queued, a commit ended, a checkpoint
     /// asked for, or closing.
     wake: Condvar,
-    /// Never contended (`busy` admits one commit at a time); the lock gives
-    /// `&mut` access from either thread.
+    /// `busy` admits one commit at a time; besides it, only a reader that
+    /// settles takes the lock. It gives `&mut` access from any thread.
     writer: Mutex<Writer>,
+    /// The last position readers can see in redb ([`Writer::settle`]).
+    settled: Arc<AtomicU64>,
     /// Bounds requests queued or being committed; callers wait beyond. A
     /// request holds its permit until it is answered, even when its caller
     /// has gone.
@@ -71,6 +74,7 @@ impl Queue {
         Self {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            settled: writer.settled(),
             writer: Mutex::new(writer),
             permits: Arc::new(Semaphore::new(depth)),
         }
@@ -137,6 +141,21 @@ impl Queue {
         committed.unwrap_or_else(|_| {
             writer.stop("a commit panicked");
             false
+        })
+    }
+
+    /// Makes every group up to `head` visible to readers, committing the
+    /// writer's open transaction if it holds any of them. Blocking: it may
+    /// wait for a commit in progress. A panic stops the writer, as in a commit.
+    pub fn settle(&self, head: u64) -> Result<(), LogError> {
+        if self.settled.load(Ordering::Acquire) >= head {
+            return Ok(());
+        }
+        let mut writer = self.writer();
+        let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.settle()));
+        settled.unwrap_or_else(|_| {
+            writer.stop("committing for a reader panicked");
+            Err(LogError::CommitFailed(PANICKED.into()))
         })
     }
 
@@ -235,8 +254,8 @@ mod tests {
     use std::collections::HashSet;
 
     use crate::log::{
-        EventFilter, EventLog, EventType, ExpectedVersion, LogError, NewEvent, Position,
-        StreamAppend, StreamName,
+        Direction, EventFilter, EventLog, EventType, ExpectedVersion, LogError, NewEvent, Position,
+        StreamAppend, StreamName, reader,
     };
     use crate::metrics::Metrics;
 
@@ -314,6 +333,65 @@ mod tests {
                 .collect();
             assert_eq!(versions, (0..versions.len() as u64).collect::<Vec<_>>());
         }
+        log.shutdown().await;
+    }
+
+    /// redb commits behind the WAL (the writer's transaction stays open
+    /// across groups), yet every read sees every acknowledged append: a read
+    /// first has the writer commit what it holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_every_acknowledged_append_though_redb_commits_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), Metrics::new()).unwrap();
+        let everything = EventFilter::default();
+        let in_redb = |log: &EventLog| {
+            reader::read_log(
+                &log.inner.db,
+                Position(1),
+                usize::MAX,
+                &everything,
+                usize::MAX,
+            )
+            .unwrap()
+            .events
+            .len()
+        };
+        for round in 0..5 {
+            let expected = match round {
+                0 => ExpectedVersion::NoStream,
+                _ => ExpectedVersion::Any,
+            };
+            log.append(append("s-1", expected, 2)).await.unwrap();
+        }
+        assert_eq!(log.head(), Position(10));
+        assert_eq!(in_redb(&log), 0, "redb itself does not hold them yet");
+
+        let stream = StreamName::new("s-1").unwrap();
+        let page = log
+            .read_stream(stream.clone(), None, 100, Direction::Forward)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.events.len(), 10);
+        assert_eq!(page.stream_version, 9);
+        assert_eq!(in_redb(&log), 10);
+
+        log.append(append("s-1", ExpectedVersion::Exact(9), 1))
+            .await
+            .unwrap();
+        let page = log
+            .read_log(Position(1), usize::MAX, everything.clone(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 11);
+        log.append(append("s-2", ExpectedVersion::NoStream, 1))
+            .await
+            .unwrap();
+        let page = log
+            .read_log_blocking(Position(11), usize::MAX, &everything)
+            .unwrap();
+        let streams: Vec<&str> = page.events.iter().map(|e| e.stream.as_str()).collect();
+        assert_eq!(streams, ["s-1", "s-2"]);
         log.shutdown().await;
     }
 }

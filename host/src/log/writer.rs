@@ -3,11 +3,17 @@
 //! One commit runs at a time (`queue` decides where: on the caller's thread
 //! when the writer is idle, else on the writer thread with everything that
 //! queued meanwhile, as one group: group commit). A group's requests are
-//! checked and applied in one redb transaction. The group becomes durable as
-//! one record in the write-ahead log (`wal`, one fdatasync); then the
-//! transaction commits to redb without an fsync of its own, and only then is
-//! each caller answered and the new head published. A checkpoint makes redb
-//! itself durable every so often, and at shutdown.
+//! checked and applied in the writer's redb write transaction. The group
+//! becomes durable as one record in the write-ahead log (`wal`, one
+//! fdatasync); then each caller is answered and the new head published.
+//!
+//! The redb transaction stays open across groups (write-behind): it is
+//! committed, without an fsync of its own, when a reader needs what it holds
+//! ([`Writer::settle`], which every read of the log calls first, so a reader
+//! sees every acknowledged append) and at each checkpoint, which makes redb
+//! itself durable every so often and at shutdown. A group no longer pays for
+//! a transaction of its own, nor for copying the B-tree pages it touches
+//! again each time.
 //!
 //! Positions are gapless because only the one running commit assigns them,
 //! and only a committed group advances them.
@@ -15,9 +21,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
@@ -73,8 +80,15 @@ pub(super) struct Writer {
     wal: Wal,
     options: LogOptions,
     record: RecordBuilder,
-    /// The chunk the group being written fills.
+    /// The write transaction holding the groups since the last settle, if
+    /// any: durable in the WAL, not yet visible to readers.
+    open: Option<WriteTransaction>,
+    /// The chunk being filled, by the groups of the open transaction; stored
+    /// when it is full or the transaction commits.
     chunk: ChunkBuilder,
+    /// The last position readers can see in redb (shared with [`EventLog`]'s
+    /// readers, which settle when it is behind the head).
+    settled: Arc<AtomicU64>,
     last_checkpoint: Instant,
     /// Set when redb refused a group the WAL already holds: the in-memory
     /// state can no longer be trusted, so the writer refuses everything until
@@ -202,7 +216,9 @@ impl Writer {
             wal,
             options,
             record: RecordBuilder::default(),
+            open: None,
             chunk: ChunkBuilder::default(),
+            settled: Arc::new(AtomicU64::new(last)),
             last_checkpoint: Instant::now(),
             broken: None,
             heads: HashMap::new(),
@@ -267,39 +283,92 @@ impl Writer {
                 "the writer stopped after an earlier failure ({reason}); restart the server to recover"
             )));
         }
-        let mut txn = self.db.begin_write()?;
-        // Durability comes from the WAL record written below.
-        txn.set_durability(Durability::None)
-            .map_err(|e| LogError::Internal(format!("cannot defer durability: {e}")))?;
-        self.record.clear();
-        self.chunk.start(pending.next_position);
-        {
-            let mut tables = Tables::open(&txn)?;
-            let recorded_at = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-            for command in group {
-                let result = self.apply(&mut tables, pending, &command.appends, recorded_at);
-                // A storage error poisons the whole transaction.
-                if let Err(LogError::Storage(_)) = result {
-                    return result.map(|_| ());
-                }
-                results.push(result);
+        let (txn, holds_groups) = match self.open.take() {
+            Some(txn) => (txn, true),
+            None => {
+                let mut txn = self.db.begin_write()?;
+                // Durability comes from the WAL record written below.
+                txn.set_durability(Durability::None)
+                    .map_err(|e| LogError::Internal(format!("cannot defer durability: {e}")))?;
+                self.chunk.start(pending.next_position);
+                (txn, false)
             }
-            self.chunk.flush(&mut tables.chunks)?;
+        };
+        let written = self.write_into(&txn, group, pending, results);
+        match written {
+            // Only refusals and retries, in a transaction of its own: nothing to keep.
+            Ok(()) if self.record.is_empty() && !holds_groups => Ok(()),
+            Ok(()) => {
+                self.open = Some(txn);
+                Ok(())
+            }
+            // The transaction goes, and with it what earlier groups wrote
+            // into it: acknowledged, and in the WAL, but no longer in redb.
+            Err(error) if holds_groups => {
+                self.stop(&format!("a group failed after earlier ones ({error})"));
+                Err(error)
+            }
+            // Nothing acknowledged is lost: the group fails alone.
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Checks and applies a group in `txn`, and makes it durable in the WAL.
+    fn write_into(
+        &mut self,
+        txn: &WriteTransaction,
+        group: &[Command],
+        pending: &mut Pending,
+        results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
+    ) -> Result<(), LogError> {
+        self.record.clear();
+        let mut tables = Tables::open(txn)?;
+        let recorded_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for command in group {
+            let result = self.apply(&mut tables, pending, &command.appends, recorded_at);
+            // A storage error poisons the whole transaction.
+            if let Err(LogError::Storage(_)) = result {
+                return result.map(|_| ());
+            }
+            results.push(result);
         }
         if self.record.is_empty() {
             // Only refusals and retries: nothing to make durable.
             return Ok(());
         }
-        self.wal.append(&mut self.record)?;
-        if let Err(error) = txn.commit() {
-            let reason = error.to_string();
-            tracing::error!(%reason, "redb refused a group the WAL holds; refusing appends until restart");
-            self.broken = Some(reason);
-            return Err(LogError::Storage(error.into()));
+        self.wal.append(&mut self.record)
+    }
+
+    /// Commits the open transaction to redb (without an fsync: the WAL holds
+    /// it), so that readers see every group acknowledged so far.
+    pub(super) fn settle(&mut self) -> Result<(), LogError> {
+        let Some(txn) = self.open.take() else {
+            return Ok(());
+        };
+        self.commit_open(txn)
+    }
+
+    fn commit_open(&mut self, txn: WriteTransaction) -> Result<(), LogError> {
+        let committed = (|| {
+            self.chunk.flush(&mut txn.open_table(EVENT_CHUNKS)?)?;
+            txn.commit()?;
+            Ok::<_, LogError>(())
+        })();
+        if let Err(error) = committed {
+            let reason = format!("redb refused groups the WAL holds: {error}");
+            self.stop(&reason);
+            return Err(LogError::CommitFailed(reason));
         }
+        self.settled
+            .store(self.next_position - 1, Ordering::Release);
         Ok(())
+    }
+
+    /// The last position readers can see in redb, shared.
+    pub(super) fn settled(&self) -> Arc<AtomicU64> {
+        self.settled.clone()
     }
 
     /// Refuses every append from now on: the writer's state can no longer be
@@ -322,6 +391,7 @@ impl Writer {
         if self.wal.written() == 0 || self.broken.is_some() {
             return Ok(());
         }
+        self.settle()?;
         let txn = self.db.begin_write()?;
         txn.commit()?;
         self.wal.reset();
