@@ -11,7 +11,11 @@
 //!
 //! An inline commit blocks the caller's tokio worker for its fsync; as one
 //! commit runs at a time, that is at most one worker, and under load
-//! appends queue for the writer thread instead.
+//! appends queue for the writer thread instead. A runtime with a single
+//! worker (one core, or a current-thread runtime) never commits inline:
+//! blocking its only thread would keep the next requests from being read,
+//! so none would ever queue behind a commit and every append would pay for
+//! an fsync of its own.
 //!
 //! A commit that panics stops the writer: its callers and every later append
 //! get an error (restart to recover from the write-ahead log), and none is
@@ -105,7 +109,7 @@ impl Queue {
             if state.closed {
                 return Err(LogError::ShuttingDown);
             }
-            if state.busy || !state.queued.is_empty() {
+            if state.busy || !state.queued.is_empty() || !may_block_a_worker() {
                 state.queued.push_back(command);
                 if !state.busy {
                     self.wake.notify_all();
@@ -224,6 +228,12 @@ impl Queue {
             Err(_) => writer.stop("a checkpoint panicked"),
         }
     }
+}
+
+/// Whether the calling task's runtime has another worker to go on with
+/// while this one blocks in a commit.
+fn may_block_a_worker() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() > 1)
 }
 
 /// How often an idle writer thread looks whether a checkpoint is due.
@@ -392,6 +402,37 @@ mod tests {
             .unwrap();
         let streams: Vec<&str> = page.events.iter().map(|e| e.stream.as_str()).collect();
         assert_eq!(streams, ["s-1", "s-2"]);
+        log.shutdown().await;
+    }
+
+    /// On a runtime with one thread, concurrent appends still share
+    /// commits: none is committed on the caller's (only) thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_threaded_runtime_still_groups_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let log = EventLog::open(dir.path(), metrics.clone()).unwrap();
+        let appends = (0..64).map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(append(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
+                    .await
+                    .unwrap()
+            })
+        });
+        let appends: Vec<_> = appends.collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        assert_eq!(log.head(), Position(64));
+        let exposition = metrics.render("");
+        let commits: u64 = exposition
+            .lines()
+            .find_map(|l| l.strip_prefix("eventfold_events_per_commit_count "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(commits < 32, "64 appends took {commits} commits");
         log.shutdown().await;
     }
 }
