@@ -3,38 +3,11 @@
 //! [`v0_2`], 0.3.0 (`wit/v0.3`) in [`v0_3`].
 //! Everything else imports the generated types from this module.
 
-/// The `projection` world: imports `state` and `log`; exports `describe`,
-/// `handle` and `query`.
-pub mod projection {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "projection",
-        // Host functions may fail (a value over the size cap): that traps the call.
-        imports: { default: trappable },
-    });
-}
-
-/// The `notifier` world: imports `state`, `notify` and `log`; exports
-/// `describe` and `handle`. The interfaces it shares with `projection` are
-/// the projection's, so one host implementation serves both.
-pub mod notifier {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "notifier",
-        imports: { default: trappable },
-        with: {
-            "eventfold:plugin/types": super::projection::eventfold::plugin::types,
-            "eventfold:plugin/state": super::projection::eventfold::plugin::state,
-            "eventfold:plugin/log": super::projection::eventfold::plugin::log,
-        },
-    });
-}
-
-pub use notifier::eventfold::plugin::notify;
-pub use projection::eventfold::plugin::{log, state, types};
-
-/// One later version of the package: its `projection` and `notifier`
-/// worlds, the notifier sharing the projection's interfaces.
+/// One version of the package: its `projection` world (imports `state` and
+/// `log`; exports `describe`, `handle` and `query`) and its `notifier` world
+/// (imports `notify` as well; exports `describe` and `handle`), whose shared
+/// interfaces are the projection's, so that one host implementation serves
+/// both.
 macro_rules! version {
     ($path:literal) => {
         /// This version's `projection` world.
@@ -42,6 +15,7 @@ macro_rules! version {
             wasmtime::component::bindgen!({
                 path: $path,
                 world: "projection",
+                // Host functions may fail (a value over the size cap): that traps the call.
                 imports: { default: trappable },
             });
         }
@@ -64,6 +38,8 @@ macro_rules! version {
         pub use projection::eventfold::plugin::{log, state, types};
     };
 }
+
+version!("../wit");
 
 /// Version 0.2 of the package (`wit/v0.2`): the same interfaces, and a
 /// plugin that chooses how `handle` receives its events (records or JSON).
