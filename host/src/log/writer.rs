@@ -13,7 +13,9 @@
 //! sees every acknowledged append) and at each checkpoint, which makes redb
 //! itself durable every so often and at shutdown. A group no longer pays for
 //! a transaction of its own, nor for copying the B-tree pages it touches
-//! again each time.
+//! again each time. A writer that stops after a failure may have lost the
+//! open transaction: what it held is acknowledged and in the WAL, and
+//! readers miss it until a restart replays the WAL.
 //!
 //! Positions are gapless because only the one running commit assigns them,
 //! and only a committed group advances them.
@@ -347,10 +349,6 @@ impl Writer {
         let Some(txn) = self.open.take() else {
             return Ok(());
         };
-        self.commit_open(txn)
-    }
-
-    fn commit_open(&mut self, txn: WriteTransaction) -> Result<(), LogError> {
         let committed = (|| {
             self.chunk.flush(&mut txn.open_table(EVENT_CHUNKS)?)?;
             txn.commit()?;
