@@ -36,7 +36,7 @@ fn ticks(n: u64) -> Duration {
 }
 
 /// The CPU time this process has used so far (the load generator).
-pub fn own() -> Duration {
+fn own() -> Duration {
     stat("self").map_or(Duration::ZERO, |s| ticks(s.own_ticks))
 }
 
@@ -44,7 +44,7 @@ pub fn own() -> Duration {
 /// far: itself, its live descendants, and the children it has reaped (a
 /// PostgreSQL backend that exited is in its postmaster's count). `None` when
 /// `root` is not running.
-pub fn tree(root: u32) -> Option<Duration> {
+fn tree(root: u32) -> Option<Duration> {
     let mut processes = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
@@ -65,6 +65,33 @@ pub fn tree(root: u32) -> Option<Duration> {
         }
     }
     Some(ticks(total))
+}
+
+/// CPU time of the server (`pid`'s process tree) and of this process,
+/// from the moment it is taken to [`Clock::stop`].
+pub struct Clock {
+    pid: Option<u32>,
+    server: Option<Duration>,
+    client: Duration,
+}
+
+impl Clock {
+    pub fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            server: pid.and_then(tree),
+            client: own(),
+        }
+    }
+
+    /// (server, client) CPU time since the start.
+    pub fn stop(self) -> (Option<Duration>, Duration) {
+        let server = self
+            .server
+            .zip(self.pid.and_then(tree))
+            .map(|(before, after)| after.saturating_sub(before));
+        (server, own().saturating_sub(self.client))
+    }
 }
 
 #[cfg(test)]

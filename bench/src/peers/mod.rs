@@ -310,7 +310,7 @@ async fn measure_all(
     for round in 0..args.rounds {
         for i in 0..systems.len() {
             let s = (i + round) % systems.len();
-            let cpu = CpuClock::start(systems[s].pid());
+            let cpu = cpu::Clock::start(systems[s].pid());
             let started = Instant::now();
             let latencies = systems[s].read(args.events).await?;
             let elapsed = started.elapsed();
@@ -359,33 +359,6 @@ pub struct Round {
     pub client_cpu: Duration,
 }
 
-/// CPU time of the server (`pid`'s process tree) and of this process,
-/// from the moment it is taken to [`CpuClock::stop`].
-struct CpuClock {
-    pid: Option<u32>,
-    server: Option<Duration>,
-    client: Duration,
-}
-
-impl CpuClock {
-    fn start(pid: Option<u32>) -> Self {
-        Self {
-            pid,
-            server: pid.and_then(cpu::tree),
-            client: cpu::own(),
-        }
-    }
-
-    /// (server, client) CPU time since the start.
-    fn stop(self) -> (Option<Duration>, Duration) {
-        let server = self
-            .server
-            .zip(self.pid.and_then(cpu::tree))
-            .map(|(before, after)| after.saturating_sub(before));
-        (server, cpu::own().saturating_sub(self.client))
-    }
-}
-
 /// Runs one workload against one system for `duration`; `round` names the
 /// streams (with a tag of this run, so that a server already running can be
 /// driven again).
@@ -405,7 +378,7 @@ pub async fn drive(
         );
         clients.push(system.client(&stream, workload.events).await?);
     }
-    let cpu = CpuClock::start(system.pid());
+    let cpu = cpu::Clock::start(system.pid());
     let started = Instant::now();
     let deadline = started + duration;
     let barrier = Arc::new(tokio::sync::Barrier::new(workload.clients));

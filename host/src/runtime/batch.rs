@@ -135,7 +135,7 @@ fn json(events: &[RecordedEvent]) -> Vec<u8> {
 
 /// Bytes of an event's fixed header in `event-encoding.packed`: position,
 /// version and recorded-at (u64 each), then five field lengths (u32 each).
-pub const PACKED_HEADER: usize = 3 * 8 + 5 * 4;
+const PACKED_HEADER: usize = 3 * 8 + 5 * 4;
 
 /// The events as the buffer of `event-encoding.packed`: their count (u32),
 /// then per event its header and its five variable fields, little-endian.
