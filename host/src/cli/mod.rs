@@ -172,9 +172,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The default number of threads serving HTTP: one fewer than the CPUs, at
 /// least one, leaving a core to the log's writer and the plugins' threads.
 /// With one on every core of the 2-vCPU development VM, 32 appending
-/// clients ran 11–27 % slower (README, "Benchmarks"): while one thread
-/// blocked in a group's fsync the other went on reading requests and handed
-/// them to the writer thread, a wake-up between threads for every group.
+/// clients cost the server 45–55 µs of CPU per request instead of 35–38 and
+/// ran up to 17 % slower (README, "Benchmarks"): while one thread blocked in
+/// a group's fsync, the other went on reading requests and handed them to
+/// the writer thread, a wake-up between threads for every group.
 fn default_http_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
