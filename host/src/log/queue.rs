@@ -7,7 +7,7 @@
 //! fsync — and then commits everything queued as one group on its own
 //! thread, with no hand-off to the writer thread and back (each a wake-up
 //! between threads: on the 2-vCPU development VM ~90 µs of a 1-client
-//! append's 0.5 ms). A group of more than [`INLINE_MAX_BYTES`] goes to the
+//! append's 0.5 ms). A group of more than [`LEADER_MAX_BYTES`] goes to the
 //! writer thread instead. An append that arrives while a commit runs queues, and
 //! the writer thread takes everything queued as one group when the commit
 //! ends: group commit. Checkpoints run on the writer thread, never inside a
@@ -128,7 +128,7 @@ impl Queue {
             let group = {
                 let mut state = self.lock();
                 let bytes: usize = state.queued.iter().map(|c| c.size().1).sum();
-                (bytes <= INLINE_MAX_BYTES).then(|| take_group(&mut state.queued))
+                (bytes <= LEADER_MAX_BYTES).then(|| take_group(&mut state.queued))
             };
             // A big group goes to the writer thread when `_busy` drops.
             if let Some(group) = group {
@@ -245,7 +245,7 @@ impl Queue {
 /// writer thread commits the group while the leader's thread goes on reading
 /// requests: checking and writing hundreds of events takes long enough for
 /// that overlap to be worth the wake-ups.
-const INLINE_MAX_BYTES: usize = 16 << 10;
+const LEADER_MAX_BYTES: usize = 16 << 10;
 
 /// How often an idle writer thread looks whether a checkpoint is due.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
