@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `eventfold` binary, a temporary data directory,
 //! real HTTP.
 
+mod append_socket;
 mod bad_input;
 mod durability;
 mod harness;

@@ -53,8 +53,10 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the JSON body, `{"error": {"code", "message", …}}`;
+    /// a server error is logged on the way out.
+    pub fn into_body(self) -> (StatusCode, Value) {
         // 503 (compiling, shutting down) is expected and passes: not an error of the server.
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::debug!(code = self.code, "{}", self.message);
@@ -65,8 +67,15 @@ impl IntoResponse for ApiError {
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
         error.extend(self.details);
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        (self.status, json!({ "error": error }))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.into_body();
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 "Bearer".parse().expect("static header"),

@@ -3,6 +3,7 @@
 //! Owns routing, request parsing and error rendering; owns no state of its own
 //! beyond [`AppState`], which every handler receives.
 
+mod appends;
 mod auth;
 mod batch;
 mod error;
@@ -122,7 +123,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             with_timeout(timeout, req, next)
         }));
-    // Live feeds last as long as the client listens: no request timeout.
+    // Live feeds and append sockets last as long as the client keeps them
+    // open: no request timeout.
     // A deploy carries a component of up to `max_plugin_bytes` and compiles
     // it (seconds for Python/JS): its own body limit, no request timeout.
     let plugin = put(plugins::deploy)
@@ -130,6 +132,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .get(plugins::status)
         .delete(plugins::remove);
     let mut app = Router::new()
+        .route("/appends", get(appends::upgrade))
         .route("/events/live", get(events::live))
         .route("/notifications/live", get(notifications::live))
         .route("/plugins/{name}", plugin)

@@ -41,7 +41,7 @@ pub async fn append(
 }
 
 /// 201 when something was appended, 200 for a retry that appended nothing.
-fn status_of(outcome: &AppendOutcome) -> StatusCode {
+pub(super) fn status_of(outcome: &AppendOutcome) -> StatusCode {
     if outcome.duplicate {
         StatusCode::OK
     } else {
