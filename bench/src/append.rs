@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::peers::{Eventfold, Measure, Round, System, WORKLOADS, drive};
+use crate::peers::{Eventfold, Measure, Protocol, Round, System, WORKLOADS, drive};
 
 /// Options of the append benchmark.
 #[derive(clap::Args)]
@@ -28,6 +28,10 @@ pub struct Args {
     /// Rounds; workloads are interleaved and the median round is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// How clients append: `http` (`POST /streams/{stream}`) or `socket`
+    /// (`GET /appends`, a WebSocket).
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
 }
 
 impl Default for Args {
@@ -37,6 +41,7 @@ impl Default for Args {
             data_dir: PathBuf::from("target/bench-data"),
             seconds: 5.0,
             rounds: 3,
+            protocol: Protocol::Http,
         }
     }
 }
@@ -51,10 +56,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let fsyncs = fdatasync_rate(scratch.path(), Duration::from_secs(2), false)?;
     let overwrites = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
 
-    let system = System::Eventfold(match &args.url {
-        Some(url) => Eventfold::connect(url),
-        None => Eventfold::start(scratch.path()).await?,
-    });
+    let system = System::Eventfold(
+        match &args.url {
+            Some(url) => Eventfold::connect(url),
+            None => Eventfold::start(scratch.path()).await?,
+        }
+        .with_protocol(args.protocol),
+    );
     let seconds = Duration::from_secs_f64(args.seconds);
     let mut results: Vec<Vec<Round>> = WORKLOADS.iter().map(|_| Vec::new()).collect();
     let measured: anyhow::Result<()> = async {

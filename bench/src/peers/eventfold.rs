@@ -1,33 +1,59 @@
 //! eventfold as a peer: the real server in a process of its own (this binary
-//! re-executed as `eventfold serve`), or one already running, driven over HTTP.
+//! re-executed as `eventfold serve`), or one already running, driven over
+//! HTTP (`POST /streams/{stream}`) or over its append socket (`GET /appends`,
+//! a WebSocket).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::service::{self, Service};
 use super::{EVENT_DATA, EVENT_TYPE, PAGE};
 
+/// How clients append.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Protocol {
+    /// One `POST /streams/{stream}` per append.
+    Http,
+    /// One message per append over a WebSocket to `GET /appends`.
+    Socket,
+}
+
 /// The server under test: started here, or one already running.
 pub struct Eventfold {
     service: Option<Service>,
+    pid: Option<u32>,
     url: String,
     http: reqwest::Client,
+    protocol: Protocol,
 }
 
 /// One client: its own connection and its own stream.
 pub struct Client {
-    http: reqwest::Client,
-    /// Parsed once, not on every request.
-    url: reqwest::Url,
+    connection: Connection,
+    stream: String,
     /// The JSON array of one request's events.
     events: String,
     batch: u64,
     /// The stream's last version, as the append's `expected_version`.
     version: Option<u64>,
+}
+
+enum Connection {
+    Http {
+        http: reqwest::Client,
+        /// Parsed once, not on every request.
+        url: reqwest::Url,
+    },
+    Socket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
 }
 
 impl Eventfold {
@@ -53,9 +79,11 @@ impl Eventfold {
         })
         .await?;
         Ok(Self {
+            pid: Some(service.pid()),
             service: Some(service),
             url,
             http,
+            protocol: Protocol::Http,
         })
     }
 
@@ -63,22 +91,64 @@ impl Eventfold {
     pub fn connect(url: &str) -> Self {
         Self {
             service: None,
+            pid: None,
             url: url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            protocol: Protocol::Http,
         }
+    }
+
+    /// Clients from now on append over `protocol`.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The same server, its clients appending over `protocol`; stopping it
+    /// leaves the server running.
+    pub fn over(&self, protocol: Protocol) -> Self {
+        Self {
+            service: None,
+            pid: self.pid,
+            url: self.url.clone(),
+            http: self.http.clone(),
+            protocol,
+        }
+    }
+
+    /// How its clients append.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The server's process id, when it was started here.
     pub fn pid(&self) -> Option<u32> {
-        self.service.as_ref().map(Service::pid)
+        self.pid
     }
 
     /// A client appending `batch` events per request to `stream`.
-    pub fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
+    pub async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         let event = format!(r#"{{"type":"{EVENT_TYPE}","data":{EVENT_DATA}}}"#);
+        let connection = match self.protocol {
+            Protocol::Http => Connection::Http {
+                http: reqwest::Client::new(),
+                url: format!("{}/streams/{stream}", self.url).parse()?,
+            },
+            Protocol::Socket => {
+                let url = format!("{}/appends", self.url.replacen("http", "ws", 1));
+                // tungstenite zeroes its read buffer before every read: 8 KiB,
+                // not its default 128 KiB (the server does the same).
+                let config = WebSocketConfig::default().read_buffer_size(8 << 10);
+                let (socket, _) =
+                    tokio_tungstenite::connect_async_with_config(&url, Some(config), true)
+                        .await
+                        .with_context(|| format!("connecting to {url}"))?;
+                Connection::Socket(Box::new(socket))
+            }
+        };
         Ok(Client {
-            http: reqwest::Client::new(),
-            url: format!("{}/streams/{stream}", self.url).parse()?,
+            connection,
+            stream: stream.to_owned(),
             events: format!("[{}]", vec![event; batch].join(",")),
             batch: batch as u64,
             version: None,
@@ -161,24 +231,51 @@ impl Client {
             None => "\"no_stream\"".to_owned(),
             Some(v) => v.to_string(),
         };
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header("content-type", "application/json")
-            .body(format!(
-                "{{\"expected_version\":{expected},\"events\":{}}}",
-                self.events
-            ))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "append failed: {} {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
+        match &mut self.connection {
+            Connection::Http { http, url } => {
+                let response = http
+                    .post(url.clone())
+                    .header("content-type", "application/json")
+                    .body(format!(
+                        "{{\"expected_version\":{expected},\"events\":{}}}",
+                        self.events
+                    ))
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!(
+                        "append failed: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
+                }
+                response.bytes().await?;
+            }
+            Connection::Socket(socket) => {
+                let message = format!(
+                    "{{\"stream\":\"{}\",\"expected_version\":{expected},\"events\":{}}}",
+                    self.stream, self.events
+                );
+                socket.send(Message::text(message)).await?;
+                let reply = loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(reply))) => break reply,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(other)) => bail!("append socket: unexpected {other:?}"),
+                        Some(Err(error)) => return Err(error.into()),
+                        None => bail!("append socket closed"),
+                    }
+                };
+                #[derive(Deserialize)]
+                struct Reply {
+                    status: u16,
+                }
+                let Reply { status } = serde_json::from_str(&reply)?;
+                if !(200..300).contains(&status) {
+                    bail!("append failed: {reply}");
+                }
+            }
         }
-        response.bytes().await?;
         self.version = Some(self.version.map_or(self.batch - 1, |v| v + self.batch));
         Ok(())
     }

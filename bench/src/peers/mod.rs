@@ -1,6 +1,7 @@
 //! eventfold side by side with Redis Streams and PostgreSQL, in one run on
 //! loopback: the same load generator and the same ≈200-byte JSON events for
-//! all three, systems alternating between rounds; the disk's fsync rate and
+//! all, systems alternating between rounds (eventfold twice: appending over
+//! HTTP and over its append socket); the disk's fsync rate and
 //! a replay through a WASM plugin against the native fold in the same run;
 //! one table, the DESIGN §6 targets as ratios, and the report as JSON and
 //! as a PNG chart.
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-pub use self::eventfold::Eventfold;
+pub use self::eventfold::{Eventfold, Protocol};
 use self::postgres::Postgres;
 use self::redis::Redis;
 use self::report::Replay;
@@ -92,12 +93,18 @@ pub const WORKLOADS: [Workload; 3] = [
     },
 ];
 
-/// The systems compared, in the order of the table.
-pub const SYSTEMS: [&str; 3] = ["eventfold", "Redis", "PostgreSQL"];
+/// How the table names eventfold appending over HTTP.
+pub const EVENTFOLD_HTTP: &str = "eventfold HTTP";
+/// How the table names eventfold appending over its append socket.
+pub const EVENTFOLD_SOCKET: &str = "eventfold socket";
+/// How the table names Redis.
+pub const REDIS: &str = "Redis";
+/// How the table names PostgreSQL.
+pub const POSTGRES: &str = "PostgreSQL";
 
 /// A running system under test.
 pub enum System {
-    /// eventfold over HTTP.
+    /// eventfold, over HTTP or over its append socket.
     Eventfold(Eventfold),
     /// Redis Streams, every write fsynced.
     Redis(Redis),
@@ -115,9 +122,12 @@ enum Client {
 impl System {
     fn name(&self) -> &'static str {
         match self {
-            System::Eventfold(_) => SYSTEMS[0],
-            System::Redis(_) => SYSTEMS[1],
-            System::Postgres(_) => SYSTEMS[2],
+            System::Eventfold(s) => match s.protocol() {
+                Protocol::Http => EVENTFOLD_HTTP,
+                Protocol::Socket => EVENTFOLD_SOCKET,
+            },
+            System::Redis(_) => REDIS,
+            System::Postgres(_) => POSTGRES,
         }
     }
 
@@ -139,9 +149,15 @@ impl System {
         Ok(format!("{} {version}", self.name()))
     }
 
+    /// Whether the read is measured through it: eventfold's log is read
+    /// once, over HTTP, whatever its appends went over.
+    fn reads(&self) -> bool {
+        !matches!(self, System::Eventfold(s) if s.protocol() == Protocol::Socket)
+    }
+
     async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         Ok(match self {
-            System::Eventfold(s) => Client::Eventfold(s.client(stream, batch)?),
+            System::Eventfold(s) => Client::Eventfold(s.client(stream, batch).await?),
             System::Redis(s) => Client::Redis(s.client(stream, batch).await?),
             System::Postgres(s) => Client::Postgres(s.client(stream, batch).await?),
         })
@@ -217,13 +233,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let fsync_overwrite = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
     eprintln!("disk: {fsync_append:.0} fdatasync/s appending, {fsync_overwrite:.0}/s overwriting");
 
+    let eventfold = Eventfold::start(scratch.path()).await?;
     let systems = vec![
-        System::Eventfold(Eventfold::start(scratch.path()).await?),
+        System::Eventfold(eventfold.over(Protocol::Socket)),
+        System::Eventfold(eventfold),
         System::Redis(Redis::start(scratch.path()).await?),
         System::Postgres(Postgres::start(scratch.path()).await?),
     ];
     let mut versions = Vec::new();
-    for system in &systems {
+    for system in systems.iter().filter(|s| s.reads()) {
         let version = system.version().await?;
         eprintln!(
             "{version} running, pid {}",
@@ -274,31 +292,28 @@ fn eventfold_version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
 }
 
+/// Each system's name and measure.
+pub type Measures = Vec<(&'static str, Measure)>;
+
 /// Append workloads and reads, every system in every round, the systems'
 /// order rotating from round to round.
-async fn measure_all(
-    args: &Args,
-    systems: &[System],
-) -> anyhow::Result<(Vec<[Measure; 3]>, [Measure; 3])> {
+async fn measure_all(args: &Args, systems: &[System]) -> anyhow::Result<(Vec<Measures>, Measures)> {
     let seconds = Duration::from_secs_f64(args.seconds);
-    let mut appends: Vec<[Vec<Round>; 3]> = WORKLOADS.iter().map(|_| Default::default()).collect();
+    let mut appends: Vec<Vec<Vec<Round>>> = WORKLOADS
+        .iter()
+        .map(|_| systems.iter().map(|_| Vec::new()).collect())
+        .collect();
     for round in 0..args.rounds {
         for (w, workload) in WORKLOADS.iter().enumerate() {
-            for i in 0..systems.len() {
-                let s = (i + round) % systems.len();
+            for s in rotation(systems.len(), round) {
                 let result = drive(&systems[s], *workload, seconds, round).await?;
-                eprintln!(
-                    "round {} {:<24} {:<10} {:>10.0} events/s",
-                    round + 1,
-                    workload.name,
-                    systems[s].name(),
-                    result.events_per_sec
-                );
+                log_round(round, workload.name, &systems[s], &result);
                 appends[w][s].push(result);
             }
         }
     }
-    for system in systems {
+    let readers: Vec<&System> = systems.iter().filter(|s| s.reads()).collect();
+    for system in &readers {
         eprintln!(
             "{}: filling to {} events to read",
             system.name(),
@@ -306,13 +321,12 @@ async fn measure_all(
         );
         system.fill(args.events).await?;
     }
-    let mut reads: [Vec<Round>; 3] = Default::default();
+    let mut reads: Vec<Vec<Round>> = readers.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
-        for i in 0..systems.len() {
-            let s = (i + round) % systems.len();
-            let cpu = cpu::Clock::start(systems[s].pid());
+        for s in rotation(readers.len(), round) {
+            let cpu = cpu::Clock::start(readers[s].pid());
             let started = Instant::now();
-            let latencies = systems[s].read(args.events).await?;
+            let latencies = readers[s].read(args.events).await?;
             let elapsed = started.elapsed();
             let (server_cpu, client_cpu) = cpu.stop();
             let result = Round {
@@ -321,19 +335,39 @@ async fn measure_all(
                 server_cpu,
                 client_cpu,
             };
-            eprintln!(
-                "round {} read {:<10} {:>10.0} events/s",
-                round + 1,
-                systems[s].name(),
-                result.events_per_sec
-            );
+            log_round(round, "read", readers[s], &result);
             reads[s].push(result);
         }
     }
+    let named = |systems: Vec<&System>, rounds: Vec<Vec<Round>>| -> Measures {
+        systems
+            .into_iter()
+            .zip(rounds)
+            .map(|(s, r)| (s.name(), Measure::from(r)))
+            .collect()
+    };
     Ok((
-        appends.into_iter().map(|w| w.map(Measure::from)).collect(),
-        reads.map(Measure::from),
+        appends
+            .into_iter()
+            .map(|w| named(systems.iter().collect(), w))
+            .collect(),
+        named(readers, reads),
     ))
+}
+
+/// The systems' indices in the order they run in `round`: rotated by one
+/// each round, so that none always runs first.
+fn rotation(systems: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..systems).map(move |i| (i + round) % systems)
+}
+
+fn log_round(round: usize, what: &str, system: &System, result: &Round) {
+    eprintln!(
+        "round {} {what:<24} {:<16} {:>10.0} events/s",
+        round + 1,
+        system.name(),
+        result.events_per_sec
+    );
 }
 
 /// A tag for this run of the benchmark: its start, in seconds since the epoch.

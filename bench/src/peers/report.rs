@@ -7,7 +7,7 @@ use std::time::Duration;
 use plotters::style::RGBColor;
 use serde::Serialize;
 
-use super::{Args, Round, SYSTEMS, WORKLOADS};
+use super::{Args, EVENTFOLD_HTTP, EVENTFOLD_SOCKET, Measures, POSTGRES, REDIS, Round, WORKLOADS};
 use crate::chart::{self, Bar, Panel};
 
 /// One system's figures for one workload: medians over the rounds.
@@ -55,32 +55,71 @@ impl From<Vec<Round>> for Measure {
     }
 }
 
-/// One workload (or the read) across the three systems.
+/// One workload (or the read) across the systems.
 #[derive(Serialize)]
 pub struct Comparison {
     /// The workload's name.
     pub workload: String,
-    /// eventfold, Redis, PostgreSQL.
+    /// Each system's name and figures, eventfold first.
     pub systems: Vec<(String, Measure)>,
-    /// eventfold's events/s over Redis's.
-    pub eventfold_vs_redis: f64,
-    /// eventfold's events/s over PostgreSQL's.
-    pub eventfold_vs_postgres: f64,
+    /// eventfold's events/s (over each protocol measured) over each peer's.
+    pub ratios: Vec<Ratio>,
+}
+
+/// eventfold over one protocol against one peer.
+#[derive(Serialize)]
+pub struct Ratio {
+    /// eventfold and the protocol, as the table names it.
+    pub eventfold: String,
+    /// The peer.
+    pub peer: String,
+    /// eventfold's events/s over the peer's.
+    pub ratio: f64,
 }
 
 impl Comparison {
-    fn new(workload: &str, measures: [Measure; 3]) -> Self {
-        let rate = |i: usize| measures[i].events_per_sec;
+    fn new(workload: &str, measures: Measures) -> Self {
+        let rate = |name: &str| {
+            measures
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, m)| m.events_per_sec)
+        };
+        let mut ratios = Vec::new();
+        for eventfold in [EVENTFOLD_HTTP, EVENTFOLD_SOCKET] {
+            for peer in [REDIS, POSTGRES] {
+                if let (Some(ours), Some(theirs)) = (rate(eventfold), rate(peer)) {
+                    ratios.push(Ratio {
+                        eventfold: eventfold.to_owned(),
+                        peer: peer.to_owned(),
+                        ratio: ours / theirs,
+                    });
+                }
+            }
+        }
+        let mut systems: Vec<(String, Measure)> = measures
+            .into_iter()
+            .map(|(name, m)| (name.to_owned(), m))
+            .collect();
+        // eventfold first, HTTP before the socket, then the peers.
+        systems.sort_by_key(|(name, _)| {
+            [EVENTFOLD_HTTP, EVENTFOLD_SOCKET, REDIS, POSTGRES]
+                .iter()
+                .position(|n| n == name)
+        });
         Self {
             workload: workload.to_owned(),
-            eventfold_vs_redis: rate(0) / rate(1),
-            eventfold_vs_postgres: rate(0) / rate(2),
-            systems: SYSTEMS
-                .iter()
-                .map(|s| s.to_string())
-                .zip(measures)
-                .collect(),
+            systems,
+            ratios,
         }
+    }
+
+    /// `eventfold`'s events/s over `peer`'s, when both were measured.
+    pub fn ratio(&self, eventfold: &str, peer: &str) -> Option<f64> {
+        self.ratios
+            .iter()
+            .find(|r| r.eventfold == eventfold && r.peer == peer)
+            .map(|r| r.ratio)
     }
 }
 
@@ -186,11 +225,22 @@ pub struct Settings {
     pub page: u64,
 }
 
-const EVENTFOLD: RGBColor = RGBColor(31, 119, 180);
-const REDIS: RGBColor = RGBColor(214, 39, 40);
-const POSTGRES: RGBColor = RGBColor(44, 160, 44);
-const NATIVE: RGBColor = RGBColor(127, 127, 127);
-const COLORS: [RGBColor; 3] = [EVENTFOLD, REDIS, POSTGRES];
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const LIGHT_BLUE: RGBColor = RGBColor(107, 174, 214);
+const RED: RGBColor = RGBColor(214, 39, 40);
+const GREEN: RGBColor = RGBColor(44, 160, 44);
+const GREY: RGBColor = RGBColor(127, 127, 127);
+
+/// A system's colour in the chart.
+fn color(system: &str) -> RGBColor {
+    match system {
+        EVENTFOLD_HTTP => BLUE,
+        EVENTFOLD_SOCKET => LIGHT_BLUE,
+        REDIS => RED,
+        POSTGRES => GREEN,
+        _ => GREY,
+    }
+}
 
 impl Report {
     /// Puts the run's figures together and checks the targets.
@@ -199,8 +249,8 @@ impl Report {
         args: &Args,
         versions: Vec<String>,
         (fsync_append, fsync_overwrite): (f64, f64),
-        appends: Vec<[Measure; 3]>,
-        read: [Measure; 3],
+        appends: Vec<Measures>,
+        read: Measures,
         replay: Replay,
         elapsed: Duration,
     ) -> Self {
@@ -220,30 +270,25 @@ impl Report {
                 met: measured >= at_least,
             })
         };
-        target(
-            "1 client: eventfold / Redis",
-            "1c/Redis",
-            appends[0].eventfold_vs_redis,
-            0.7,
-        );
-        target(
-            "1 client: eventfold / PostgreSQL",
-            "1c/PG",
-            appends[0].eventfold_vs_postgres,
-            1.0,
-        );
-        target(
-            "32 clients: eventfold / Redis",
-            "32c/Redis",
-            appends[1].eventfold_vs_redis,
-            1.0,
-        );
-        target(
-            "4 x 100 events: eventfold / Redis",
-            "batch/Redis",
-            appends[2].eventfold_vs_redis,
-            1.5,
-        );
+        // (workload, peer, what the table and the chart call it, at least)
+        let append_targets = [
+            (0, REDIS, "1 client", "1c/Redis", 0.7),
+            (0, POSTGRES, "1 client", "1c/PG", 1.0),
+            (1, REDIS, "32 clients", "32c/Redis", 1.0),
+            (2, REDIS, "4 x 100 events", "batch/Redis", 1.5),
+        ];
+        for (eventfold, suffix) in [(EVENTFOLD_HTTP, ""), (EVENTFOLD_SOCKET, " ws")] {
+            for (workload, peer, name, short, at_least) in append_targets {
+                if let Some(ratio) = appends.get(workload).and_then(|c| c.ratio(eventfold, peer)) {
+                    target(
+                        &format!("{name}: {eventfold} / {peer}"),
+                        &format!("{short}{suffix}"),
+                        ratio,
+                        at_least,
+                    );
+                }
+            }
+        }
         // The trivial fold is the one DESIGN §6 sets the replay targets for.
         if let Some(trivial) = replay.folds.last() {
             target(
@@ -289,7 +334,7 @@ impl Report {
             self.fsync_per_sec_appending, self.fsync_per_sec_overwriting
         );
         println!(
-            "{:<24} {:<11} {:>11} {:>8} {:>8} {:>9} {:>9}   {:>9} {:>9} {:>9}",
+            "{:<24} {:<16} {:>11} {:>8} {:>8} {:>9} {:>9}   {:>9} {:>9} {:>9}",
             "workload",
             "system",
             "events/s",
@@ -312,14 +357,15 @@ impl Report {
                     .server_cpu_us_per_request
                     .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
                 print!(
-                    "{workload:<24} {system:<11} {:>11.0} {:>8.2} {:>8.2} {server:>9} {:>9.0}",
+                    "{workload:<24} {system:<16} {:>11.0} {:>8.2} {:>8.2} {server:>9} {:>9.0}",
                     m.events_per_sec, m.p50_ms, m.p99_ms, m.client_cpu_us_per_request
                 );
-                if i == 0 {
+                if let (Some(redis), Some(postgres)) = (
+                    comparison.ratio(system, REDIS),
+                    comparison.ratio(system, POSTGRES),
+                ) {
                     print!(
-                        "   {:>8.2}x {:>8.2}x {:>8.2}x",
-                        comparison.eventfold_vs_redis,
-                        comparison.eventfold_vs_postgres,
+                        "   {redis:>8.2}x {postgres:>8.2}x {:>8.2}x",
                         m.events_per_sec / self.fsync_per_sec_overwriting
                     );
                 }
@@ -382,11 +428,10 @@ impl Report {
                 bars: c
                     .systems
                     .iter()
-                    .zip(COLORS)
-                    .map(|((system, m), color)| Bar {
+                    .map(|(system, m)| Bar {
                         label: system.clone(),
                         value: m.events_per_sec,
-                        color,
+                        color: color(system),
                     })
                     .collect(),
                 line: None,
@@ -405,12 +450,12 @@ impl Report {
                         Bar {
                             label: format!("{short}: native"),
                             value: f.native_per_sec,
-                            color: NATIVE,
+                            color: GREY,
                         },
                         Bar {
                             label: format!("{short}: WASM"),
                             value: f.wasm_per_sec,
-                            color: EVENTFOLD,
+                            color: BLUE,
                         },
                     ]
                 })
@@ -426,7 +471,7 @@ impl Report {
                 .map(|t| Bar {
                     label: t.short.clone(),
                     value: t.measured / t.at_least,
-                    color: if t.met { POSTGRES } else { REDIS },
+                    color: if t.met { GREEN } else { RED },
                 })
                 .collect(),
             line: Some(1.0),
@@ -499,9 +544,26 @@ mod tests {
     #[test]
     fn ratios_are_eventfold_over_each_peer() {
         let m = |rate: f64| Measure::from(vec![round(rate, &[1])]);
-        let c = Comparison::new("w", [m(150.0), m(100.0), m(300.0)]);
-        assert_eq!(c.eventfold_vs_redis, 1.5);
-        assert_eq!(c.eventfold_vs_postgres, 0.5);
-        assert_eq!(c.systems[2].0, "PostgreSQL");
+        let c = Comparison::new(
+            "w",
+            vec![
+                (EVENTFOLD_SOCKET, m(200.0)),
+                (EVENTFOLD_HTTP, m(150.0)),
+                (REDIS, m(100.0)),
+                (POSTGRES, m(300.0)),
+            ],
+        );
+        assert_eq!(c.ratio(EVENTFOLD_HTTP, REDIS), Some(1.5));
+        assert_eq!(c.ratio(EVENTFOLD_HTTP, POSTGRES), Some(0.5));
+        assert_eq!(c.ratio(EVENTFOLD_SOCKET, REDIS), Some(2.0));
+        let order: Vec<&str> = c.systems.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            order,
+            [EVENTFOLD_HTTP, EVENTFOLD_SOCKET, REDIS, POSTGRES],
+            "eventfold first, HTTP before the socket"
+        );
+        let read = Comparison::new("read", vec![(EVENTFOLD_HTTP, m(10.0)), (REDIS, m(5.0))]);
+        assert_eq!(read.ratio(EVENTFOLD_SOCKET, REDIS), None, "not measured");
+        assert_eq!(read.ratio(EVENTFOLD_HTTP, POSTGRES), None, "not measured");
     }
 }
