@@ -395,7 +395,7 @@ pub struct Round {
 
 /// Runs one workload against one system for `duration`; `round` names the
 /// streams (with a tag of this run, so that a server already running can be
-/// driven again).
+/// driven again, and the system's name).
 pub async fn drive(
     system: &System,
     workload: Workload,
@@ -404,11 +404,14 @@ pub async fn drive(
 ) -> anyhow::Result<Round> {
     let mut clients = Vec::new();
     for client in 0..workload.clients {
+        // Systems may share a server (eventfold over HTTP and over its
+        // socket): each gets streams of its own.
         let stream = format!(
-            "bench{}x{}-{client}-r{round}-{}",
+            "bench{}x{}-{client}-r{round}-{}-{}",
             workload.clients,
             workload.events,
-            run_tag()
+            run_tag(),
+            system.name().replace(' ', "-")
         );
         clients.push(system.client(&stream, workload.events).await?);
     }

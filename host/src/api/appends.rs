@@ -8,8 +8,6 @@
 //! What it saves against HTTP is per request: no headers to write and parse
 //! on either side, no routing, and a client without a connection pool.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -107,21 +105,14 @@ async fn serve(mut socket: WebSocket, state: AppState) {
 
 /// Applies one message's append and renders the reply.
 async fn append(state: &AppState, body: &[u8]) -> String {
-    let started = Instant::now();
-    let result = async {
-        let item: BatchItem<'_> = parse_json(body)?;
-        let append = item.into_append(&state.limits)?;
-        let events = append.events.len();
-        let outcome = state.log.append(append).await?;
-        Ok::<_, ApiError>((outcome, events))
-    }
-    .await;
-    state.record_append(
-        started,
-        result.as_ref().ok().map(|(o, n)| (*n, o.duplicate)),
-    );
+    let result = state
+        .append_one(|| {
+            let item: BatchItem<'_> = parse_json(body)?;
+            item.into_append(&state.limits)
+        })
+        .await;
     let (status, outcome, error) = match result {
-        Ok((outcome, _)) => (super::streams::status_of(&outcome), Some(outcome), None),
+        Ok(outcome) => (super::streams::status_of(&outcome), Some(outcome), None),
         Err(error) => {
             let (status, body) = error.into_body();
             (status, None, Some(body))

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 
 use crate::config::{Config, Limits};
-use crate::log::EventLog;
+use crate::log::{AppendOutcome, EventLog, StreamAppend};
 use crate::metrics::Metrics;
 
 /// What every handler shares.
@@ -62,6 +62,26 @@ impl AppState {
             )),
             Some(n) => Ok(n.min(max)),
         }
+    }
+
+    /// Runs one append request, from parsing (`request`) to the durable
+    /// outcome, and records its latency and outcome.
+    async fn append_one(
+        &self,
+        request: impl FnOnce() -> Result<StreamAppend, ApiError>,
+    ) -> Result<AppendOutcome, ApiError> {
+        let started = Instant::now();
+        let result = async {
+            let append = request()?;
+            let events = append.events.len();
+            Ok::<_, ApiError>((self.log.append(append).await?, events))
+        }
+        .await;
+        self.record_append(
+            started,
+            result.as_ref().ok().map(|(o, n)| (*n, o.duplicate)),
+        );
+        result.map(|(outcome, _)| outcome)
     }
 
     /// Records an append request's latency and outcome; `appended` is the

@@ -1,7 +1,5 @@
 //! `POST /streams/{stream}` (append) and `GET /streams/{stream}` (read one stream).
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,21 +20,13 @@ pub async fn append(
     Path(stream): Path<String>,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = async {
-        let stream = StreamName::new(stream)?;
-        let body: AppendBody<'_> = parse_json(&body)?;
-        let append = body.into_append(stream, &state.limits)?;
-        let events = append.events.len();
-        let outcome = state.log.append(append).await?;
-        Ok::<_, ApiError>((outcome, events))
-    }
-    .await;
-    state.record_append(
-        started,
-        result.as_ref().ok().map(|(o, n)| (*n, o.duplicate)),
-    );
-    let (outcome, _) = result?;
+    let outcome = state
+        .append_one(|| {
+            let stream = StreamName::new(stream)?;
+            let body: AppendBody<'_> = parse_json(&body)?;
+            body.into_append(stream, &state.limits)
+        })
+        .await?;
     Ok((status_of(&outcome), axum::Json(outcome)).into_response())
 }
 
