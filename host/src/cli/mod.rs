@@ -90,8 +90,8 @@ struct ServeArgs {
     /// Largest plugin component accepted, in bytes.
     #[arg(long, env = "EVENTFOLD_MAX_PLUGIN_BYTES", default_value_t = 64 << 20)]
     max_plugin_bytes: usize,
-    /// Threads serving HTTP (default: one fewer than the CPUs, at least one;
-    /// the log's writer and the plugins run on threads of their own).
+    /// Threads serving HTTP (default: one per CPU; the log's writer and the
+    /// plugins run on threads of their own).
     #[arg(long, env = "EVENTFOLD_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     http_threads: Option<u16>,
 }
@@ -145,12 +145,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let addr = args.addr;
-    let http_threads = args
-        .http_threads
-        .map_or_else(default_http_threads, usize::from);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.http_threads {
+        runtime.worker_threads(threads.into());
+    }
     let config = args.into_config();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(http_threads)
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -167,17 +167,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.run(shutdown).await?;
         Ok(())
     })
-}
-
-/// The default number of threads serving HTTP: one fewer than the CPUs, at
-/// least one, leaving a core to the log's writer and the plugins' threads.
-/// With one on every core of the 2-vCPU development VM, 32 appending
-/// clients cost the server 45–55 µs of CPU per request instead of 35–38 and
-/// ran up to 17 % slower (README, "Benchmarks"): while one thread blocked in
-/// a group's fsync, the other went on reading requests and handed them to
-/// the writer thread, a wake-up between threads for every group.
-fn default_http_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 /// Cancels `shutdown` on ctrl-c or SIGTERM.
