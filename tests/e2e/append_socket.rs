@@ -140,11 +140,7 @@ async fn a_bad_append_gets_an_error_reply_and_the_socket_goes_on() {
             400,
             "no_events",
         ),
-        (
-            append("", json!("any"), "T"),
-            400,
-            "invalid_name",
-        ),
+        (append("", json!("any"), "T"), 400, "invalid_name"),
         (
             json!({ "stream": "s", "events": [{ "type": "T", "data": {} }], "extra": 1 })
                 .to_string(),

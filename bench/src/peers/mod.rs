@@ -141,12 +141,11 @@ impl System {
 
     /// Its name and version, as the server reports it.
     async fn version(&self) -> anyhow::Result<String> {
-        let version = match self {
-            System::Eventfold(_) => eventfold_version(),
-            System::Redis(s) => s.version().await?,
-            System::Postgres(s) => s.version().await?,
-        };
-        Ok(format!("{} {version}", self.name()))
+        Ok(match self {
+            System::Eventfold(_) => format!("eventfold {}", env!("CARGO_PKG_VERSION")),
+            System::Redis(s) => format!("{REDIS} {}", s.version().await?),
+            System::Postgres(s) => format!("{POSTGRES} {}", s.version().await?),
+        })
     }
 
     /// Whether the read is measured through it: eventfold's log is read
@@ -285,11 +284,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     report.chart(&png)?;
     println!("report: {} and {}", json.display(), png.display());
     Ok(())
-}
-
-/// The version of the eventfold crate this benchmark was built with.
-fn eventfold_version() -> String {
-    env!("CARGO_PKG_VERSION").to_owned()
 }
 
 /// Each system's name and measure.

@@ -175,6 +175,8 @@ impl From<&crate::replay::Report> for Replay {
 pub struct Target {
     /// What is compared.
     pub name: String,
+    /// Which panel of the chart shows it: eventfold over one protocol, or replay.
+    pub group: String,
     /// The same in a few characters, for the chart.
     pub short: String,
     /// The measured figure (a ratio, or events/s).
@@ -261,9 +263,10 @@ impl Report {
             .collect();
         let read = Comparison::new(&format!("read {} events", args.events), read);
         let mut targets = Vec::new();
-        let mut target = |name: &str, short: &str, measured: f64, at_least: f64| {
+        let mut target = |group: &str, name: &str, short: &str, measured: f64, at_least: f64| {
             targets.push(Target {
                 name: name.to_owned(),
+                group: group.to_owned(),
                 short: short.to_owned(),
                 measured,
                 at_least,
@@ -277,12 +280,13 @@ impl Report {
             (1, REDIS, "32 clients", "32c/Redis", 1.0),
             (2, REDIS, "4 x 100 events", "batch/Redis", 1.5),
         ];
-        for (eventfold, suffix) in [(EVENTFOLD_HTTP, ""), (EVENTFOLD_SOCKET, " ws")] {
+        for eventfold in [EVENTFOLD_HTTP, EVENTFOLD_SOCKET] {
             for (workload, peer, name, short, at_least) in append_targets {
                 if let Some(ratio) = appends.get(workload).and_then(|c| c.ratio(eventfold, peer)) {
                     target(
+                        eventfold,
                         &format!("{name}: {eventfold} / {peer}"),
-                        &format!("{short}{suffix}"),
+                        short,
                         ratio,
                         at_least,
                     );
@@ -292,12 +296,14 @@ impl Report {
         // The trivial fold is the one DESIGN §6 sets the replay targets for.
         if let Some(trivial) = replay.folds.last() {
             target(
+                "replay",
                 "replay (trivial fold): WASM events/s",
                 "replay/s",
                 trivial.wasm_per_sec,
                 1e6,
             );
             target(
+                "replay",
                 "replay (trivial fold): WASM / native",
                 "/native",
                 trivial.ratio,
@@ -429,7 +435,7 @@ impl Report {
                     .systems
                     .iter()
                     .map(|(system, m)| Bar {
-                        label: system.clone(),
+                        label: system.replace("eventfold ", "ef "),
                         value: m.events_per_sec,
                         color: color(system),
                     })
@@ -462,20 +468,29 @@ impl Report {
                 .collect(),
             line: Some(1e6),
         });
-        panels.push(Panel {
-            title: "targets: measured / required (1 = met)".into(),
-            unit: "share of target".into(),
-            bars: self
-                .targets
-                .iter()
-                .map(|t| Bar {
-                    label: t.short.clone(),
-                    value: t.measured / t.at_least,
-                    color: if t.met { GREEN } else { RED },
-                })
-                .collect(),
-            line: Some(1.0),
-        });
+        let mut groups: Vec<&str> = Vec::new();
+        for target in &self.targets {
+            if !groups.contains(&target.group.as_str()) {
+                groups.push(&target.group);
+            }
+        }
+        for group in groups {
+            panels.push(Panel {
+                title: format!("targets, {group}: measured / required"),
+                unit: "share of target (1 = met)".into(),
+                bars: self
+                    .targets
+                    .iter()
+                    .filter(|t| t.group == group)
+                    .map(|t| Bar {
+                        label: t.short.clone(),
+                        value: t.measured / t.at_least,
+                        color: if t.met { GREEN } else { RED },
+                    })
+                    .collect(),
+                line: Some(1.0),
+            });
+        }
         chart::draw(
             path,
             &format!(
