@@ -11,7 +11,6 @@
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::Value;
@@ -126,11 +125,10 @@ async fn append(state: &AppState, body: &[u8]) -> String {
 }
 
 fn render(reply: &Reply) -> String {
+    // Serialising a status, an outcome and a JSON value does not fail.
     serde_json::to_string(reply).unwrap_or_else(|_| {
-        format!(
-            r#"{{"status":{},"error":{{"code":"internal","message":"cannot render the reply"}}}}"#,
-            StatusCode::INTERNAL_SERVER_ERROR.as_u16()
-        )
+        r#"{"status":500,"error":{"code":"internal","message":"cannot render the reply"}}"#
+            .to_owned()
     })
 }
 
