@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -48,10 +52,13 @@ pub struct Client {
 }
 
 enum Connection {
+    /// One bare HTTP/1 connection (hyper's, as a Redis client keeps one
+    /// connection): no pool, no per-request URL or header parsing.
     Http {
-        http: reqwest::Client,
-        /// Parsed once, not on every request.
-        url: reqwest::Url,
+        sender: http1::SendRequest<Full<Bytes>>,
+        /// `/streams/{stream}`.
+        path: String,
+        host: String,
     },
     Socket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
 }
@@ -130,10 +137,28 @@ impl Eventfold {
     pub async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
         let event = format!(r#"{{"type":"{EVENT_TYPE}","data":{EVENT_DATA}}}"#);
         let connection = match self.protocol {
-            Protocol::Http => Connection::Http {
-                http: reqwest::Client::new(),
-                url: format!("{}/streams/{stream}", self.url).parse()?,
-            },
+            Protocol::Http => {
+                let url = reqwest::Url::parse(&self.url)?;
+                let (Some(name), Some(port)) = (url.host_str(), url.port_or_known_default())
+                else {
+                    bail!("{}: no host to connect to", self.url);
+                };
+                if url.scheme() != "http" {
+                    bail!("{}: the benchmark's clients speak plain http only", self.url);
+                }
+                let host = format!("{name}:{port}");
+                let tcp = TcpStream::connect(&host)
+                    .await
+                    .with_context(|| format!("connecting to {}", self.url))?;
+                tcp.set_nodelay(true)?;
+                let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(connection);
+                Connection::Http {
+                    sender,
+                    path: format!("{}/streams/{stream}", url.path().trim_end_matches('/')),
+                    host,
+                }
+            }
             Protocol::Socket => {
                 let url = format!("{}/appends", self.url.replacen("http", "ws", 1));
                 // tungstenite zeroes its read buffer before every read: 8 KiB,
@@ -232,24 +257,25 @@ impl Client {
             Some(v) => v.to_string(),
         };
         match &mut self.connection {
-            Connection::Http { http, url } => {
-                let response = http
-                    .post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(format!(
-                        "{{\"expected_version\":{expected},\"events\":{}}}",
-                        self.events
-                    ))
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
+            Connection::Http { sender, path, host } => {
+                let body = format!(
+                    "{{\"expected_version\":{expected},\"events\":{}}}",
+                    self.events
+                );
+                let request = hyper::Request::post(path.as_str())
+                    .header(hyper::header::HOST, host.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                if !status.is_success() {
                     bail!(
-                        "append failed: {} {}",
-                        response.status(),
-                        response.text().await.unwrap_or_default()
+                        "append failed: {status} {}",
+                        String::from_utf8_lossy(&body)
                     );
                 }
-                response.bytes().await?;
             }
             Connection::Socket(socket) => {
                 let message = format!(
