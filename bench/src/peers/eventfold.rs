@@ -139,15 +139,17 @@ impl Eventfold {
         let connection = match self.protocol {
             Protocol::Http => {
                 let url = reqwest::Url::parse(&self.url)?;
-                let (Some(name), Some(port)) = (url.host_str(), url.port_or_known_default())
-                else {
+                let (Some(name), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
                     bail!("{}: no host to connect to", self.url);
                 };
                 if url.scheme() != "http" {
-                    bail!("{}: the benchmark's clients speak plain http only", self.url);
+                    bail!(
+                        "{}: the benchmark's clients speak plain http only",
+                        self.url
+                    );
                 }
                 let host = format!("{name}:{port}");
-                let tcp = TcpStream::connect(&host)
+                let tcp = TcpStream::connect(&*url.socket_addrs(|| None)?)
                     .await
                     .with_context(|| format!("connecting to {}", self.url))?;
                 tcp.set_nodelay(true)?;
@@ -271,10 +273,7 @@ impl Client {
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
                 if !status.is_success() {
-                    bail!(
-                        "append failed: {status} {}",
-                        String::from_utf8_lossy(&body)
-                    );
+                    bail!("append failed: {status} {}", String::from_utf8_lossy(&body));
                 }
             }
             Connection::Socket(socket) => {
