@@ -1,6 +1,6 @@
 //! `eventfold-bench`: benchmarks that print a table (never timed tests).
 //!
-//! - `append`: the append workloads of DESIGN §6 over HTTP, with the disk's
+//! - `append`: the append workloads of the targets over HTTP, with the disk's
 //!   raw fdatasync rate measured in the same run.
 //! - `replay`: a projection rebuilt from zero through a Rust WASM plugin and
 //!   through the same fold written natively, plus deploy-to-first-event times.
@@ -8,8 +8,8 @@
 //! - `notify`: notifications delivered to a webhook receiver, against a bare
 //!   loop of HTTP POSTs.
 //! - `peers`: eventfold against Redis Streams and PostgreSQL in one run
-//!   (appends, a read of the whole log, replay), with the DESIGN §6 targets
-//!   as ratios, written as JSON and a PNG chart.
+//!   (appends, a read of the whole log, replay), with the targets
+//!   (`docs/design.md#targets`) as ratios, written as JSON and a PNG chart.
 //! - `storage`: the log's file size for 1 KB events against their payload.
 //! - `all`: `peers`, `languages`, `notify` and `storage`.
 

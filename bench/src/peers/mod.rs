@@ -3,8 +3,8 @@
 //! all, systems alternating between rounds (eventfold twice: appending over
 //! HTTP and over its append socket); the disk's fsync rate and
 //! a replay through a WASM plugin against the native fold in the same run;
-//! one table, the DESIGN §6 targets as ratios, and the report as JSON and
-//! as a PNG chart.
+//! one table, the targets (`docs/design.md#targets`) as ratios, and the
+//! report as JSON and as a PNG chart.
 
 mod cpu;
 mod eventfold;
@@ -74,7 +74,7 @@ pub struct Workload {
     pub events: usize,
 }
 
-/// The append workloads of DESIGN §6.
+/// The append workloads of the targets (`docs/design.md#targets`).
 pub const WORKLOADS: [Workload; 3] = [
     Workload {
         name: "1 client x 1 event",

@@ -1,5 +1,5 @@
 //! What the peer benchmark measured: the printed table, the JSON report, the
-//! chart, and the DESIGN §6 targets checked as ratios.
+//! chart, and the targets (`docs/design.md#targets`) checked as ratios.
 
 use std::path::Path;
 use std::time::Duration;
@@ -170,7 +170,7 @@ impl From<&crate::replay::Report> for Replay {
     }
 }
 
-/// A DESIGN §6 target and what this run measured against it.
+/// A target (`docs/design.md#targets`) and what this run measured against it.
 #[derive(Serialize)]
 pub struct Target {
     /// What is compared.
@@ -293,7 +293,7 @@ impl Report {
                 }
             }
         }
-        // The trivial fold is the one DESIGN §6 sets the replay targets for.
+        // The trivial fold is the one the replay targets are set for.
         if let Some(trivial) = replay.folds.last() {
             target(
                 "replay",
@@ -401,10 +401,7 @@ impl Report {
             );
         }
         println!();
-        println!(
-            "{:<42} {:>12} {:>12}",
-            "DESIGN §6 target", "measured", "at least"
-        );
+        println!("{:<42} {:>12} {:>12}", "target", "measured", "at least");
         for target in &self.targets {
             println!(
                 "{:<42} {:>12} {:>12}   {}",

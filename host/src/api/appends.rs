@@ -23,9 +23,10 @@ use super::intake::BatchItem;
 use crate::log::AppendOutcome;
 
 /// Bytes read from the socket at a time. tungstenite zeroes this much before
-/// every read: its default, 128 KiB, cost 8% of the server's CPU with 32
-/// clients appending one event at a time; 8 KiB, as hyper starts with for
-/// HTTP, cost 1%. A larger message takes more reads.
+/// every read, so its default, 128 KiB, costs a noticeable share of the
+/// server's CPU when many clients append one event at a time; 8 KiB, as hyper
+/// starts with for HTTP, costs little (`docs/design.md#notes`). A larger
+/// message takes more reads.
 const READ_BUFFER_BYTES: usize = 8 << 10;
 
 /// Upgrades the request to a WebSocket of appends; a plain request gets a

@@ -4,8 +4,8 @@
 //! of its first one, instead of one entry per event. The writer fills a chunk
 //! with the events of a group commit up to [`CHUNK_BYTES`], so a batch of 100
 //! events costs one or a few B-tree inserts instead of 100, and 1 KB events
-//! fill redb's pages instead of leaving a fifth of each empty (DESIGN §6,
-//! storage). An event bigger than that gets a chunk of its own.
+//! fill redb's pages instead of leaving part of each empty
+//! (`docs/design.md#chunks`). An event bigger than that gets a chunk of its own.
 //!
 //! ```text
 //! u32 count

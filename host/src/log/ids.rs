@@ -3,7 +3,7 @@
 //! `event_ids` index. An event without one gets a UUIDv8 that carries this
 //! log's tag and the event's position: the log finds such an event from its
 //! id without an index entry: two B-tree inserts per event instead of three
-//! (DESIGN §6b).
+//! (`docs/design.md#generated-ids`).
 //!
 //! Layout, most significant bits first: 48 bits of tag, the version nibble
 //! `8`, 12 more bits of tag, the RFC 9562 variant `10`, 62 bits of position.

@@ -6,12 +6,13 @@
 //! with it queue behind it, as Redis gathers one event-loop turn into one
 //! fsync — and then commits everything queued as one group on its own
 //! thread, with no hand-off to the writer thread and back (each a wake-up
-//! between threads: on the 2-vCPU development VM ~90 µs of a 1-client
-//! append's 0.5 ms). A group of more than [`LEADER_MAX_BYTES`] goes to the
-//! writer thread instead. An append that arrives while a commit runs queues, and
-//! the writer thread takes everything queued as one group when the commit
-//! ends: group commit. Checkpoints run on the writer thread, never inside a
-//! leader's commit (an append that arrives during one queues behind it).
+//! between threads, a sizeable part of a lone append's latency:
+//! `docs/design.md#notes`). A group of more than [`LEADER_MAX_BYTES`] goes
+//! to the writer thread instead. An append that arrives while a commit runs
+//! queues, and the writer thread takes everything queued as one group when
+//! the commit ends: group commit. Checkpoints run on the writer thread, never
+//! inside a leader's commit (an append that arrives during one queues behind
+//! it).
 //!
 //! A leader's commit blocks its tokio worker for the fsync; as one commit
 //! runs at a time, that is at most one worker. On a runtime with a single

@@ -1,6 +1,7 @@
 //! The redb tables of the event log, typed, in one place.
 //!
-//! Layout (DESIGN §2, costs in §6b), format 2:
+//! Layout (`docs/design.md#tables-and-keys`, what redb costs in
+//! `docs/design.md#notes`), format 2:
 //! - `event_chunks`: position of a chunk's first event → the chunk, a run of
 //!   consecutive encoded events (`chunk`, `codec`). The head is the last
 //!   event of the last chunk.

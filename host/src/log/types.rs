@@ -189,8 +189,8 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
-    /// Writes the event as the JSON object of DESIGN §2. `data` and `metadata`
-    /// are spliced in as stored: they were validated as JSON when appended.
+    /// Writes the event as the API's JSON object. `data` and `metadata` are
+    /// spliced in as stored: they were validated as JSON when appended.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let string = |out: &mut Vec<u8>, s: &str| {
             // Serialising a &str into a Vec cannot fail.

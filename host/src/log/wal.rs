@@ -26,7 +26,7 @@ const MAGIC: u32 = 0x4546_5731; // "EFW1"
 const HEADER: usize = 12;
 /// Size written with zeros when the WAL is created: overwriting blocks that
 /// are already allocated and written needs no metadata in the fdatasync,
-/// which makes it about twice as fast as appending (DESIGN §6).
+/// which makes it much cheaper than appending (`docs/design.md#notes`).
 const PREALLOCATE: u64 = 16 << 20;
 /// Past this offset the writer checkpoints after the group.
 pub(super) const CHECKPOINT_BYTES: u64 = 12 << 20;

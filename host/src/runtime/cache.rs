@@ -1,7 +1,8 @@
 //! Compiled components cached on disk, keyed by the wasm's SHA-256 and the
 //! engine's settings, so a restart or a redeploy of a known plugin does not
-//! compile again (deserialising takes about a millisecond; compiling a Python
-//! or JavaScript component takes seconds).
+//! compile again (deserialising is orders of magnitude cheaper than
+//! compiling, above all for Python and JavaScript components:
+//! `docs/design.md#notes`).
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
