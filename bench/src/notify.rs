@@ -238,7 +238,7 @@ async fn wait_for(
     done: impl Fn(&eventfold::notify::MailboxStats) -> bool,
 ) -> anyhow::Result<()> {
     loop {
-        let status = plugins.status(name)?;
+        let status = plugins.status(name).await?;
         if let Some(error) = &status.last_error {
             bail!("the notifier failed: {}", error.message);
         }

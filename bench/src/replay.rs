@@ -366,7 +366,7 @@ pub async fn wait_until(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
-        let status = plugins.status(name)?;
+        let status = plugins.status(name).await?;
         if done(&status) {
             return Ok(started.elapsed());
         }
@@ -416,7 +416,7 @@ pub async fn deploy_latency(
         let first_event = async {
             loop {
                 // Not found until the deploy has registered the name.
-                if let Ok(status) = plugins.status(&name) {
+                if let Ok(status) = plugins.status(&name).await {
                     if status.checkpoint >= 1 {
                         return anyhow::Ok(started.elapsed());
                     }

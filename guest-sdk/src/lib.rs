@@ -1,4 +1,5 @@
-//! Write [eventfold](https://github.com/) plugins in Rust.
+//! Write eventfold plugins in Rust (the guide: `docs/plugins/rust.md` in the
+//! eventfold repository).
 //!
 //! A projection is a type that implements [`Projection`]: it declares which
 //! events it wants and folds each one into its key-value [`State`]. The SDK

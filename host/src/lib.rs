@@ -27,6 +27,8 @@
 //!   subcommands that talk to a running server (`append`, `read`, `tail`;
 //!   `deploy`, `plugins`, `replay`, `state`; `webhook`, `notifications`).
 //! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
+//! - [`blocking`]: the one rule for blocking work in async code, and the
+//!   helper that follows it.
 
 /// Implements `From` for each of redb's error types into `$target::Storage`
 /// (which holds a `redb::Error`), so `?` works on every redb call.
@@ -50,6 +52,7 @@ macro_rules! from_redb_errors {
 }
 
 pub mod api;
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod log;

@@ -3,6 +3,7 @@
 
 mod append_socket;
 mod bad_input;
+mod compiling;
 mod durability;
 mod harness;
 mod languages;

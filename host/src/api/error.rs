@@ -151,9 +151,9 @@ impl From<PluginError> for ApiError {
             | PluginError::Io(_)
             | PluginError::Internal(_)
             | PluginError::Storage(_)
-            | PluginError::Notify(NotifyError::Corrupt(_) | NotifyError::Storage(_)) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
+            | PluginError::Notify(
+                NotifyError::Corrupt(_) | NotifyError::Storage(_) | NotifyError::Internal(_),
+            ) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }
 }

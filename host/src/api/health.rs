@@ -22,12 +22,29 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&notifier_metrics(&state)),
+        state
+            .metrics
+            .render(&notifier_metrics(&notifiers(&state).await)),
     )
 }
 
+/// Every notifier's mailbox figures, by name. A status that cannot be read
+/// leaves the notifier figures out of this scrape (and is logged).
+async fn notifiers(state: &AppState) -> Vec<(String, MailboxStats)> {
+    match state.plugins.list().await {
+        Ok(plugins) => plugins
+            .into_iter()
+            .filter_map(|p| p.notifications.map(|n| (p.name, n.stats)))
+            .collect(),
+        Err(error) => {
+            tracing::error!(%error, "cannot read the plugins' statuses for the metrics");
+            Vec::new()
+        }
+    }
+}
+
 /// Per-notifier delivery figures, as OpenMetrics families labelled by plugin.
-fn notifier_metrics(state: &AppState) -> String {
+fn notifier_metrics(notifiers: &[(String, MailboxStats)]) -> String {
     type Figure = (
         &'static str,
         &'static str,
@@ -66,12 +83,6 @@ fn notifier_metrics(state: &AppState) -> String {
             |s| s.oldest_pending_age_secs.unwrap_or(0.0),
         ),
     ];
-    let notifiers: Vec<(String, MailboxStats)> = state
-        .plugins
-        .list()
-        .into_iter()
-        .filter_map(|p| p.notifications.map(|n| (p.name, n.stats)))
-        .collect();
     let mut out = String::new();
     if notifiers.is_empty() {
         return out;
@@ -80,7 +91,7 @@ fn notifier_metrics(state: &AppState) -> String {
         let _ = writeln!(out, "# HELP eventfold_{name} {help}.");
         let _ = writeln!(out, "# TYPE eventfold_{name} {kind}");
         let suffix = if kind == "counter" { "_total" } else { "" };
-        for (plugin, stats) in &notifiers {
+        for (plugin, stats) in notifiers {
             let _ = writeln!(
                 out,
                 "eventfold_{name}{suffix}{{plugin=\"{plugin}\"}} {}",

@@ -252,20 +252,16 @@ fn live_notifications(feed: LiveFeed) -> impl Stream<Item = Result<Event, Infall
                 }
                 if f.catching_up {
                     let after = f.sent.unwrap_or(0);
-                    let read =
-                        tokio::task::spawn_blocking(move || mailbox.read(after, CATCH_UP_PAGE))
-                            .await;
-                    match read {
-                        Ok(Ok(page)) if !page.is_empty() => {
+                    match blocking(move || mailbox.read(after, CATCH_UP_PAGE)).await {
+                        Ok(page) if !page.is_empty() => {
                             f.buffered.extend(page);
                             continue;
                         }
-                        Ok(Ok(_)) => f.catching_up = false,
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "notification feed stopped");
+                        Ok(_) => f.catching_up = false,
+                        Err(error) => {
+                            tracing::warn!(?error, "notification feed stopped");
                             return None;
                         }
-                        Err(_) => return None,
                     }
                 }
             }
@@ -292,11 +288,9 @@ fn live_notifications(feed: LiveFeed) -> impl Stream<Item = Result<Event, Infall
     })
 }
 
+/// A mailbox operation, off the runtime's threads (`crate::blocking`).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::notify::NotifyError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| crate::plugins::PluginError::Internal(format!("task failed: {e}")))?
-        .map_err(|e| crate::plugins::PluginError::from(e).into())
+    Ok(crate::blocking::run(move || f().map_err(crate::plugins::PluginError::from)).await?)
 }

@@ -45,7 +45,7 @@ pub async fn deploy(
         ));
     }
     let outcome = state.plugins.deploy(name.clone(), body).await?;
-    let mut body = serde_json::to_value(state.plugins.status(&name)?).unwrap_or(Value::Null);
+    let mut body = serde_json::to_value(state.plugins.status(&name).await?).unwrap_or(Value::Null);
     let status = match outcome {
         DeployOutcome::Created => StatusCode::CREATED,
         DeployOutcome::Rebuilding(generation) => {
@@ -63,8 +63,9 @@ pub async fn deploy(
 }
 
 /// Every plugin's status.
-pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(json!({ "plugins": state.plugins.list() }))
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let plugins = state.plugins.list().await?;
+    Ok(axum::Json(json!({ "plugins": plugins })).into_response())
 }
 
 /// One plugin's status.
@@ -73,7 +74,7 @@ pub async fn status(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    Ok(axum::Json(state.plugins.status(&name)?).into_response())
+    Ok(axum::Json(state.plugins.status(&name).await?).into_response())
 }
 
 /// Unloads a plugin and deletes its state.
@@ -93,7 +94,7 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
     let generation = state.plugins.replay(&name).await?;
-    let mut body = serde_json::to_value(state.plugins.status(&name)?).unwrap_or(Value::Null);
+    let mut body = serde_json::to_value(state.plugins.status(&name).await?).unwrap_or(Value::Null);
     body["replay"] = json!({ "generation": generation });
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }

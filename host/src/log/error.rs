@@ -63,7 +63,7 @@ pub enum LogError {
     /// A file-system operation on the data directory failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// A read task could not run to completion.
+    /// A blocking task could not run to completion.
     #[error("internal: {0}")]
     Internal(String),
     /// The storage engine failed (I/O, full disk, …).
@@ -72,3 +72,9 @@ pub enum LogError {
 }
 
 from_redb_errors!(LogError);
+
+impl From<tokio::task::JoinError> for LogError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        LogError::Internal(format!("blocking task failed: {error}"))
+    }
+}

@@ -21,9 +21,10 @@ mod wal;
 mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
 use redb::Database;
 use tokio::sync::watch;
 
@@ -176,7 +177,7 @@ impl EventLog {
         max_scan: usize,
     ) -> Result<LogPage, LogError> {
         let inner = self.inner.clone();
-        blocking(move || {
+        crate::blocking::run(move || {
             inner.settle()?;
             reader::read_log(&inner.db, from, limit, &filter, max_scan)
         })
@@ -192,7 +193,7 @@ impl EventLog {
         direction: Direction,
     ) -> Result<Option<StreamPage>, LogError> {
         let inner = self.inner.clone();
-        blocking(move || {
+        crate::blocking::run(move || {
             inner.settle()?;
             reader::read_stream(&inner.db, stream.as_str(), from, limit, direction)
         })
@@ -215,17 +216,10 @@ impl EventLog {
     /// writer. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.queue.close();
-        let thread = self.inner.writer.lock().ok().and_then(|mut w| w.take());
+        let thread = self.inner.writer.lock().take();
         if let Some(thread) = thread {
+            // Joining waits for the final commit: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LogError::Internal(format!("read task failed: {e}")))?
 }

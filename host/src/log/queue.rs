@@ -25,8 +25,10 @@
 //! left waiting.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -90,7 +92,7 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a queue and flags, consistent at every unlock: a
         // panic elsewhere cannot leave it half-changed.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Appends, and answers once the appends are durable.
@@ -177,7 +179,7 @@ impl Queue {
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
         // Panics are caught where the writer runs, and stop it (`stop`).
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        self.writer.lock()
     }
 
     /// Refuses new appends; the writer thread commits what is queued, makes a
@@ -205,11 +207,7 @@ impl Queue {
                         self.checkpoint("final checkpoint failed; the write-ahead log still holds every acknowledged append");
                         return;
                     }
-                    let (next, waited) = self
-                        .wake
-                        .wait_timeout(state, IDLE_CHECK)
-                        .unwrap_or_else(|e| e.into_inner());
-                    state = next;
+                    let waited = self.wake.wait_for(&mut state, IDLE_CHECK);
                     if waited.timed_out() && !state.busy && state.queued.is_empty() {
                         idle = true;
                         break;

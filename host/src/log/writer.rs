@@ -112,6 +112,23 @@ struct Pending {
     next_stream_id: u64,
 }
 
+/// A request that passed its checks: its own changes to the heads, each
+/// append's outcome, and where each append that is not a retry goes.
+struct Checked {
+    request: Pending,
+    outcomes: Vec<AppendOutcome>,
+    placements: Vec<Option<Placement>>,
+}
+
+/// Where a checked append goes: its stream (new or not), the version of its
+/// first event and that event's position.
+struct Placement {
+    stream_id: u64,
+    first_version: u64,
+    first_position: u64,
+    new_stream: bool,
+}
+
 struct Tables<'txn> {
     chunks: Table<'txn, u64, &'static [u8]>,
     streams: Table<'txn, &'static str, u64>,
@@ -407,6 +424,27 @@ impl Writer {
         appends: &[StreamAppend],
         recorded_at: u64,
     ) -> Result<Vec<AppendOutcome>, LogError> {
+        let checked = self.check(tables, group, appends)?;
+        for (append, placement) in appends.iter().zip(&checked.placements) {
+            if let Some(placement) = placement {
+                self.write(tables, append, placement, recorded_at)?;
+            }
+        }
+        let request = checked.request;
+        group.heads.extend(request.heads);
+        group.next_position = request.next_position;
+        group.next_stream_id = request.next_stream_id;
+        Ok(checked.outcomes)
+    }
+
+    /// Checks every append of a request against the log and the group so
+    /// far, and places each one that is not a retry.
+    fn check(
+        &mut self,
+        tables: &mut Tables<'_>,
+        group: &Pending,
+        appends: &[StreamAppend],
+    ) -> Result<Checked, LogError> {
         // This request's own changes, merged into the group's once all checks pass.
         let mut request = Pending {
             heads: HashMap::new(),
@@ -414,15 +452,15 @@ impl Writer {
             next_stream_id: group.next_stream_id,
         };
         let mut outcomes = Vec::with_capacity(appends.len());
-        let mut plan = Vec::with_capacity(appends.len());
+        let mut placements = Vec::with_capacity(appends.len());
         for append in appends {
             if let Some(outcome) = self.find_retry(tables, append)? {
                 outcomes.push(outcome);
-                plan.push(None);
+                placements.push(None);
                 continue;
             }
             let name = append.stream.as_str();
-            let head = self.head_of(tables, [&request, &*group], name)?;
+            let head = self.head_of(tables, [&request, group], name)?;
             let current = head.map(|h| h.version);
             if !append.expected_version.admits(current) {
                 return Err(LogError::WrongExpectedVersion {
@@ -431,80 +469,97 @@ impl Writer {
                     actual: current,
                 });
             }
-            let (id, first_version, new_stream) = match head {
-                Some(h) => (h.id, h.version + 1, false),
+            let placement = match head {
+                Some(h) => Placement {
+                    stream_id: h.id,
+                    first_version: h.version + 1,
+                    first_position: request.next_position,
+                    new_stream: false,
+                },
                 None => {
                     request.next_stream_id += 1;
-                    (request.next_stream_id - 1, 0, true)
+                    Placement {
+                        stream_id: request.next_stream_id - 1,
+                        first_version: 0,
+                        first_position: request.next_position,
+                        new_stream: true,
+                    }
                 }
             };
             let count = append.events.len() as u64;
-            let first_position = request.next_position;
+            let last_version = placement.first_version + count - 1;
             request.next_position += count;
             request.heads.insert(
                 name.to_owned(),
                 StreamHead {
-                    id,
-                    version: first_version + count - 1,
+                    id: placement.stream_id,
+                    version: last_version,
                 },
             );
             outcomes.push(AppendOutcome {
-                first_position: Position(first_position),
-                last_position: Position(first_position + count - 1),
-                next_expected_version: first_version + count - 1,
+                first_position: Position(placement.first_position),
+                last_position: Position(placement.first_position + count - 1),
+                next_expected_version: last_version,
                 duplicate: false,
             });
-            plan.push(Some((id, first_version, first_position, new_stream)));
+            placements.push(Some(placement));
         }
+        Ok(Checked {
+            request,
+            outcomes,
+            placements,
+        })
+    }
 
-        for (append, step) in appends.iter().zip(&plan) {
-            let Some((stream_id, first_version, first_position, new_stream)) = *step else {
-                continue;
-            };
-            let name = append.stream.as_str();
-            if new_stream {
-                tables.streams.insert(name, stream_id)?;
-            }
-            for (i, event) in append.events.iter().enumerate() {
-                let position = first_position + i as u64;
-                debug_assert_eq!(self.chunk.next_position(), position);
-                let id = event.id.unwrap_or_else(|| self.generated.id(position));
-                let encode = EncodeEvent {
-                    stream: name,
-                    version: first_version + i as u64,
-                    recorded_at,
-                    id,
-                    event_type: event.event_type.as_str(),
-                    metadata: &event.metadata,
-                    data: &event.data,
-                };
-                let at = self
-                    .chunk
-                    .append(&mut tables.chunks, encode.encoded_len(), |buf| {
-                        encode.encode(buf)
-                    })?;
-                if event.id.is_some() {
-                    tables.ids.insert(id.as_u128(), position)?;
-                }
-                self.record.push(
-                    position,
-                    WalEvent {
-                        stream_id,
-                        encoded: self.chunk.bytes_of(at),
-                    },
-                );
-            }
-            let run = Run {
-                version: first_version,
-                position: first_position,
-                count: append.events.len() as u64,
-            };
-            runs::insert(&mut tables.runs, stream_id, run)?;
+    /// Writes one checked append's events where it was placed: into the
+    /// chunks, the ids it carries, its run, and the group's WAL record.
+    fn write(
+        &mut self,
+        tables: &mut Tables<'_>,
+        append: &StreamAppend,
+        placement: &Placement,
+        recorded_at: u64,
+    ) -> Result<(), LogError> {
+        let name = append.stream.as_str();
+        if placement.new_stream {
+            tables.streams.insert(name, placement.stream_id)?;
         }
-        group.heads.extend(request.heads);
-        group.next_position = request.next_position;
-        group.next_stream_id = request.next_stream_id;
-        Ok(outcomes)
+        for (i, event) in append.events.iter().enumerate() {
+            let position = placement.first_position + i as u64;
+            debug_assert_eq!(self.chunk.next_position(), position);
+            let id = event.id.unwrap_or_else(|| self.generated.id(position));
+            let encode = EncodeEvent {
+                stream: name,
+                version: placement.first_version + i as u64,
+                recorded_at,
+                id,
+                event_type: event.event_type.as_str(),
+                metadata: &event.metadata,
+                data: &event.data,
+            };
+            let at = self
+                .chunk
+                .append(&mut tables.chunks, encode.encoded_len(), |buf| {
+                    encode.encode(buf)
+                })?;
+            if event.id.is_some() {
+                tables.ids.insert(id.as_u128(), position)?;
+            }
+            self.record.push(
+                position,
+                WalEvent {
+                    stream_id: placement.stream_id,
+                    encoded: self.chunk.bytes_of(at),
+                },
+            );
+        }
+        let run = Run {
+            version: placement.first_version,
+            position: placement.first_position,
+            count: append.events.len() as u64,
+        };
+        runs::insert(&mut tables.runs, placement.stream_id, run)?;
+        Ok(())
     }
 
     /// If the append's first event id is already in the log, the request is a

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::mailbox::{Mailbox, Outcome};
 use super::webhook::WebhookConfig;
 use super::{NotifyError, StoredNotification};
+use crate::blocking;
 
 /// Notifications read from the mailbox at a time.
 const PAGE: usize = 256;
@@ -40,7 +41,7 @@ pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: Cance
                 }
             }
         }
-        if let Err(error) = mailbox.sync() {
+        if let Err(error) = on_mailbox(&mailbox, Mailbox::sync).await {
             tracing::error!(plugin = %mailbox.plugin(), %error, "cannot make delivery progress durable");
         }
         tokio::select! {
@@ -48,20 +49,22 @@ pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: Cance
             () = shutdown.cancelled() => break,
         }
     }
-    let _ = mailbox.sync();
+    let _ = on_mailbox(&mailbox, Mailbox::sync).await;
 }
 
-/// One page of work; true if there may be more.
-async fn round(
+/// A mailbox operation (a redb read or commit), off the runtime's threads.
+async fn on_mailbox<T: Send + 'static>(
     mailbox: &Arc<Mailbox>,
-    client: &reqwest::Client,
-    shutdown: &CancellationToken,
-) -> Result<bool, NotifyError> {
-    let Some(config) = mailbox.webhook()? else {
-        return Ok(false);
-    };
-    let limiter = RateLimiter::new(config.max_per_second);
-    // Dead letters the operator asked to retry go first.
+    operation: impl FnOnce(&Mailbox) -> Result<T, NotifyError> + Send + 'static,
+) -> Result<T, NotifyError> {
+    let mailbox = mailbox.clone();
+    blocking::run(move || operation(&mailbox)).await
+}
+
+/// What a round delivers: the dead letters the operator asked to retry
+/// (marked `true`), then a page of notifications past the cursor; and how
+/// many retries lead it.
+fn pending(mailbox: &Mailbox) -> Result<(Vec<(StoredNotification, bool)>, usize), NotifyError> {
     let mut work: Vec<(StoredNotification, bool)> = Vec::new();
     for sequence in mailbox.retries()? {
         if let Some(n) = mailbox.get(sequence)? {
@@ -75,6 +78,20 @@ async fn round(
             .into_iter()
             .map(|n| (n, false)),
     );
+    Ok((work, retries))
+}
+
+/// One page of work; true if there may be more.
+async fn round(
+    mailbox: &Arc<Mailbox>,
+    client: &reqwest::Client,
+    shutdown: &CancellationToken,
+) -> Result<bool, NotifyError> {
+    let Some(config) = on_mailbox(mailbox, Mailbox::webhook).await? else {
+        return Ok(false);
+    };
+    let limiter = RateLimiter::new(config.max_per_second);
+    let (work, retries) = on_mailbox(mailbox, pending).await?;
     if work.is_empty() {
         return Ok(false);
     }
@@ -105,13 +122,14 @@ async fn round(
             .iter()
             .map_while(|(sequence, retry, outcome)| Some((*sequence, *retry, outcome.clone()?)))
             .collect();
-        mailbox.record(&settled)?;
-        if settled.len() < chunk.len() {
+        let recorded = settled.len();
+        on_mailbox(mailbox, move |m| m.record(&settled)).await?;
+        if recorded < chunk.len() {
             // Shutting down mid-delivery: the rest goes after the restart.
             return Ok(false);
         }
         // New settings (or a removed webhook) take effect from the next page.
-        if mailbox.webhook()?.as_ref() != Some(&config) {
+        if on_mailbox(mailbox, Mailbox::webhook).await?.as_ref() != Some(&config) {
             return Ok(true);
         }
     }

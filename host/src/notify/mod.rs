@@ -8,7 +8,9 @@
 //! plugin's webhook (signed, retried, rate-limited, dead-lettered), and the
 //! [`NotificationFeed`] carries them to live SSE subscribers.
 //!
-//! Owns delivery; knows nothing of wasm or of the log.
+//! Owns delivery. It takes notifications in the form the runtime hands them
+//! over (`crate::runtime::Notification`) and stamps them with the log's
+//! timestamp format; it never calls a plugin or reads the log.
 
 pub mod dispatcher;
 mod feed;
@@ -36,9 +38,18 @@ pub enum NotifyError {
     /// The mailbox file failed.
     #[error("mailbox storage: {0}")]
     Storage(#[from] redb::Error),
+    /// A blocking task could not run to completion.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 from_redb_errors!(NotifyError);
+
+impl From<tokio::task::JoinError> for NotifyError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        NotifyError::Internal(format!("blocking task failed: {error}"))
+    }
+}
 
 /// A notification as the mailbox keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,35 @@
 //! Plugins: the registry of deployed plugins, one runner thread per plugin,
-//! each plugin's state file and checkpoint, replay and the blue/green swap.
+//! each plugin's state file and checkpoint, replay and the blue/green swap
+//! (`docs/design.md#the-plugin-runner`).
 //!
-//! Where a plugin's checkpoint moves: `runner.rs`, `Runner::process`, which
-//! commits a batch's state writes and the new checkpoint in one transaction.
+//! - `registry.rs`: [`Plugins`]: restore, deploy, replay, remove, commands;
+//!   `reads.rs`: the reads the API makes of it.
+//! - `runner.rs`: the runner thread of one plugin; `generation.rs`: one
+//!   version of its code and the step that moves its checkpoint.
+//! - `shared.rs`: what a runner shares with the registry and the API;
+//!   `status.rs`: the status it publishes.
+//! - `files.rs`: a plugin's directory; `store.rs`: a generation's state file.
+//! - `watch.rs`: `serve --plugins-dir`.
+//!
+//! Where a plugin's checkpoint moves: `Generation::process`
+//! (`generation.rs`), which commits a batch's state writes and the new
+//! checkpoint in one transaction, and an operator's skip, which parks the
+//! failed event and moves past it.
 
+mod files;
+mod generation;
+mod reads;
 mod registry;
 mod runner;
+mod shared;
 mod status;
 mod store;
 mod watch;
 
 use std::fmt;
 
+pub use generation::MAX_BATCH;
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
-pub use runner::MAX_BATCH;
 pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};
 pub use store::PluginStore;
 pub use watch::watch_dir;
@@ -99,3 +115,9 @@ pub enum PluginError {
 }
 
 from_redb_errors!(PluginError);
+
+impl From<tokio::task::JoinError> for PluginError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        PluginError::Internal(format!("blocking task failed: {error}"))
+    }
+}

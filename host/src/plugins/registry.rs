@@ -1,66 +1,32 @@
-//! The registry of deployed plugins: deploy, replace, replay, remove, and
-//! the reads that go to a plugin's serving state.
+//! The registry of deployed plugins: restore at start, deploy, replace,
+//! replay, remove, and the operator's commands. The reads that go to a
+//! plugin's serving state are in `reads.rs`; the files in `files.rs`.
 //!
-//! On disk, each plugin has a directory `data-dir/plugins/<name>/` with its
-//! components (`<sha256>.wasm`), one state file per generation
-//! (`state-<n>.redb`) and `plugin.json` naming the serving generation and a
-//! rebuild in progress. Compiled components are cached in `data-dir/cache/`.
+//! A component is compiled before any lock is taken, so one plugin's slow
+//! compile (seconds for Python or JavaScript) holds no other plugin back.
+//! Changes to one plugin (deploy, replay, remove) then run one at a time
+//! under that plugin's own lifecycle lock.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{Control, Generation, Host, Runner, Shared, compile_ms, compiled_word};
-use super::status::{NotificationStatus, PluginStatus, RunState};
+use super::files::{Manifest, PluginDir};
+use super::generation::{Generation, Host};
+use super::runner::{Control, Runner};
+use super::shared::{Serving, Shared};
+use super::status::{PluginStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
+use crate::blocking;
 use crate::log::EventLog;
 use crate::notify::{Mailbox, NotificationFeed, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
-
-/// What `plugin.json` records.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Manifest {
-    /// The serving generation.
-    pub generation: u64,
-    /// SHA-256 of its component.
-    pub hash: String,
-    /// A rebuild in progress: its generation and component hash.
-    pub rebuild: Option<(u64, String)>,
-}
-
-impl Manifest {
-    const FILE: &'static str = "plugin.json";
-
-    fn load(dir: &Path) -> Result<Self, PluginError> {
-        let text = std::fs::read_to_string(dir.join(Self::FILE))?;
-        serde_json::from_str(&text)
-            .map_err(|e| PluginError::Internal(format!("{}: {e}", dir.display())))
-    }
-
-    /// Writes the manifest atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), PluginError> {
-        let tmp = dir.join("plugin.json.tmp");
-        let text =
-            serde_json::to_vec_pretty(self).map_err(|e| PluginError::Internal(e.to_string()))?;
-        std::fs::write(&tmp, text)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join(Self::FILE))?;
-        Ok(())
-    }
-}
-
-/// The serving generation: what reads and queries use.
-#[derive(Clone)]
-pub(super) struct Serving {
-    pub plugin: LoadedPlugin,
-    pub store: Arc<PluginStore>,
-    pub generation: u64,
-}
 
 /// Settings of the plugin host.
 #[derive(Debug, Clone)]
@@ -81,39 +47,75 @@ pub enum DeployOutcome {
     Unchanged,
 }
 
-struct Entry {
-    shared: Arc<Shared>,
+/// A running plugin: what it shares, its runner and a notifier's dispatcher.
+pub(super) struct Entry {
+    pub shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::thread::JoinHandle<()>,
     /// A notifier's dispatcher: stopped with this token.
     dispatcher: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Entry {
+    /// Stops the dispatcher, then the runner once it has made its state durable.
+    async fn stop(self) {
+        if let Some((token, task)) = self.dispatcher {
+            token.cancel();
+            let _ = task.await;
+        }
+        let _ = self.control.send(Control::Stop);
+        let thread = self.thread;
+        let joined = blocking::run(move || {
+            thread
+                .join()
+                .map_err(|_| PluginError::Internal("the plugin's runner panicked".into()))
+        })
+        .await;
+        if let Err(error) = joined {
+            tracing::error!(%error, "stopping a plugin");
+        }
+    }
+}
+
+/// A plugin as the registry holds it.
+pub(super) enum Slot {
+    /// Its component is loading: a first deploy, or a restore at start.
+    /// `loads` counts the loads under way.
+    Compiling { loads: usize },
+    /// Its runner is at work.
+    Running(Entry),
+}
+
+/// Every plugin by name; once `closed` (shutting down), none is added.
+#[derive(Default)]
+pub(super) struct Slots {
+    pub plugins: HashMap<PluginName, Slot>,
+    closed: bool,
 }
 
 /// Every deployed plugin. Cheap to clone.
 #[derive(Clone)]
 pub struct Plugins {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     dir: PathBuf,
-    runtime: Arc<Runtime>,
-    log: EventLog,
-    config: PluginsConfig,
-    entries: Mutex<HashMap<PluginName, Entry>>,
-    /// Plugins being compiled for their first deploy (shown as `compiling`).
-    compiling: Mutex<HashMap<PluginName, PluginStatus>>,
-    /// Serialises deploys, replays and removals of the same plugins.
-    lifecycle: tokio::sync::Mutex<()>,
+    pub host: Host,
+    pub slots: Mutex<Slots>,
+    /// One lock per plugin name: changes to a plugin run one at a time.
+    lifecycles: Mutex<HashMap<PluginName, Arc<tokio::sync::Mutex<()>>>>,
     /// Where every notifier's accepted notifications are published live.
-    feed: NotificationFeed,
+    pub feed: NotificationFeed,
     /// The HTTP client of every webhook delivery.
     webhooks: reqwest::Client,
 }
 
 impl Plugins {
-    /// Opens the plugins of `data_dir` and starts a runner for each. Blocking
-    /// (loads components, from the cache when possible).
+    /// Opens the plugins of `data_dir`. Every plugin found shows at once as
+    /// `compiling`; a task loads and starts them one by one, the smallest
+    /// component first, so a small plugin never waits for a large one's
+    /// compile. Call it within a tokio runtime.
     pub fn open(
         data_dir: &Path,
         log: EventLog,
@@ -122,15 +124,24 @@ impl Plugins {
         let runtime = Arc::new(Runtime::new(&data_dir.join("cache"))?);
         let dir = data_dir.join("plugins");
         std::fs::create_dir_all(&dir)?;
+        let found = deployed_plugins(&dir)?;
+        let slots = found
+            .iter()
+            .map(|(name, _)| (name.clone(), Slot::Compiling { loads: 1 }))
+            .collect();
         let plugins = Self {
             inner: Arc::new(Inner {
-                dir: dir.clone(),
-                runtime,
-                log,
-                config,
-                entries: Mutex::new(HashMap::new()),
-                compiling: Mutex::new(HashMap::new()),
-                lifecycle: tokio::sync::Mutex::new(()),
+                dir,
+                host: Host {
+                    log,
+                    runtime,
+                    limits: config.limits,
+                },
+                slots: Mutex::new(Slots {
+                    plugins: slots,
+                    closed: false,
+                }),
+                lifecycles: Mutex::new(HashMap::new()),
                 feed: NotificationFeed::new(),
                 webhooks: reqwest::Client::builder()
                     .user_agent(concat!("eventfold/", env!("CARGO_PKG_VERSION")))
@@ -138,94 +149,109 @@ impl Plugins {
                     .map_err(|e| PluginError::Internal(format!("webhook client: {e}")))?,
             }),
         };
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| PluginName::new(n).ok())
-            else {
-                continue;
-            };
-            if !path.join(Manifest::FILE).exists() {
-                continue;
-            }
-            if let Err(error) = plugins.restore(&name, &path) {
-                tracing::error!(plugin = %name, %error, "cannot restore plugin");
-            }
+        if !found.is_empty() {
+            tokio::spawn(plugins.clone().restore_all(found));
         }
         Ok(plugins)
     }
 
-    fn restore(&self, name: &PluginName, dir: &Path) -> Result<(), PluginError> {
-        let manifest = Manifest::load(dir)?;
-        let live = self.generation(dir, manifest.generation, &manifest.hash)?;
-        let rebuild = match &manifest.rebuild {
-            Some((number, hash)) => Some(self.generation(dir, *number, hash)?),
-            None => None,
-        };
-        tracing::info!(plugin = %name, checkpoint = live.checkpoint, compiled = compiled_word(live.plugin.compiled), "restored plugin");
-        self.start(name.clone(), dir.to_path_buf(), live, rebuild)
+    /// Restores each plugin found at open, in order, each under its
+    /// lifecycle lock (a deploy of the same name waits for it).
+    async fn restore_all(self, found: Vec<(PluginName, PluginDir)>) {
+        for (name, dir) in found {
+            if self.inner.slots.lock().closed {
+                return;
+            }
+            let _lifecycle = self.lifecycle(&name).await;
+            let this = self.clone();
+            let restored = blocking::run({
+                let name = name.clone();
+                move || this.restore(&name, dir)
+            })
+            .await;
+            if let Err(error) = restored {
+                self.loaded(&name);
+                tracing::error!(plugin = %name, %error, "cannot restore plugin");
+            }
+        }
     }
 
-    /// Loads generation `number` of a plugin from its directory.
-    fn generation(&self, dir: &Path, number: u64, hash: &str) -> Result<Generation, PluginError> {
-        let wasm = std::fs::read(dir.join(format!("{hash}.wasm")))?;
-        let plugin = self.inner.runtime.load(&wasm, self.inner.config.limits)?;
-        let store = PluginStore::open(&dir.join(format!("state-{number}.redb")))?;
+    /// Loads the generations its manifest names and starts its runner. Blocking.
+    fn restore(&self, name: &PluginName, dir: PluginDir) -> Result<(), PluginError> {
+        let manifest = dir.load_manifest()?;
+        let live = self.load_generation(&dir, manifest.generation, &manifest.hash)?;
+        let rebuild = match &manifest.rebuild {
+            Some((number, hash)) => Some(self.load_generation(&dir, *number, hash)?),
+            None => None,
+        };
+        tracing::info!(plugin = %name, checkpoint = live.checkpoint, compiled = ?live.plugin.compiled.origin(), "restored plugin");
+        self.start(name, dir, live, rebuild)
+    }
+
+    /// Loads generation `number` of a plugin from its directory. Blocking.
+    fn load_generation(
+        &self,
+        dir: &PluginDir,
+        number: u64,
+        hash: &str,
+    ) -> Result<Generation, PluginError> {
+        let wasm = dir.read_wasm(hash)?;
+        let plugin = self
+            .inner
+            .host
+            .runtime
+            .load(&wasm, self.inner.host.limits)?;
+        let store = PluginStore::open(&dir.state_path(number))?;
         Generation::new(number, plugin, store)
     }
 
+    /// Starts a runner (and a notifier's dispatcher) serving `live` and
+    /// building `rebuild`, and registers it. Blocking (opens the mailbox).
     fn start(
         &self,
-        name: PluginName,
-        dir: PathBuf,
+        name: &PluginName,
+        dir: PluginDir,
         live: Generation,
         rebuild: Option<Generation>,
     ) -> Result<(), PluginError> {
-        let mailbox = if live.plugin.is_notifier() {
-            let path = dir.join("mailbox.redb");
-            Some(Arc::new(Mailbox::open(
-                &path,
+        let mailbox = match live.plugin.is_notifier() {
+            true => Some(Arc::new(Mailbox::open(
+                &dir.mailbox_path(),
                 name.as_str(),
                 self.inner.feed.clone(),
-            )?))
-        } else {
-            None
+            )?)),
+            false => None,
         };
-        let plugin = &live.plugin;
-        let status = PluginStatus {
-            name: name.to_string(),
-            kind: plugin.kind().into(),
-            state: RunState::CatchingUp,
-            version: plugin.info.version.clone(),
-            wit: plugin.form.wit_version().into(),
-            encoding: plugin.form.encoding().into(),
-            hash: plugin.hash.clone(),
-            generation: live.number,
-            checkpoint: live.checkpoint,
-            head: 0,
-            lag: 0,
-            events_per_sec: 0.0,
-            categories: plugin.info.subscription.categories.clone(),
-            event_types: plugin.info.subscription.event_types.clone(),
-            compiled: compiled_word(plugin.compiled).into(),
-            compile_ms: compile_ms(plugin.compiled),
-            last_error: None,
-            rebuild: None,
-            parked: 0,
-            notifications: None,
-        };
+        let latest = rebuild.as_ref().map_or(live.number, |r| r.number);
         let shared = Arc::new(Shared {
             name: name.clone(),
-            status: RwLock::new(status),
+            status: RwLock::new(PluginStatus::starting(
+                name,
+                &live.plugin,
+                live.number,
+                live.checkpoint,
+            )),
             serving: RwLock::new(Serving {
                 plugin: live.plugin.clone(),
                 store: live.store.clone(),
-                generation: live.number,
             }),
             mailbox: mailbox.clone(),
+            latest_generation: AtomicU64::new(latest),
         });
+        let (control, receiver) = mpsc::unbounded_channel();
+        let runner = Runner::new(
+            shared.clone(),
+            dir,
+            self.inner.host.clone(),
+            receiver,
+            live,
+            rebuild,
+        );
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .spawn(move || runner.run(handle))
+            .map_err(|e| PluginError::Internal(format!("cannot start the plugin's runner: {e}")))?;
         let dispatcher = mailbox.map(|mailbox| {
             let token = CancellationToken::new();
             let task = tokio::spawn(dispatcher::run(
@@ -235,35 +261,37 @@ impl Plugins {
             ));
             (token, task)
         });
-        let (control, receiver) = mpsc::unbounded_channel();
-        let host = Host {
-            log: self.inner.log.clone(),
-            runtime: self.inner.runtime.clone(),
-            limits: self.inner.config.limits,
+        self.register(
+            name,
+            Entry {
+                shared,
+                control,
+                thread,
+                dispatcher,
+            },
+        )
+    }
+
+    /// Registers a started plugin, unless the server is shutting down (then
+    /// the plugin is told to stop, and stops by itself).
+    fn register(&self, name: &PluginName, entry: Entry) -> Result<(), PluginError> {
+        let mut slots = self.inner.slots.lock();
+        // Under the plugin's lifecycle lock, nothing else starts it.
+        let refused = match slots.plugins.get(name) {
+            _ if slots.closed => Some(PluginError::ShuttingDown),
+            Some(Slot::Running(_)) => Some(PluginError::Internal(format!(
+                "plugin {name} was started twice"
+            ))),
+            _ => None,
         };
-        let runner = Runner::new(shared.clone(), dir, host, receiver, live, rebuild);
-        let handle = tokio::runtime::Handle::current();
-        let thread = std::thread::Builder::new()
-            .name(format!("plugin-{name}"))
-            .spawn(move || runner.run(handle));
-        let thread = match thread {
-            Ok(thread) => Some(thread),
-            Err(error) => {
-                tracing::error!(plugin = %name, %error, "cannot start the plugin's runner");
-                None
+        if let Some(error) = refused {
+            if let Some((token, _)) = &entry.dispatcher {
+                token.cancel();
             }
-        };
-        if let Ok(mut entries) = self.inner.entries.lock() {
-            entries.insert(
-                name,
-                Entry {
-                    shared,
-                    control,
-                    thread,
-                    dispatcher,
-                },
-            );
+            let _ = entry.control.send(Control::Stop);
+            return Err(error);
         }
+        slots.plugins.insert(name.clone(), Slot::Running(entry));
         Ok(())
     }
 
@@ -275,195 +303,130 @@ impl Plugins {
         name: PluginName,
         wasm: bytes::Bytes,
     ) -> Result<DeployOutcome, PluginError> {
-        let _guard = self.inner.lifecycle.lock().await;
-        let existing = self.shared(&name).ok();
-        if existing.is_none() {
-            self.mark_compiling(&name, true);
-        }
-        let runtime = self.inner.runtime.clone();
-        let limits = self.inner.config.limits;
+        // Shown as compiling until it runs (a new plugin) or the deploy fails.
+        let _shown = Loading::begin(self, &name);
         let loaded = {
+            let (runtime, limits) = (self.inner.host.runtime.clone(), self.inner.host.limits);
             let wasm = wasm.clone();
-            tokio::task::spawn_blocking(move || runtime.load(&wasm, limits))
-                .await
-                .map_err(|e| PluginError::Internal(format!("compile task: {e}")))
+            blocking::run(move || Ok::<_, PluginError>(runtime.load(&wasm, limits)?)).await?
         };
-        let loaded = match loaded {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(error)) => {
-                self.mark_compiling(&name, false);
-                return Err(error.into());
-            }
-            Err(error) => {
-                self.mark_compiling(&name, false);
-                return Err(error);
-            }
-        };
-        let dir = self.inner.dir.join(name.as_str());
-        let outcome = match existing {
-            None => {
-                // Files without a manifest are a deploy that never finished
-                // (the process died): this one starts from nothing.
-                if dir.exists() && !dir.join(Manifest::FILE).exists() {
-                    std::fs::remove_dir_all(&dir)?;
-                }
-                std::fs::create_dir_all(&dir)?;
-                let started = PluginStore::open(&dir.join("state-1.redb"))
-                    .and_then(|store| Generation::new(1, loaded.clone(), store))
-                    .and_then(|live| self.start(name.clone(), dir.clone(), live, None));
-                self.mark_compiling(&name, false);
-                started?;
-                // The plugin is already at work; the deploy is acknowledged
-                // once its code and then the manifest naming it are durable.
-                let manifest = Manifest {
-                    generation: 1,
-                    hash: loaded.hash.clone(),
-                    rebuild: None,
-                };
-                let (persist_dir, persist_wasm) = (dir.clone(), wasm.clone());
-                let persisted = blocking(move || {
-                    store_wasm(&persist_dir, &manifest.hash, &persist_wasm)?;
-                    manifest.save(&persist_dir)
-                })
-                .await;
-                if let Err(error) = persisted {
-                    if let Some(entry) = self.take_entry(&name) {
-                        stop(entry).await;
-                    }
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(error);
-                }
-                DeployOutcome::Created
-            }
-            Some(shared) => {
-                let serving_hash = shared
-                    .serving
-                    .read()
-                    .map(|s| s.plugin.hash.clone())
-                    .unwrap_or_default();
-                let rebuilding_hash = shared
-                    .status
-                    .read()
-                    .ok()
-                    .and_then(|s| s.rebuild.as_ref().map(|r| r.hash.clone()));
-                let serving_kind = if shared.mailbox.is_some() {
-                    "notifier"
-                } else {
-                    "projection"
-                };
-                if serving_kind != loaded.kind() {
-                    return Err(PluginError::Conflict(format!(
-                        "plugin {name} is a {serving_kind} and this component is a {}: \
-                         delete the plugin first, or deploy it under another name",
-                        loaded.kind()
-                    )));
-                }
-                if serving_hash == loaded.hash && rebuilding_hash.is_none() {
-                    DeployOutcome::Unchanged
-                } else {
-                    let (hash, persist_dir) = (loaded.hash.clone(), dir.clone());
-                    blocking(move || store_wasm(&persist_dir, &hash, &wasm)).await?;
-                    let generation = self.begin_rebuild(&name, &shared, &dir, loaded)?;
-                    DeployOutcome::Rebuilding(generation)
-                }
-            }
+        let _lifecycle = self.lifecycle(&name).await;
+        let outcome = match self.running(&name) {
+            None => self.create(&name, loaded, wasm).await?,
+            Some(shared) => self.replace(&name, &shared, loaded, wasm).await?,
         };
         tracing::info!(plugin = %name, ?outcome, "deployed");
         Ok(outcome)
     }
 
-    fn mark_compiling(&self, name: &PluginName, compiling: bool) {
-        let Ok(mut map) = self.inner.compiling.lock() else {
-            return;
+    /// A first deploy: starts the plugin at once, then makes its code and
+    /// the manifest naming it durable before the deploy is acknowledged.
+    async fn create(
+        &self,
+        name: &PluginName,
+        loaded: LoadedPlugin,
+        wasm: bytes::Bytes,
+    ) -> Result<DeployOutcome, PluginError> {
+        let dir = self.plugin_dir(name);
+        let manifest = Manifest {
+            generation: 1,
+            hash: loaded.hash.clone(),
+            rebuild: None,
         };
-        if compiling {
-            map.insert(
-                name.clone(),
-                PluginStatus {
-                    name: name.to_string(),
-                    kind: "unknown".into(),
-                    state: RunState::Compiling,
-                    version: String::new(),
-                    wit: String::new(),
-                    encoding: String::new(),
-                    hash: String::new(),
-                    generation: 0,
-                    checkpoint: 0,
-                    head: 0,
-                    lag: 0,
-                    events_per_sec: 0.0,
-                    categories: Vec::new(),
-                    event_types: Vec::new(),
-                    compiled: String::new(),
-                    compile_ms: 0,
-                    last_error: None,
-                    rebuild: None,
-                    parked: 0,
-                    notifications: None,
-                },
-            );
-        } else {
-            map.remove(name);
+        let this = self.clone();
+        let (start_name, start_dir) = (name.clone(), dir.clone());
+        let started = blocking::run(move || {
+            start_dir.create()?;
+            let store = PluginStore::open(&start_dir.state_path(1))?;
+            let live = Generation::new(1, loaded, store)?;
+            this.start(&start_name, start_dir, live, None)
+        })
+        .await;
+        started?;
+        let persist_dir = dir.clone();
+        let persisted = blocking::run(move || {
+            persist_dir.store_wasm(&manifest.hash, &wasm)?;
+            persist_dir.save_manifest(&manifest)
+        })
+        .await;
+        if let Err(error) = persisted {
+            if let Some(entry) = self.take_entry(name) {
+                entry.stop().await;
+            }
+            let _ = blocking::run(move || dir.remove()).await;
+            return Err(error);
         }
+        Ok(DeployOutcome::Created)
     }
 
-    fn begin_rebuild(
+    /// New code for a running plugin: a rebuild beside the serving version,
+    /// unless the code is what already serves.
+    async fn replace(
+        &self,
+        name: &PluginName,
+        shared: &Arc<Shared>,
+        loaded: LoadedPlugin,
+        wasm: bytes::Bytes,
+    ) -> Result<DeployOutcome, PluginError> {
+        if shared.kind() != loaded.kind() {
+            return Err(PluginError::Conflict(format!(
+                "plugin {name} is a {} and this component is a {}: \
+                 delete the plugin first, or deploy it under another name",
+                shared.kind(),
+                loaded.kind()
+            )));
+        }
+        let serving_hash = shared.serving.read().plugin.hash.clone();
+        let rebuilding = shared.status.read().rebuild.is_some();
+        if serving_hash == loaded.hash && !rebuilding {
+            return Ok(DeployOutcome::Unchanged);
+        }
+        let (dir, hash) = (self.plugin_dir(name), loaded.hash.clone());
+        blocking::run(move || dir.store_wasm(&hash, &wasm)).await?;
+        let generation = self.begin_rebuild(name, shared, loaded).await?;
+        Ok(DeployOutcome::Rebuilding(generation))
+    }
+
+    /// Hands the runner a new generation of `plugin`, built from position 0
+    /// beside the serving one; answers its number.
+    async fn begin_rebuild(
         &self,
         name: &PluginName,
         shared: &Shared,
-        dir: &Path,
         plugin: LoadedPlugin,
     ) -> Result<u64, PluginError> {
-        let serving = shared.serving.read().map(|s| s.generation).unwrap_or(0);
-        let current = shared
-            .status
-            .read()
-            .ok()
-            .and_then(|s| s.rebuild.as_ref().map(|r| r.generation));
-        let number = serving.max(current.unwrap_or(0)) + 1;
-        let path = dir.join(format!("state-{number}.redb"));
-        // A leftover from an abandoned rebuild must not seed this one.
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
-        let store = PluginStore::open(&path)?;
-        let generation = Generation::new(number, plugin, store)?;
+        let number = shared.latest_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let dir = self.plugin_dir(name);
+        let generation = blocking::run(move || {
+            let store = PluginStore::open(&dir.fresh_state_path(number)?)?;
+            Generation::new(number, plugin, store)
+        })
+        .await?;
         self.send(name, Control::Rebuild(Box::new(generation)))?;
         // Shown at once, before the runner picks the rebuild up.
-        if let Ok(mut status) = shared.status.write() {
-            status.state = RunState::Replaying;
-        }
+        shared.status.write().state = RunState::Replaying;
         Ok(number)
     }
 
     /// Rebuilds the plugin from position 0 beside the serving version;
     /// answers the generation being built.
     pub async fn replay(&self, name: &PluginName) -> Result<u64, PluginError> {
-        let _guard = self.inner.lifecycle.lock().await;
+        let _lifecycle = self.lifecycle(name).await;
         let shared = self.shared(name)?;
-        let plugin = shared
-            .serving
-            .read()
-            .map(|s| s.plugin.clone())
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?;
-        let dir = self.inner.dir.join(name.as_str());
-        self.begin_rebuild(name, &shared, &dir, plugin)
+        let plugin = shared.serving().plugin;
+        self.begin_rebuild(name, &shared, plugin).await
     }
 
     /// Stops the plugin and deletes its directory (state, code, checkpoint).
     pub async fn remove(&self, name: &PluginName) -> Result<(), PluginError> {
-        let _guard = self.inner.lifecycle.lock().await;
+        let _lifecycle = self.lifecycle(name).await;
+        self.shared(name)?;
         let entry = self
             .take_entry(name)
             .ok_or_else(|| PluginError::NotFound(name.to_string()))?;
-        stop(entry).await;
-        std::fs::remove_dir_all(self.inner.dir.join(name.as_str()))?;
-        Ok(())
-    }
-
-    /// Unregisters the plugin's runner (the caller stops it).
-    fn take_entry(&self, name: &PluginName) -> Option<Entry> {
-        self.inner.entries.lock().ok()?.remove(name)
+        entry.stop().await;
+        let dir = self.plugin_dir(name);
+        blocking::run(move || dir.remove()).await
     }
 
     /// Pauses the plugin.
@@ -483,209 +446,142 @@ impl Plugins {
         answer.await.map_err(|_| PluginError::ShuttingDown)?
     }
 
-    fn send(&self, name: &PluginName, control: Control) -> Result<(), PluginError> {
-        let entries = self
-            .inner
-            .entries
-            .lock()
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?;
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| PluginError::NotFound(name.to_string()))?;
-        entry
-            .control
-            .send(control)
-            .map_err(|_| PluginError::ShuttingDown)
-    }
-
-    fn shared(&self, name: &PluginName) -> Result<Arc<Shared>, PluginError> {
-        let entries = self
-            .inner
-            .entries
-            .lock()
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?;
-        if let Some(entry) = entries.get(name) {
-            return Ok(entry.shared.clone());
-        }
-        let compiling = self
-            .inner
-            .compiling
-            .lock()
-            .is_ok_and(|c| c.contains_key(name));
-        Err(if compiling {
-            PluginError::Compiling(name.to_string())
-        } else {
-            PluginError::NotFound(name.to_string())
-        })
-    }
-
-    fn serving(&self, name: &PluginName) -> Result<Serving, PluginError> {
-        let shared = self.shared(name)?;
-        let serving = shared
-            .serving
-            .read()
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?;
-        Ok(serving.clone())
-    }
-
-    /// The status of one plugin, with the log's head and the lag filled in.
-    pub fn status(&self, name: &PluginName) -> Result<PluginStatus, PluginError> {
-        if let Some(status) = self
-            .inner
-            .compiling
-            .lock()
-            .ok()
-            .and_then(|m| m.get(name).cloned())
-        {
-            return Ok(status);
-        }
-        let shared = self.shared(name)?;
-        let mut status = shared
-            .status
-            .read()
-            .map_err(|_| PluginError::Internal("poisoned lock".into()))?
-            .clone();
-        let head = self.inner.log.head().0;
-        status.head = head;
-        status.lag = head.saturating_sub(status.checkpoint);
-        if let Ok(serving) = shared.serving.read() {
-            status.parked = serving.store.parked().map_or(0, |p| p.len() as u64);
-        }
-        if let Some(mailbox) = &shared.mailbox {
-            status.notifications = Some(NotificationStatus {
-                stats: mailbox.stats()?,
-                webhook: mailbox.webhook()?.map(|w| w.view()),
-            });
-        }
-        Ok(status)
-    }
-
-    /// A notifier's mailbox; a conflict for a projection.
-    pub fn mailbox(&self, name: &PluginName) -> Result<Arc<Mailbox>, PluginError> {
-        self.shared(name)?.mailbox.clone().ok_or_else(|| {
-            PluginError::Conflict(format!(
-                "plugin {name} is a projection: only notifiers have notifications and webhooks"
-            ))
-        })
-    }
-
-    /// The live feed of every notifier's notifications.
-    pub fn feed(&self) -> &NotificationFeed {
-        &self.inner.feed
-    }
-
-    /// Every plugin's status, by name.
-    pub fn list(&self) -> Vec<PluginStatus> {
-        let mut names: Vec<PluginName> = self
-            .inner
-            .entries
-            .lock()
-            .map(|e| e.keys().cloned().collect())
-            .unwrap_or_default();
-        names.extend(
-            self.inner
-                .compiling
-                .lock()
-                .map(|c| c.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default(),
-        );
-        names.sort();
-        names.dedup();
-        names.iter().filter_map(|n| self.status(n).ok()).collect()
-    }
-
-    /// The serving state's value under `key`.
-    pub async fn state_get(
-        &self,
-        name: &PluginName,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, PluginError> {
-        let serving = self.serving(name)?;
-        blocking(move || serving.store.get(&key)).await
-    }
-
-    /// Serving state entries with keys starting with `prefix`, after `after`.
-    pub async fn state_scan(
-        &self,
-        name: &PluginName,
-        prefix: String,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
-        let serving = self.serving(name)?;
-        blocking(move || serving.store.scan(&prefix, after.as_deref(), limit)).await
-    }
-
-    /// The events the operator skipped, with their errors.
-    pub async fn parked(&self, name: &PluginName) -> Result<Vec<(u64, String)>, PluginError> {
-        let serving = self.serving(name)?;
-        blocking(move || serving.store.parked()).await
-    }
-
-    /// Runs the plugin's `query` export on a fresh instance over the serving state.
-    pub async fn query(
-        &self,
-        name: &PluginName,
-        request: Vec<u8>,
-    ) -> Result<Result<Vec<u8>, String>, PluginError> {
-        let serving = self.serving(name)?;
-        let runtime = self.inner.runtime.clone();
-        let limits = self.inner.config.limits;
-        let label: Arc<str> = Arc::from(name.as_str());
-        blocking(move || {
-            let mut instance = runtime
-                .instantiate(&serving.plugin, label, limits)
-                .map_err(|e| PluginError::Call(e.to_string()))?;
-            let view = serving.store.view()?;
-            instance
-                .query(&request, view)
-                .map_err(|e| PluginError::Call(e.to_string()))
-        })
-        .await
-    }
-
-    /// Stops every runner after it finishes its batch and makes its state durable.
+    /// Stops every runner after it finishes its batch and makes its state
+    /// durable; plugins still loading are not started.
     pub async fn shutdown(&self) {
-        let entries: Vec<Entry> = match self.inner.entries.lock() {
-            Ok(mut entries) => entries.drain().map(|(_, e)| e).collect(),
-            Err(_) => Vec::new(),
+        let entries: Vec<Entry> = {
+            let mut slots = self.inner.slots.lock();
+            slots.closed = true;
+            slots
+                .plugins
+                .drain()
+                .filter_map(|(_, slot)| match slot {
+                    Slot::Running(entry) => Some(entry),
+                    Slot::Compiling { .. } => None,
+                })
+                .collect()
         };
         for entry in entries {
-            stop(entry).await;
+            entry.stop().await;
         }
     }
+
+    fn send(&self, name: &PluginName, control: Control) -> Result<(), PluginError> {
+        let slots = self.inner.slots.lock();
+        match slots.plugins.get(name) {
+            Some(Slot::Running(entry)) => entry
+                .control
+                .send(control)
+                .map_err(|_| PluginError::ShuttingDown),
+            Some(Slot::Compiling { .. }) => Err(PluginError::Compiling(name.to_string())),
+            None => Err(PluginError::NotFound(name.to_string())),
+        }
+    }
+
+    /// A running plugin's shared part; `Compiling` or `NotFound` otherwise.
+    pub(super) fn shared(&self, name: &PluginName) -> Result<Arc<Shared>, PluginError> {
+        match self.inner.slots.lock().plugins.get(name) {
+            Some(Slot::Running(entry)) => Ok(entry.shared.clone()),
+            Some(Slot::Compiling { .. }) => Err(PluginError::Compiling(name.to_string())),
+            None => Err(PluginError::NotFound(name.to_string())),
+        }
+    }
+
+    fn running(&self, name: &PluginName) -> Option<Arc<Shared>> {
+        self.shared(name).ok()
+    }
+
+    /// Unregisters the plugin's runner (the caller stops it).
+    fn take_entry(&self, name: &PluginName) -> Option<Entry> {
+        let mut slots = self.inner.slots.lock();
+        match slots.plugins.remove(name)? {
+            Slot::Running(entry) => Some(entry),
+            compiling @ Slot::Compiling { .. } => {
+                slots.plugins.insert(name.clone(), compiling);
+                None
+            }
+        }
+    }
+
+    /// Ends one load of `name`: a plugin that is still only loading, with
+    /// no other load under way, is no longer shown.
+    fn loaded(&self, name: &PluginName) {
+        let mut slots = self.inner.slots.lock();
+        if let Some(Slot::Compiling { loads }) = slots.plugins.get_mut(name) {
+            *loads -= 1;
+            if *loads == 0 {
+                slots.plugins.remove(name);
+            }
+        }
+    }
+
+    /// Waits for the plugin's lifecycle lock.
+    async fn lifecycle(&self, name: &PluginName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .lifecycles
+            .lock()
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    fn plugin_dir(&self, name: &PluginName) -> PluginDir {
+        PluginDir::new(self.inner.dir.join(name.as_str()))
+    }
 }
 
-/// Stores a component's code as `<hash>.wasm` in `dir`, durably (it must
-/// outlive a crash before the manifest naming it does).
-fn store_wasm(dir: &Path, hash: &str, wasm: &[u8]) -> Result<(), PluginError> {
-    let path = dir.join(format!("{hash}.wasm"));
-    if path.exists() {
-        return Ok(());
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut file, wasm)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+/// Shows a plugin that is not running yet as `compiling` while its
+/// component loads for a deploy.
+struct Loading<'a> {
+    plugins: &'a Plugins,
+    name: &'a PluginName,
 }
 
-async fn stop(mut entry: Entry) {
-    if let Some((token, task)) = entry.dispatcher.take() {
-        token.cancel();
-        let _ = task.await;
-    }
-    let _ = entry.control.send(Control::Stop);
-    if let Some(thread) = entry.thread.take() {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+impl<'a> Loading<'a> {
+    fn begin(plugins: &'a Plugins, name: &'a PluginName) -> Self {
+        let mut slots = plugins.inner.slots.lock();
+        match slots.plugins.get_mut(name) {
+            Some(Slot::Compiling { loads }) => *loads += 1,
+            Some(Slot::Running(_)) => {}
+            None => {
+                slots
+                    .plugins
+                    .insert(name.clone(), Slot::Compiling { loads: 1 });
+            }
+        }
+        Self { plugins, name }
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, PluginError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PluginError::Internal(format!("task failed: {e}")))?
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.plugins.loaded(self.name);
+    }
+}
+
+/// The plugins in `dir` whose deploy finished, smallest component first.
+fn deployed_plugins(dir: &Path) -> Result<Vec<(PluginName, PluginDir)>, PluginError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| PluginName::new(n).ok())
+        else {
+            continue;
+        };
+        let dir = PluginDir::new(path);
+        if dir.is_deployed() {
+            let size = dir.component_size();
+            found.push((size, name, dir));
+        }
+    }
+    found.sort_by_key(|(size, name, _)| (*size, name.clone()));
+    Ok(found
+        .into_iter()
+        .map(|(_, name, dir)| (name, dir))
+        .collect())
 }

@@ -3,7 +3,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::PluginName;
 use crate::notify::MailboxStats;
+use crate::runtime::{CompileOrigin, Encoding, LoadedPlugin, PluginKind, WitVersion};
 
 /// Where a plugin is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,16 +61,16 @@ pub struct RebuildStatus {
 pub struct PluginStatus {
     /// The plugin's name.
     pub name: String,
-    /// `projection` or `notifier`.
-    pub kind: String,
+    /// `projection` or `notifier` (`null` while compiling).
+    pub kind: Option<PluginKind>,
     /// See [`RunState`].
     pub state: RunState,
     /// The plugin's own version string.
     pub version: String,
     /// The version of the WIT package it was built against, e.g. `0.2.0`.
-    pub wit: String,
-    /// How it takes its events: `records` or `json`.
-    pub encoding: String,
+    pub wit: Option<WitVersion>,
+    /// How it takes its events: `records`, `json` or `packed`.
+    pub encoding: Option<Encoding>,
     /// SHA-256 of the serving code.
     pub hash: String,
     /// The serving generation (1 for the first deploy, +1 per rebuild).
@@ -86,7 +88,7 @@ pub struct PluginStatus {
     /// Subscribed event types (empty: all).
     pub event_types: Vec<String>,
     /// `cache` when the compiled code came from the cache, else `compiled`.
-    pub compiled: String,
+    pub compiled: Option<CompileOrigin>,
     /// Milliseconds the compile took (0 from the cache).
     pub compile_ms: u64,
     /// The failure being retried or that stopped the plugin; cleared once the
@@ -98,6 +100,66 @@ pub struct PluginStatus {
     pub parked: u64,
     /// A notifier's delivery figures (`null` for a projection).
     pub notifications: Option<NotificationStatus>,
+}
+
+impl PluginStatus {
+    /// The status of a plugin whose component is being loaded: nothing is
+    /// known of it yet but its name.
+    pub(super) fn compiling(name: &PluginName) -> Self {
+        Self {
+            name: name.to_string(),
+            kind: None,
+            state: RunState::Compiling,
+            version: String::new(),
+            wit: None,
+            encoding: None,
+            hash: String::new(),
+            generation: 0,
+            checkpoint: 0,
+            head: 0,
+            lag: 0,
+            events_per_sec: 0.0,
+            categories: Vec::new(),
+            event_types: Vec::new(),
+            compiled: None,
+            compile_ms: 0,
+            last_error: None,
+            rebuild: None,
+            parked: 0,
+            notifications: None,
+        }
+    }
+
+    /// The status of a plugin that starts serving `plugin` as `generation`
+    /// from `checkpoint`.
+    pub(super) fn starting(
+        name: &PluginName,
+        plugin: &LoadedPlugin,
+        generation: u64,
+        checkpoint: u64,
+    ) -> Self {
+        let mut status = Self::compiling(name);
+        status.state = RunState::CatchingUp;
+        status.show_serving(plugin, generation, checkpoint);
+        status
+    }
+
+    /// Shows `plugin` as the serving code, at `generation` and `checkpoint`.
+    pub(super) fn show_serving(&mut self, plugin: &LoadedPlugin, generation: u64, checkpoint: u64) {
+        self.kind = Some(plugin.kind());
+        self.version.clone_from(&plugin.info.version);
+        self.wit = Some(plugin.form.wit_version());
+        self.encoding = Some(plugin.form.encoding());
+        self.hash.clone_from(&plugin.hash);
+        self.generation = generation;
+        self.checkpoint = checkpoint;
+        self.categories
+            .clone_from(&plugin.info.subscription.categories);
+        self.event_types
+            .clone_from(&plugin.info.subscription.event_types);
+        self.compiled = Some(plugin.compiled.origin());
+        self.compile_ms = plugin.compiled.millis();
+    }
 }
 
 /// How a notifier's notifications are getting out.

@@ -13,11 +13,14 @@ use super::{PluginName, Plugins};
 /// Watches `dir` until `shutdown`. Files present at start are deployed at
 /// once; a file that appears or changes later is deployed once it has stayed
 /// the same for one check (so a file still being copied is not half-read).
+/// The files of one check deploy side by side, so a small plugin does not
+/// wait for a large one's compile; the next check waits for them.
 pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationToken) {
     let mut deployed: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut settling: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut first = true;
     loop {
+        let mut ready = Vec::new();
         for (path, stamp) in wasm_files(&dir) {
             if deployed.get(&path) == Some(&stamp) {
                 continue;
@@ -25,11 +28,12 @@ pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationTok
             if first || settling.get(&path) == Some(&stamp) {
                 settling.remove(&path);
                 deployed.insert(path.clone(), stamp);
-                deploy_file(&plugins, path).await;
+                ready.push(deploy_file(&plugins, path));
             } else {
                 settling.insert(path, stamp);
             }
         }
+        futures_util::future::join_all(ready).await;
         first = false;
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -78,7 +82,7 @@ async fn deploy_file(plugins: &Plugins, path: PathBuf) {
             return;
         }
     };
-    let wasm = match std::fs::read(&path) {
+    let wasm = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::warn!(file = %path.display(), %error, "cannot read plugin file");

@@ -28,23 +28,53 @@ pub enum EventForm {
 }
 
 impl EventForm {
-    /// The WIT package version, e.g. `0.2.0`.
-    pub fn wit_version(self) -> &'static str {
+    /// The WIT package version it was built against.
+    pub fn wit_version(self) -> WitVersion {
         match self {
-            EventForm::RecordsV0_1 => "0.1.0",
-            EventForm::RecordsV0_2 | EventForm::JsonV0_2 => "0.2.0",
-            EventForm::RecordsV0_3 | EventForm::JsonV0_3 | EventForm::PackedV0_3 => "0.3.0",
+            EventForm::RecordsV0_1 => WitVersion::V0_1,
+            EventForm::RecordsV0_2 | EventForm::JsonV0_2 => WitVersion::V0_2,
+            EventForm::RecordsV0_3 | EventForm::JsonV0_3 | EventForm::PackedV0_3 => {
+                WitVersion::V0_3
+            }
         }
     }
 
-    /// The encoding as a word: `records`, `json` or `packed`.
-    pub fn encoding(self) -> &'static str {
+    /// How its batches are encoded.
+    pub fn encoding(self) -> Encoding {
         match self {
-            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 | EventForm::RecordsV0_3 => "records",
-            EventForm::JsonV0_2 | EventForm::JsonV0_3 => "json",
-            EventForm::PackedV0_3 => "packed",
+            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 | EventForm::RecordsV0_3 => {
+                Encoding::Records
+            }
+            EventForm::JsonV0_2 | EventForm::JsonV0_3 => Encoding::Json,
+            EventForm::PackedV0_3 => Encoding::Packed,
         }
     }
+}
+
+/// A released version of the `eventfold:plugin` WIT package (`wit/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum WitVersion {
+    /// `0.1.0`: records only.
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `0.2.0`: records or JSON.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+    /// `0.3.0`: records, JSON or packed.
+    #[serde(rename = "0.3.0")]
+    V0_3,
+}
+
+/// How a batch of events reaches the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// A list of `event` records.
+    Records,
+    /// One JSON array.
+    Json,
+    /// One packed byte buffer.
+    Packed,
 }
 
 /// The `event` record of a WIT version (every version has the same fields).

@@ -29,6 +29,34 @@ pub enum Compiled {
     Cached,
 }
 
+impl Compiled {
+    /// Where the compiled code came from.
+    pub fn origin(self) -> CompileOrigin {
+        match self {
+            Compiled::Fresh(_) => CompileOrigin::Compiled,
+            Compiled::Cached => CompileOrigin::Cache,
+        }
+    }
+
+    /// Milliseconds the compile took (0 when cached).
+    pub fn millis(self) -> u64 {
+        match self {
+            Compiled::Fresh(took) => u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            Compiled::Cached => 0,
+        }
+    }
+}
+
+/// Where a plugin's compiled code came from, as its status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompileOrigin {
+    /// The on-disk cache of compiled components.
+    Cache,
+    /// A compile of the component, at load.
+    Compiled,
+}
+
 /// The SHA-256 of a wasm file, hex-encoded.
 pub fn wasm_hash(wasm: &[u8]) -> String {
     hex(&Sha256::digest(wasm))

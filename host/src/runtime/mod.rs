@@ -2,8 +2,10 @@
 //! interruption), the on-disk cache of compiled components, the sandbox
 //! limits, and the host side of the WIT interfaces.
 //!
-//! Owns loading and calling plugins; knows nothing of the log or of
-//! checkpoints (`crate::plugins` drives the calls).
+//! Owns loading and calling plugins. Of the log it knows only the event
+//! record it hands a plugin (`crate::log::RecordedEvent`); it never reads
+//! the log and knows nothing of checkpoints (`crate::plugins` drives the
+//! calls).
 
 mod batch;
 pub mod bindings;
@@ -22,8 +24,8 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use batch::{EventBatch, EventForm};
-pub use cache::{Compiled, wasm_hash};
+pub use batch::{Encoding, EventBatch, EventForm, WitVersion};
+pub use cache::{CompileOrigin, Compiled, wasm_hash};
 pub use host::{PluginHost, StateView};
 pub use instance::{CallError, Handled, PluginInstance};
 pub use limits::SandboxLimits;
@@ -31,7 +33,7 @@ pub use limits::SandboxLimits;
 use bindings::notifier::NotifierPre;
 pub use bindings::notify::Notification;
 use bindings::projection::{Projection, ProjectionPre};
-use bindings::types::{PluginInfo, PluginKind};
+use bindings::types::{PluginInfo, PluginKind as WitPluginKind};
 use bindings::{v0_2, v0_3};
 use cache::ComponentCache;
 
@@ -92,18 +94,37 @@ impl PluginPre {
     }
 }
 
-impl LoadedPlugin {
-    /// The plugin's kind as a word: `projection` or `notifier`.
-    pub fn kind(&self) -> &'static str {
-        match self.info.kind {
+/// What a plugin does with the events it is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Folds events into queryable state.
+    Projection,
+    /// Folds events into state and emits notifications.
+    Notifier,
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             PluginKind::Projection => "projection",
             PluginKind::Notifier => "notifier",
+        })
+    }
+}
+
+impl LoadedPlugin {
+    /// The plugin's kind.
+    pub fn kind(&self) -> PluginKind {
+        match self.info.kind {
+            WitPluginKind::Projection => PluginKind::Projection,
+            WitPluginKind::Notifier => PluginKind::Notifier,
         }
     }
 
     /// Whether it is a notifier (it may emit notifications).
     pub fn is_notifier(&self) -> bool {
-        self.info.kind == PluginKind::Notifier
+        self.kind() == PluginKind::Notifier
     }
 
     /// `events` (in log order) in the form this plugin takes them.
@@ -212,15 +233,15 @@ impl Runtime {
             .describe()
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
         match (pre.is_projection(), info.kind) {
-            (true, PluginKind::Projection) | (false, PluginKind::Notifier) => {}
-            (true, PluginKind::Notifier) => {
+            (true, WitPluginKind::Projection) | (false, WitPluginKind::Notifier) => {}
+            (true, WitPluginKind::Notifier) => {
                 return Err(RuntimeError::WrongWorld(
                     "describe() says it is a notifier, but the component targets the projection \
                      world (it exports query and cannot import notify)"
                         .into(),
                 ));
             }
-            (false, PluginKind::Projection) => {
+            (false, WitPluginKind::Projection) => {
                 return Err(RuntimeError::WrongWorld(
                     "describe() says it is a projection, but the component targets the notifier \
                      world: a projection may not import notify"

@@ -1,7 +1,9 @@
 //! A plugin's stdout and stderr: forwarded line by line to the host's log,
 //! tagged with the plugin's name, and capped so a chatty plugin cannot flood it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -41,18 +43,17 @@ impl PluginOutput {
 
     /// Flushes a partial line and starts a new budget (called after each call).
     pub fn reset(&self, budget: usize) {
-        if let Ok(mut b) = self.inner.lock() {
-            b.emit_line();
-            if b.dropped > 0 {
-                tracing::warn!(plugin = %b.plugin, "{} bytes of {} dropped (over the cap)", b.dropped, b.stream);
-            }
-            b.dropped = 0;
-            b.budget = budget;
+        let mut b = self.inner.lock();
+        b.emit_line();
+        if b.dropped > 0 {
+            tracing::warn!(plugin = %b.plugin, "{} bytes of {} dropped (over the cap)", b.dropped, b.stream);
         }
+        b.dropped = 0;
+        b.budget = budget;
     }
 
     fn write(&self, bytes: &[u8]) {
-        let Ok(mut b) = self.inner.lock() else { return };
+        let mut b = self.inner.lock();
         let keep = bytes.len().min(b.budget);
         b.budget -= keep;
         b.dropped += bytes.len() - keep;

@@ -1,0 +1,150 @@
+//! A plugin's directory, `data-dir/plugins/<name>/`, and every file in it:
+//!
+//! - `plugin.json`, the [`Manifest`]: the serving generation and its
+//!   component, and a rebuild in progress;
+//! - `<sha256>.wasm`: the components the manifest names;
+//! - `state-<n>.redb`: the state and checkpoint of generation `n`;
+//! - `mailbox.redb`: a notifier's mailbox.
+//!
+//! What may be on disk is decided here; the registry and the runner name
+//! files only through [`PluginDir`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::PluginError;
+
+/// What `plugin.json` records. A plugin directory without one is a first
+/// deploy that never finished.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Manifest {
+    /// The serving generation.
+    pub generation: u64,
+    /// SHA-256 of its component.
+    pub hash: String,
+    /// A rebuild in progress: its generation and component hash.
+    pub rebuild: Option<(u64, String)>,
+}
+
+/// One plugin's directory.
+#[derive(Debug, Clone)]
+pub(super) struct PluginDir {
+    path: PathBuf,
+}
+
+impl PluginDir {
+    const MANIFEST: &'static str = "plugin.json";
+
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Whether a deploy of this plugin finished (its manifest exists).
+    pub fn is_deployed(&self) -> bool {
+        self.path.join(Self::MANIFEST).exists()
+    }
+
+    /// Creates the directory for a first deploy. Files without a manifest
+    /// are a deploy that never finished (the process died): this one starts
+    /// from nothing.
+    pub fn create(&self) -> Result<(), PluginError> {
+        if self.path.exists() && !self.is_deployed() {
+            std::fs::remove_dir_all(&self.path)?;
+        }
+        std::fs::create_dir_all(&self.path)?;
+        Ok(())
+    }
+
+    /// Deletes the directory and everything in it.
+    pub fn remove(&self) -> Result<(), PluginError> {
+        std::fs::remove_dir_all(&self.path)?;
+        Ok(())
+    }
+
+    /// The size of the serving component (0 if it cannot be read): small
+    /// plugins are restored first.
+    pub fn component_size(&self) -> u64 {
+        self.load_manifest()
+            .ok()
+            .and_then(|m| std::fs::metadata(self.wasm_path(&m.hash)).ok())
+            .map_or(0, |meta| meta.len())
+    }
+
+    pub fn load_manifest(&self) -> Result<Manifest, PluginError> {
+        let text = std::fs::read_to_string(self.path.join(Self::MANIFEST))?;
+        serde_json::from_str(&text)
+            .map_err(|e| PluginError::Internal(format!("{}: {e}", self.path.display())))
+    }
+
+    /// Writes the manifest atomically: a new file, synced, renamed over the old.
+    pub fn save_manifest(&self, manifest: &Manifest) -> Result<(), PluginError> {
+        let tmp = self.path.join("plugin.json.tmp");
+        let text = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| PluginError::Internal(e.to_string()))?;
+        std::fs::write(&tmp, text)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.path.join(Self::MANIFEST))?;
+        Ok(())
+    }
+
+    /// The component with SHA-256 `hash`.
+    pub fn read_wasm(&self, hash: &str) -> Result<Vec<u8>, PluginError> {
+        Ok(std::fs::read(self.wasm_path(hash))?)
+    }
+
+    /// Stores a component's code as `<hash>.wasm`, durably: it must outlive
+    /// a crash before the manifest naming it does.
+    pub fn store_wasm(&self, hash: &str, wasm: &[u8]) -> Result<(), PluginError> {
+        let path = self.wasm_path(hash);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, wasm)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Removes a component no manifest names any more.
+    pub fn remove_wasm(&self, hash: &str) {
+        if let Err(error) = std::fs::remove_file(self.wasm_path(hash)) {
+            tracing::warn!(%error, dir = %self.path.display(), "cannot remove an old component");
+        }
+    }
+
+    /// The state file of generation `number`.
+    pub fn state_path(&self, number: u64) -> PathBuf {
+        self.path.join(format!("state-{number}.redb"))
+    }
+
+    /// A fresh state file for generation `number`: a leftover from an
+    /// abandoned rebuild must not seed it.
+    pub fn fresh_state_path(&self, number: u64) -> Result<PathBuf, PluginError> {
+        let path = self.state_path(number);
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        Ok(path)
+    }
+
+    /// A notifier's mailbox.
+    pub fn mailbox_path(&self) -> PathBuf {
+        self.path.join("mailbox.redb")
+    }
+
+    fn wasm_path(&self, hash: &str) -> PathBuf {
+        self.path.join(format!("{hash}.wasm"))
+    }
+}
+
+/// Removes a generation's state file once it is no longer served. Readers
+/// may still hold the store for a moment; on Unix the file goes away when
+/// the last of them closes it.
+pub(super) fn remove_state_file(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(%error, path = %path.display(), "cannot remove an old state file");
+    }
+}

@@ -1,0 +1,519 @@
+//! One generation of a plugin: a version of its code with its own state
+//! file and checkpoint, and the step that moves it: read a batch after the
+//! checkpoint, hand it to the plugin, commit what it wrote with the new
+//! checkpoint. Failures are retried with backoff, then given up on (see
+//! `docs/design.md#failure-policy`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::status::LastError;
+use super::store::PluginStore;
+use super::{PluginError, PluginName};
+use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
+use crate::notify::Mailbox;
+use crate::runtime::{
+    CallError, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
+    SandboxLimits,
+};
+
+/// Most events handed to a plugin in one call. Large batches matter when
+/// catching up: state read from and written to redb once per key per batch.
+pub const MAX_BATCH: usize = 10_000;
+/// Attempts at one event before the plugin is marked failed.
+const MAX_ATTEMPTS: u32 = 3;
+/// First retry delay; each further attempt waits 4× longer.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Non-durable commits are made durable at least this often.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Outbox notifications posted to the mailbox per transaction.
+const OUTBOX_PAGE: usize = 10_000;
+
+/// What every runner works with: the log, the runtime and the limits.
+#[derive(Clone)]
+pub(super) struct Host {
+    pub log: EventLog,
+    pub runtime: Arc<Runtime>,
+    pub limits: SandboxLimits,
+}
+
+/// What a step needs besides the generation: the plugin's name (for its
+/// logs and its instances), the host, and a notifier's mailbox.
+pub(super) struct StepContext<'a> {
+    pub name: &'a PluginName,
+    pub host: &'a Host,
+    pub mailbox: Option<&'a Mailbox>,
+}
+
+/// One version of a plugin's code with its own state file and checkpoint.
+pub(super) struct Generation {
+    pub number: u64,
+    pub plugin: LoadedPlugin,
+    pub store: Arc<PluginStore>,
+    pub checkpoint: u64,
+    pub failure: Option<Failure>,
+    pub meter: RateMeter,
+    instance: Option<PluginInstance>,
+    filter: EventFilter,
+    /// Hand over one event at a time up to here, to pin a trap to its event.
+    narrow_until: u64,
+    /// The next batch stops before the event the plugin rejected, so that
+    /// the events before it are committed and the failure is pinned to it.
+    stop_before: Option<usize>,
+    /// Largest batch this plugin is handed: halved each time a batch runs
+    /// out of memory or time (large batches of a JS or Python plugin can).
+    max_batch: usize,
+    dirty: bool,
+    last_sync: Instant,
+    /// The outbox may hold notifications not yet posted to the mailbox.
+    outbox_pending: bool,
+    /// The next batch, read from the log while the previous one ran.
+    read_ahead: Option<Batch>,
+    /// The last batch's events, freed by the next read-ahead (on the other
+    /// core: as records, that is five allocations per event).
+    spent: Option<EventBatch>,
+}
+
+/// A failure being retried, or given up on.
+pub(super) struct Failure {
+    pub position: u64,
+    pub message: String,
+    pub attempts: u32,
+    at: String,
+    /// When to try again; `None` once the plugin is failed.
+    pub retry_at: Option<Instant>,
+}
+
+impl Failure {
+    /// Whether the retries are spent: the plugin is failed until resumed or skipped.
+    pub fn gave_up(&self) -> bool {
+        self.retry_at.is_none()
+    }
+
+    /// Whether it is still too early to try again.
+    fn waiting(&self) -> bool {
+        self.retry_at.is_none_or(|at| at > Instant::now())
+    }
+
+    pub fn report(&self) -> LastError {
+        LastError {
+            position: self.position,
+            message: self.message.clone(),
+            attempts: self.attempts,
+            at: self.at.clone(),
+        }
+    }
+}
+
+/// Whether a failed attempt counts against the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// It counts, and the retry waits its backoff.
+    Counts,
+    /// A wide batch is being narrowed down before anyone is blamed: it does
+    /// not count, and the retry is at once.
+    Narrowing,
+}
+
+/// Events per second over the last second or so.
+#[derive(Default)]
+pub(super) struct RateMeter {
+    since: Option<Instant>,
+    count: u64,
+    pub rate: f64,
+}
+
+impl RateMeter {
+    fn record(&mut self, events: u64) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.count += events;
+        let elapsed = since.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            self.rate = self.count as f64 / elapsed;
+            self.since = Some(Instant::now());
+            self.count = 0;
+        }
+    }
+
+    fn idle(&mut self) {
+        if self
+            .since
+            .is_some_and(|s| s.elapsed() > Duration::from_secs(2))
+        {
+            self.rate = 0.0;
+        }
+    }
+}
+
+/// A batch of events read from the log for a plugin.
+struct Batch {
+    /// The position it was read from, and the most events asked for: it is
+    /// only used for a step that asks for the same.
+    from: u64,
+    limit: usize,
+    /// The events the subscription takes, in the plugin's form.
+    events: EventBatch,
+    positions: Vec<u64>,
+    /// One past the last event examined (the filter may have skipped some).
+    next: u64,
+}
+
+impl Batch {
+    fn read(
+        log: &EventLog,
+        plugin: &LoadedPlugin,
+        from: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Self, LogError> {
+        let page = log.read_log_blocking(Position(from), limit, filter)?;
+        Ok(Self {
+            from,
+            limit,
+            positions: page.events.iter().map(|e| e.position.0).collect(),
+            events: plugin.batch(page.events),
+            next: page.next.0,
+        })
+    }
+}
+
+impl Generation {
+    /// A generation of `plugin` over `store`, starting from the store's checkpoint.
+    pub fn new(
+        number: u64,
+        plugin: LoadedPlugin,
+        store: Arc<PluginStore>,
+    ) -> Result<Self, PluginError> {
+        let checkpoint = store.checkpoint()?;
+        let filter = EventFilter {
+            categories: plugin.info.subscription.categories.clone(),
+            event_types: plugin.info.subscription.event_types.clone(),
+        };
+        Ok(Self {
+            number,
+            plugin,
+            store,
+            checkpoint,
+            failure: None,
+            meter: RateMeter::default(),
+            instance: None,
+            filter,
+            narrow_until: 0,
+            stop_before: None,
+            max_batch: MAX_BATCH,
+            dirty: false,
+            last_sync: Instant::now(),
+            // A crash may have left notifications between commit and mailbox.
+            outbox_pending: true,
+            read_ahead: None,
+            spent: None,
+        })
+    }
+
+    /// Makes the commits since the last durable one durable.
+    pub fn sync(&mut self) {
+        if self.dirty {
+            match self.store.sync() {
+                Ok(()) => self.dirty = false,
+                Err(error) => tracing::error!(%error, "cannot make plugin state durable"),
+            }
+            self.last_sync = Instant::now();
+        }
+    }
+
+    /// Takes one batch if there is work and no failure is waiting for its
+    /// retry; answers whether it did.
+    pub fn step(&mut self, cx: &StepContext<'_>, head: u64) -> bool {
+        if self.checkpoint >= head {
+            self.meter.idle();
+            return false;
+        }
+        if self.failure.as_ref().is_some_and(Failure::waiting) {
+            return false;
+        }
+        let limit = if self.checkpoint < self.narrow_until {
+            1
+        } else {
+            self.stop_before.take().unwrap_or(self.max_batch)
+        };
+        self.process(cx, limit);
+        true
+    }
+
+    /// Makes the failed event's retry due now, with its attempts reset.
+    pub fn retry_now(&mut self) {
+        if let Some(failure) = &mut self.failure {
+            failure.attempts = 0;
+            failure.retry_at = Some(Instant::now());
+        }
+    }
+
+    /// Parks the event the generation gave up on and moves past it; answers
+    /// its position.
+    pub fn skip_failed(&mut self, name: &PluginName) -> Result<u64, PluginError> {
+        let Some(failure) = self.failure.take_if(|f| f.gave_up()) else {
+            return Err(PluginError::Conflict(
+                "nothing to skip: the plugin has not failed".into(),
+            ));
+        };
+        self.store.park(failure.position, &failure.message)?;
+        self.checkpoint = failure.position;
+        tracing::warn!(plugin = %name, position = failure.position, "event skipped and parked: {}", failure.message);
+        Ok(failure.position)
+    }
+
+    /// Reads the next batch after the checkpoint, hands it to the plugin,
+    /// and commits its writes, its notifications and the new checkpoint in
+    /// one transaction: the one place a plugin's checkpoint moves (apart
+    /// from an operator's skip).
+    fn process(&mut self, cx: &StepContext<'_>, limit: usize) {
+        let from = self.checkpoint + 1;
+        let batch = match self.next_batch(&cx.host.log, from, limit) {
+            Ok(batch) => batch,
+            Err(error) => {
+                let message = format!("reading the log: {error}");
+                return self.fail(cx.name, from, message, Attempt::Counts);
+            }
+        };
+        // Events the subscription skips still advance the checkpoint.
+        let checkpoint = batch.next.saturating_sub(1).max(self.checkpoint);
+        let Batch {
+            events, positions, ..
+        } = batch;
+        let Some(&first) = positions.first() else {
+            return self.commit(cx.name, BTreeMap::new(), Vec::new(), checkpoint, 0);
+        };
+        let more = positions.len() >= limit && cx.host.log.head().0 > checkpoint;
+        let (handled, memory_peak) = match self.handle(cx, events, checkpoint, limit, more) {
+            Ok(handled) => handled,
+            Err(message) => return self.fail(cx.name, first, message, Attempt::Counts),
+        };
+        let Handled {
+            result,
+            state,
+            emitted,
+        } = handled;
+        match result {
+            Ok(()) => {
+                self.recycle_if_large(cx, memory_peak);
+                self.commit_handled(cx, state.writes, emitted, checkpoint, &positions);
+            }
+            Err(error) => self.call_failed(cx.name, error, &positions),
+        }
+    }
+
+    /// The batch read ahead, if it was read for this step; else a fresh read.
+    fn next_batch(&mut self, log: &EventLog, from: u64, limit: usize) -> Result<Batch, LogError> {
+        match self
+            .read_ahead
+            .take()
+            .filter(|b| b.from == from && b.limit == limit)
+        {
+            Some(batch) => Ok(batch),
+            None => Batch::read(log, &self.plugin, from, limit, &self.filter),
+        }
+    }
+
+    /// Hands `events` to the plugin; answers what it did and its memory
+    /// peak. When `more` (catching up), another core reads and decodes the
+    /// batch after `checkpoint` meanwhile: on a replay, that is a sizeable
+    /// share of the work (`docs/design.md#notes`). Following the head live, batches are small and the next
+    /// one may not exist yet, so it is not worth a thread.
+    fn handle(
+        &mut self,
+        cx: &StepContext<'_>,
+        events: EventBatch,
+        checkpoint: u64,
+        limit: usize,
+        more: bool,
+    ) -> Result<(Handled, usize), String> {
+        if self.instance.is_none() {
+            let label = Arc::from(cx.name.as_str());
+            let instance = cx
+                .host
+                .runtime
+                .instantiate(&self.plugin, label, cx.host.limits)
+                .map_err(|e| e.to_string())?;
+            self.instance = Some(instance);
+        }
+        let view = self.store.view().map_err(|e| e.to_string())?;
+        let Some(instance) = self.instance.as_mut() else {
+            return Err("the plugin has no instance".into());
+        };
+        let (log, filter, plugin, spent) =
+            (&cx.host.log, &self.filter, &self.plugin, &mut self.spent);
+        let (handled, read_ahead) = std::thread::scope(|scope| {
+            let reader = more.then(|| {
+                std::thread::Builder::new()
+                    .name(format!("read-{}", cx.name))
+                    .spawn_scoped(scope, || {
+                        drop(spent.take());
+                        Batch::read(log, plugin, checkpoint + 1, limit, filter)
+                    })
+            });
+            let handled = instance.handle(&events, view);
+            // A reader that could not start or failed leaves the next batch
+            // to be read on this thread.
+            let read_ahead = reader.and_then(|r| r.ok()?.join().ok()?.ok());
+            (handled, read_ahead)
+        });
+        let memory_peak = instance.memory_peak();
+        self.read_ahead = read_ahead;
+        // Kept for the next read-ahead to free, if there is one coming.
+        self.spent = more.then_some(events);
+        Ok((handled, memory_peak))
+    }
+
+    /// A runtime whose heap only grows (a JS or Python interpreter between
+    /// collections) gets a fresh instance before it hits the cap.
+    fn recycle_if_large(&mut self, cx: &StepContext<'_>, memory_peak: usize) {
+        if memory_peak > cx.host.limits.memory_bytes / 4 * 3 {
+            tracing::debug!(plugin = %cx.name, memory_peak, "recycling the instance");
+            self.instance = None;
+        }
+    }
+
+    /// Commits a handled batch. A replay re-emits history: what the mailbox
+    /// already has is dropped first.
+    fn commit_handled(
+        &mut self,
+        cx: &StepContext<'_>,
+        writes: BTreeMap<String, Option<Vec<u8>>>,
+        emitted: Vec<Notification>,
+        checkpoint: u64,
+        positions: &[u64],
+    ) {
+        let emitted = match cx.mailbox.map(|m| m.drop_known(emitted)).transpose() {
+            Ok(emitted) => emitted.unwrap_or_default(),
+            Err(error) => {
+                let message = format!("reading the mailbox: {error}");
+                return self.fail(cx.name, positions[0], message, Attempt::Counts);
+            }
+        };
+        self.commit(cx.name, writes, emitted, checkpoint, positions.len() as u64);
+    }
+
+    /// Decides whom a failed call blames, and how the batch is retried.
+    fn call_failed(&mut self, name: &PluginName, error: CallError, positions: &[u64]) {
+        if error.poisons_instance() {
+            self.instance = None;
+        }
+        let count = positions.len();
+        let first = positions[0];
+        match &error {
+            CallError::Rejected { index, .. } => {
+                let index = *index as usize;
+                let position = positions.get(index).copied().unwrap_or(first);
+                // The events before the rejected one are fine: commit them
+                // first (at once), then blame the rejected one alone.
+                let attempt = if index == 0 || index >= count {
+                    Attempt::Counts
+                } else {
+                    self.stop_before = Some(index);
+                    Attempt::Narrowing
+                };
+                self.fail(name, position, error.to_string(), attempt);
+            }
+            CallError::Memory(_) | CallError::Deadline(_) if count > 1 => {
+                // Maybe only the batch was too big: halve it and retry at once.
+                self.max_batch = count / 2;
+                tracing::info!(plugin = %name, batch = self.max_batch, "batch too large ({error}); retrying with smaller batches");
+                self.fail(name, first, error.to_string(), Attempt::Narrowing);
+            }
+            _ if count > 1 => {
+                // A trap does not say which event caused it: retry one event at a time.
+                self.narrow_until = positions[count - 1];
+                tracing::debug!(plugin = %name, "batch trapped ({error}); retrying event by event");
+                self.fail(name, first, error.to_string(), Attempt::Narrowing);
+            }
+            _ => self.fail(name, first, error.to_string(), Attempt::Counts),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        name: &PluginName,
+        writes: BTreeMap<String, Option<Vec<u8>>>,
+        emitted: Vec<Notification>,
+        checkpoint: u64,
+        handled: u64,
+    ) {
+        let durable = self.last_sync.elapsed() >= SYNC_INTERVAL;
+        match self.store.commit(writes, &emitted, checkpoint, durable) {
+            Ok(()) => {
+                self.outbox_pending |= !emitted.is_empty();
+                self.checkpoint = checkpoint;
+                self.failure = None;
+                self.meter.record(handled.max(1));
+                if durable {
+                    self.dirty = false;
+                    self.last_sync = Instant::now();
+                } else {
+                    self.dirty = true;
+                }
+            }
+            Err(error) => {
+                let position = self.checkpoint + 1;
+                let message = format!("committing state: {error}");
+                self.fail(name, position, message, Attempt::Counts);
+            }
+        }
+    }
+
+    /// Records a failed attempt at `position` and when to retry it.
+    fn fail(&mut self, name: &PluginName, position: u64, message: String, attempt: Attempt) {
+        let counted = u32::from(attempt == Attempt::Counts);
+        let attempts = match &self.failure {
+            Some(f) if f.position == position => f.attempts + counted,
+            _ => counted,
+        };
+        let retry_at = if attempts >= MAX_ATTEMPTS {
+            tracing::error!(plugin = %name, position, attempts, "plugin failed: {message}");
+            None
+        } else {
+            tracing::warn!(plugin = %name, position, attempts, "batch failed, will retry: {message}");
+            let backoff = match attempt {
+                Attempt::Counts => FIRST_BACKOFF * 4u32.pow(attempts.saturating_sub(1)),
+                Attempt::Narrowing => Duration::ZERO,
+            };
+            Some(Instant::now() + backoff)
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.failure = Some(Failure {
+            position,
+            message,
+            attempts,
+            at: format_timestamp(now),
+            retry_at,
+        });
+    }
+
+    /// Moves the outbox into the plugin's mailbox: the mailbox commits
+    /// (durably) first, then the outbox is cleared, so a crash between the
+    /// two only makes the mailbox see keys it already has.
+    pub fn post_outbox(&mut self, name: &PluginName, mailbox: &Mailbox) {
+        while self.outbox_pending {
+            let posted = self.store.outbox(OUTBOX_PAGE).and_then(|page| {
+                let Some(&(last, _)) = page.last() else {
+                    return Ok(false);
+                };
+                let notifications: Vec<Notification> = page.into_iter().map(|(_, n)| n).collect();
+                mailbox.accept(&notifications)?;
+                self.store.clear_outbox(last)?;
+                Ok(true)
+            });
+            match posted {
+                Ok(true) => {}
+                Ok(false) => self.outbox_pending = false,
+                Err(error) => {
+                    // Left pending: the next step tries again.
+                    tracing::error!(plugin = %name, %error, "cannot post notifications to the mailbox");
+                    return;
+                }
+            }
+        }
+    }
+}

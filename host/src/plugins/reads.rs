@@ -1,0 +1,124 @@
+//! What the API reads of the plugins: statuses, and a plugin's serving
+//! state, parked events and query answers. Each read runs its disk and
+//! wasm work through [`crate::blocking`].
+
+use std::sync::Arc;
+
+use super::registry::Plugins;
+use super::shared::{Serving, Shared};
+use super::status::{NotificationStatus, PluginStatus};
+use super::{PluginError, PluginName};
+use crate::blocking;
+use crate::notify::{Mailbox, NotificationFeed};
+
+impl Plugins {
+    /// The status of one plugin, with the log's head and the lag filled in.
+    pub async fn status(&self, name: &PluginName) -> Result<PluginStatus, PluginError> {
+        let shared = match self.shared(name) {
+            Ok(shared) => shared,
+            Err(PluginError::Compiling(_)) => return Ok(PluginStatus::compiling(name)),
+            Err(error) => return Err(error),
+        };
+        let head = self.inner.host.log.head().0;
+        blocking::run(move || status_of(&shared, head)).await
+    }
+
+    /// Every plugin's status, by name.
+    pub async fn list(&self) -> Result<Vec<PluginStatus>, PluginError> {
+        let mut names: Vec<PluginName> = self.inner.slots.lock().plugins.keys().cloned().collect();
+        names.sort();
+        let mut statuses = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.status(name).await {
+                Ok(status) => statuses.push(status),
+                // Removed since the names were taken.
+                Err(PluginError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// A notifier's mailbox; a conflict for a projection.
+    pub fn mailbox(&self, name: &PluginName) -> Result<Arc<Mailbox>, PluginError> {
+        self.shared(name)?.mailbox.clone().ok_or_else(|| {
+            PluginError::Conflict(format!(
+                "plugin {name} is a projection: only notifiers have notifications and webhooks"
+            ))
+        })
+    }
+
+    /// The live feed of every notifier's notifications.
+    pub fn feed(&self) -> &NotificationFeed {
+        &self.inner.feed
+    }
+
+    /// The serving state's value under `key`.
+    pub async fn state_get(
+        &self,
+        name: &PluginName,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, PluginError> {
+        let serving = self.serving(name)?;
+        blocking::run(move || serving.store.get(&key)).await
+    }
+
+    /// Serving state entries with keys starting with `prefix`, after `after`.
+    pub async fn state_scan(
+        &self,
+        name: &PluginName,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+        let serving = self.serving(name)?;
+        blocking::run(move || serving.store.scan(&prefix, after.as_deref(), limit)).await
+    }
+
+    /// The events the operator skipped, with their errors.
+    pub async fn parked(&self, name: &PluginName) -> Result<Vec<(u64, String)>, PluginError> {
+        let serving = self.serving(name)?;
+        blocking::run(move || serving.store.parked()).await
+    }
+
+    /// Runs the plugin's `query` export on a fresh instance over the serving state.
+    pub async fn query(
+        &self,
+        name: &PluginName,
+        request: Vec<u8>,
+    ) -> Result<Result<Vec<u8>, String>, PluginError> {
+        let serving = self.serving(name)?;
+        let host = self.inner.host.clone();
+        let label: Arc<str> = Arc::from(name.as_str());
+        blocking::run(move || {
+            let mut instance = host
+                .runtime
+                .instantiate(&serving.plugin, label, host.limits)
+                .map_err(|e| PluginError::Call(e.to_string()))?;
+            let view = serving.store.view()?;
+            instance
+                .query(&request, view)
+                .map_err(|e| PluginError::Call(e.to_string()))
+        })
+        .await
+    }
+
+    fn serving(&self, name: &PluginName) -> Result<Serving, PluginError> {
+        Ok(self.shared(name)?.serving())
+    }
+}
+
+/// A running plugin's status at `head`, with what its files say. Blocking.
+fn status_of(shared: &Shared, head: u64) -> Result<PluginStatus, PluginError> {
+    let mut status = shared.status.read().clone();
+    status.head = head;
+    status.lag = head.saturating_sub(status.checkpoint);
+    status.parked = shared.serving().store.parked()?.len() as u64;
+    if let Some(mailbox) = &shared.mailbox {
+        status.notifications = Some(NotificationStatus {
+            stats: mailbox.stats()?,
+            webhook: mailbox.webhook()?.map(|w| w.view()),
+        });
+    }
+    Ok(status)
+}
