@@ -2,15 +2,15 @@
 //! in three languages over the same log ends in the same state, byte for
 //! byte, also after a replay; and their failures are reported like Rust's.
 
+use eventfold_plugin_builds::JS_ENDLESS_LOOP;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir};
 
-const RUST: &str = env!("USER_DIRECTORY_WASM");
-const PYTHON: &str = env!("PYTHON_USER_DIRECTORY_WASM");
-const JS: &str = env!("JS_USER_DIRECTORY_WASM");
-const JS_ENDLESS_LOOP: &str = env!("JS_ENDLESS_LOOP_WASM");
+const RUST: &str = eventfold_plugin_builds::USER_DIRECTORY;
+const PYTHON: &str = eventfold_plugin_builds::PYTHON_USER_DIRECTORY;
+const JS: &str = eventfold_plugin_builds::JS_USER_DIRECTORY;
 
 const PLUGINS: [(&str, &str); 3] = [
     ("rust-users", RUST),

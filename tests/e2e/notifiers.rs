@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use eventfold_plugin_builds::{COUNTER, OVERSIZE_NOTIFIER, SHIPMENT_NOTIFIER, SNEAKY_PROJECTION};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
@@ -19,10 +20,6 @@ use sha2::Sha256;
 
 use crate::harness::{Server, data_dir, wait_until};
 
-const SHIPMENT_NOTIFIER: &str = env!("SHIPMENT_NOTIFIER_WASM");
-const OVERSIZE_NOTIFIER: &str = env!("OVERSIZE_NOTIFIER_WASM");
-const SNEAKY_PROJECTION: &str = env!("SNEAKY_PROJECTION_WASM");
-const COUNTER: &str = env!("COUNTER_WASM");
 /// `whsec_` + base64 of 24 bytes, as Standard Webhooks writes secrets.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

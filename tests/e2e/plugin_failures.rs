@@ -1,17 +1,11 @@
 //! Misbehaving plugins are stopped and reported; the server, the log and the
 //! other plugins go on.
 
+use eventfold_plugin_builds::{CHATTY, COUNTER, ENDLESS_LOOP, FAILING, MEMORY_HOG, TRAP};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir, events};
-
-const COUNTER: &str = env!("COUNTER_WASM");
-const ENDLESS_LOOP: &str = env!("ENDLESS_LOOP_WASM");
-const MEMORY_HOG: &str = env!("MEMORY_HOG_WASM");
-const TRAP: &str = env!("TRAP_WASM");
-const FAILING: &str = env!("FAILING_WASM");
-const CHATTY: &str = env!("CHATTY_WASM");
 
 async fn failed(server: &Server, name: &str) -> Value {
     server

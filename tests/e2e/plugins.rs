@@ -5,15 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use eventfold_plugin_builds::{COUNTER, COUNTER_V2, ORDER_TOTALS, USER_DIRECTORY};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir, events};
-
-const USER_DIRECTORY: &str = env!("USER_DIRECTORY_WASM");
-const ORDER_TOTALS: &str = env!("ORDER_TOTALS_WASM");
-const COUNTER: &str = env!("COUNTER_WASM");
-const COUNTER_V2: &str = env!("COUNTER_V2_WASM");
 
 fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
     match name {
