@@ -517,3 +517,43 @@ async fn a_batch_appends_to_many_streams_all_or_nothing() {
     let (status, _) = server.get("/streams/cart-3").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_refused_batch_names_the_append_that_failed_when_a_stream_appears_twice() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    // The first append to `cart-1` passes its check (it creates the stream);
+    // the second expects version 5 while the first leaves it at 1.
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-1", "expected_version": "no_stream", "events": events("ItemAdded", 2)},
+                {"stream": "cart-2", "events": events("ItemAdded", 1)},
+                {"stream": "cart-1", "expected_version": 5, "events": events("CheckedOut", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["stream"], "cart-1", "{body}");
+    assert_eq!(body["error"]["expected_version"], "5", "{body}");
+    assert_eq!(body["error"]["actual_version"], 1, "{body}");
+    assert_eq!(body["error"]["append_index"], 2, "{body}");
+    // Two appends expecting the same thing: the first creates the stream, the
+    // second fails. The error alone does not say which append it refused, so
+    // an index, if given, must be the second's (never the first's).
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-3", "expected_version": "no_stream", "events": events("ItemAdded", 1)},
+                {"stream": "cart-3", "expected_version": "no_stream", "events": events("ItemAdded", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["actual_version"], 0, "{body}");
+    let index = &body["error"]["append_index"];
+    assert!(index.is_null() || *index == 1, "{body}");
+    assert_eq!(server.head().await, 0, "a refused batch appended something");
+}
