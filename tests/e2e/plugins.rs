@@ -314,7 +314,7 @@ async fn a_counting_projection_is_exactly_once_across_kill_9_during_catch_up() {
     // its last durable commit (later ones are not fsynced and may be lost, so
     // it can be below the one seen), and below the head, so the restarted
     // plugin is still catching up.
-    let restored = restored_checkpoint(dir.path(), "counter");
+    let restored = restored_checkpoint(dir.path(), "counter").await;
     assert!(
         restored < head,
         "restored from {restored}: the crash was not part-way (seen {seen}, head {head})"
@@ -331,9 +331,15 @@ async fn a_counting_projection_is_exactly_once_across_kill_9_during_catch_up() {
 }
 
 /// The checkpoint that plugin `name` was restored from at the last start,
-/// read from the server's log (its `restored plugin` line).
-fn restored_checkpoint(dir: &std::path::Path, name: &str) -> u64 {
-    let log = std::fs::read_to_string(dir.join("server.log")).expect("server.log");
+/// read from the server's log (its `restored plugin` line), waiting for it.
+async fn restored_checkpoint(dir: &std::path::Path, name: &str) -> u64 {
+    let log = || std::fs::read_to_string(dir.join("server.log")).expect("server.log");
+    let logged = crate::harness::wait_until(std::time::Duration::from_secs(30), || async {
+        log().contains("restored plugin")
+    })
+    .await;
+    let log = log();
+    assert!(logged, "no `restored plugin` line in:\n{log}");
     // The log may be coloured: drop the escape sequences first.
     let mut plain = String::with_capacity(log.len());
     let mut chars = log.chars();
