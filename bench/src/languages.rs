@@ -24,8 +24,8 @@ pub struct Args {
     /// Rounds of replay per language; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Where the built plugins are (`cargo build` puts them there).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins"))]
+    /// Where the built plugins are (eventfold-plugin-builds puts them there).
+    #[arg(long, default_value = eventfold_plugin_builds::PLUGINS_DIR)]
     pub plugins: PathBuf,
 }
 

@@ -31,8 +31,8 @@ pub struct Args {
     /// Rounds; native and WASM folds alternate and medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Where the built plugins are (`cargo build` puts them there).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release"))]
+    /// Where the built Rust plugins are (eventfold-plugin-builds puts them there).
+    #[arg(long, default_value = eventfold_plugin_builds::WASM_DIR)]
     pub plugins: PathBuf,
 }
 

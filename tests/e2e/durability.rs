@@ -172,7 +172,7 @@ async fn appends_held_only_by_the_write_ahead_log_are_recovered() {
     server.kill9();
     let server = Server::start_in(dir.path(), &args).await;
     assert_eq!(server.read_all().await, before);
-    let (_, page) = server.get("/streams/wal-new").await;
+    let page = server.get_ok("/streams/wal-new").await;
     assert_eq!(page["stream_version"], 0);
 }
 
@@ -180,9 +180,11 @@ async fn appends_held_only_by_the_write_ahead_log_are_recovered() {
 async fn read_streams(server: &Server, streams: &[&str]) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
     for stream in streams {
-        let (_, forward) = server.get(&format!("/streams/{stream}?limit=1000")).await;
-        let (_, backward) = server
-            .get(&format!("/streams/{stream}?direction=backward&limit=1000"))
+        let forward = server
+            .get_ok(&format!("/streams/{stream}?limit=1000"))
+            .await;
+        let backward = server
+            .get_ok(&format!("/streams/{stream}?direction=backward&limit=1000"))
             .await;
         assert!(
             forward["events"].as_array().is_some_and(|e| !e.is_empty()),

@@ -68,6 +68,13 @@ impl Server {
         into_json(self.request(reqwest::Method::GET, path).send().await).await
     }
 
+    /// GET, asserting `200 OK`; the JSON body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
     /// GET, answering the body as text (for non-JSON or byte-exact checks).
     pub async fn get_text(&self, path: &str) -> String {
         let response = self
@@ -115,6 +122,25 @@ impl Server {
             &json!({ "expected_version": expected_version, "events": events }),
         )
         .await
+    }
+
+    /// POSTs a JSON body and asserts the answer's status; the body.
+    pub async fn post_expecting(&self, path: &str, body: &Value, expected: StatusCode) -> Value {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, expected, "POST {path}: {answer}");
+        answer
+    }
+
+    /// Appends like [`Server::append`] and asserts `201 Created`; the body.
+    pub async fn append_created(
+        &self,
+        stream: &str,
+        expected_version: Value,
+        events: Value,
+    ) -> Value {
+        let (status, body) = self.append(stream, expected_version, events).await;
+        assert_eq!(status, StatusCode::CREATED, "append to {stream}: {body}");
+        body
     }
 
     /// The whole global log, following pages.
@@ -263,11 +289,18 @@ impl Server {
         into_json(request.send().await).await
     }
 
+    /// Deploys `wasm` as plugin `name` and asserts the answer's status
+    /// (`201 Created` for a new plugin, `202 Accepted` for a new version).
+    pub async fn deploy_expecting(&self, name: &str, wasm: &str, expected: StatusCode) -> Value {
+        let (status, body) = self.deploy(name, wasm).await;
+        assert_eq!(status, expected, "deploy {name}: {body}");
+        body
+    }
+
     /// Deploys each `(name, wasm)` as a new plugin, asserting 201 for each.
     pub async fn deploy_all(&self, plugins: &[(&str, &str)]) {
         for &(name, wasm) in plugins {
-            let (status, body) = self.deploy(name, wasm).await;
-            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+            self.deploy_expecting(name, wasm, StatusCode::CREATED).await;
         }
     }
 

@@ -2,15 +2,15 @@
 //! in three languages over the same log ends in the same state, byte for
 //! byte, also after a replay; and their failures are reported like Rust's.
 
+use eventfold_plugin_builds::JS_ENDLESS_LOOP;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir};
 
-const RUST: &str = env!("USER_DIRECTORY_WASM");
-const PYTHON: &str = env!("PYTHON_USER_DIRECTORY_WASM");
-const JS: &str = env!("JS_USER_DIRECTORY_WASM");
-const JS_ENDLESS_LOOP: &str = env!("JS_ENDLESS_LOOP_WASM");
+const RUST: &str = eventfold_plugin_builds::USER_DIRECTORY;
+const PYTHON: &str = eventfold_plugin_builds::PYTHON_USER_DIRECTORY;
+const JS: &str = eventfold_plugin_builds::JS_USER_DIRECTORY;
 
 const PLUGINS: [(&str, &str); 3] = [
     ("rust-users", RUST),
@@ -104,9 +104,11 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
         {"type": "UserNameUpdated", "data": {"userId": 1, "name": "Alice Cooper"}},
         {"type": "UserDeleted", "data": {"userId": 1}},
     ]);
-    server.append("user-1", json!("no_stream"), classic).await;
     server
-        .append(
+        .append_created("user-1", json!("no_stream"), classic)
+        .await;
+    server
+        .append_created(
             "user-2",
             json!("no_stream"),
             json!([{"type": "UserCreated", "data": {"userId": 2, "name": "Bob"}}]),
@@ -124,7 +126,9 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
             StatusCode::NOT_FOUND,
             "{name}: a deleted user no longer exists"
         );
-        let (_, bob) = server.get(&format!("/plugins/{name}/state/user/2")).await;
+        let bob = server
+            .get_ok(&format!("/plugins/{name}/state/user/2"))
+            .await;
         assert_eq!(bob, json!({"name": "Bob"}), "{name}");
     }
     assert_same_state(&server, "live").await;
@@ -155,15 +159,15 @@ async fn python_and_javascript_failures_are_stopped_and_reported() {
         ])
         .await;
     server
-        .append(
+        .append_created(
             "user-1",
             json!("no_stream"),
             json!([{"type": "UserCreated", "data": {"userId": 1, "name": "Alice"}}]),
         )
         .await;
     // A UserCreated without a name: the Python plugin raises on it.
-    let (_, bad) = server
-        .append(
+    let bad = server
+        .append_created(
             "user-2",
             json!("no_stream"),
             json!([{"type": "UserCreated", "data": {"userId": 2}}]),
@@ -211,7 +215,7 @@ async fn python_and_javascript_failures_are_stopped_and_reported() {
 
     // The Rust one is unaffected by the misbehaviour beside it (it fails on
     // the same bad event, on its own, and has applied the good one).
-    let (_, alice) = server.get("/plugins/rust-users/state/user/1").await;
+    let alice = server.get_ok("/plugins/rust-users/state/user/1").await;
     assert_eq!(alice, json!({"name": "Alice"}));
     let (status, _) = server
         .append(

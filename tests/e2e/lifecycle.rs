@@ -77,10 +77,14 @@ async fn a_data_directory_in_use_is_refused() {
 async fn metrics_count_appends_and_show_the_head() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server.append("m-1", json!("any"), events("E", 3)).await;
     server
+        .append_created("m-1", json!("any"), events("E", 3))
+        .await;
+    // Refused: the stream exists.
+    let (status, body) = server
         .append("m-1", json!("no_stream"), events("E", 1))
         .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let text = server.get_text("/metrics").await;
     for line in [
         "eventfold_appends_total 1",

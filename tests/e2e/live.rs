@@ -50,7 +50,7 @@ async fn live_feed_catches_up_follows_and_resumes() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
     server
-        .append("user-1", json!("any"), events("UserCreated", 3))
+        .append_created("user-1", json!("any"), events("UserCreated", 3))
         .await;
 
     let mut feed = open_feed(&server, "?from=1", None).await;
@@ -65,7 +65,7 @@ async fn live_feed_catches_up_follows_and_resumes() {
     }
     // Live: appended after the feed caught up.
     server
-        .append("user-2", json!("any"), events("UserCreated", 2))
+        .append_created("user-2", json!("any"), events("UserCreated", 2))
         .await;
     let live = next_n(&mut feed, 2).await;
     assert_eq!(
@@ -77,7 +77,7 @@ async fn live_feed_catches_up_follows_and_resumes() {
 
     // Resume after a disconnect: Last-Event-ID wins over `from`.
     server
-        .append("user-3", json!("any"), events("UserCreated", 1))
+        .append_created("user-3", json!("any"), events("UserCreated", 1))
         .await;
     let mut resumed = open_feed(&server, "?from=1", Some(4)).await;
     let after = next_n(&mut resumed, 2).await;
@@ -93,17 +93,17 @@ async fn live_feed_filters_by_category_and_type() {
     let server = Server::start_in(dir.path(), &[]).await;
     let mut feed = open_feed(&server, "?category=order&type=OrderPlaced", None).await;
     server
-        .append("user-1", json!("any"), events("UserCreated", 3))
+        .append_created("user-1", json!("any"), events("UserCreated", 3))
         .await;
     server
-        .append(
+        .append_created(
             "order-1",
             json!("any"),
             json!([{"type": "OrderPlaced", "data": {}}, {"type": "OrderPaid", "data": {}}]),
         )
         .await;
     server
-        .append("order-2", json!("any"), events("OrderPlaced", 1))
+        .append_created("order-2", json!("any"), events("OrderPlaced", 1))
         .await;
     let got = next_n(&mut feed, 2).await;
     assert_eq!(

@@ -104,7 +104,7 @@ async fn every_expected_version_case() {
             assert_eq!(server.head().await, head, "a conflict appended something");
         }
     }
-    let (_, page) = server.get("/streams/a-1").await;
+    let page = server.get_ok("/streams/a-1").await;
     let versions: Vec<u64> = page["events"]
         .as_array()
         .unwrap()
@@ -118,7 +118,9 @@ async fn every_expected_version_case() {
 async fn retried_appends_with_the_same_ids_are_not_appended_twice() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server.append("other-1", json!("any"), events("E", 2)).await;
+    server
+        .append_created("other-1", json!("any"), events("E", 2))
+        .await;
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let batch = json!([
         {"type": "OrderPlaced", "id": ids[0], "data": {"n": 0}},
@@ -167,12 +169,14 @@ async fn ids_the_log_generates_are_recognised_when_sent_back() {
     // in the write-ahead log alone.
     let args = ["--checkpoint-interval", "1h"];
     let mut server = Server::start_in(dir.path(), &args).await;
-    server.append("other-1", json!("any"), events("E", 2)).await;
+    server
+        .append_created("other-1", json!("any"), events("E", 2))
+        .await;
     let (status, _) = server
         .append("order-1", json!("no_stream"), events("E", 3))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, page) = server.get("/streams/order-1").await;
+    let page = server.get_ok("/streams/order-1").await;
     let read: Vec<Value> = page["events"].as_array().unwrap().clone();
     let ids: Vec<String> = read
         .iter()
@@ -237,8 +241,10 @@ async fn ids_the_log_generates_are_recognised_when_sent_back() {
     assert_eq!(body["error"]["code"], "reserved_event_id");
     assert_eq!(server.head().await, 5);
     // The next event the log makes itself gets that very id.
-    server.append("order-1", json!("any"), events("E", 1)).await;
-    let (_, page) = server.get("/events?from=6").await;
+    server
+        .append_created("order-1", json!("any"), events("E", 1))
+        .await;
+    let page = server.get_ok("/events?from=6").await;
     assert_eq!(page["events"][0]["id"], next);
 }
 
@@ -295,7 +301,9 @@ async fn racing_writers_on_one_stream_get_one_winner_per_version() {
         (0..total).collect::<Vec<_>>()
     );
     // The stream agrees with what each writer was told.
-    let (_, page) = server.get(&format!("/streams/race-1?limit={total}")).await;
+    let page = server
+        .get_ok(&format!("/streams/race-1?limit={total}"))
+        .await;
     for event in page["events"].as_array().unwrap() {
         let version = event["version"].as_u64().unwrap();
         assert_eq!(event["data"]["writer"], claimed[&version]);
@@ -371,7 +379,9 @@ async fn concurrent_appends_are_gapless_with(http_threads: &str) {
 async fn streams_read_forward_and_backward_in_pages() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server.append("page-1", json!("any"), events("E", 10)).await;
+    server
+        .append_created("page-1", json!("any"), events("E", 10))
+        .await;
     let versions = |page: &Value| -> Vec<u64> {
         page["events"]
             .as_array()
@@ -380,22 +390,22 @@ async fn streams_read_forward_and_backward_in_pages() {
             .map(|e| e["version"].as_u64().unwrap())
             .collect()
     };
-    let (_, page) = server.get("/streams/page-1?direction=backward").await;
+    let page = server.get_ok("/streams/page-1?direction=backward").await;
     assert_eq!(versions(&page), (0..10).rev().collect::<Vec<_>>());
-    let (_, page) = server
-        .get("/streams/page-1?direction=backward&limit=3")
+    let page = server
+        .get_ok("/streams/page-1?direction=backward&limit=3")
         .await;
     assert_eq!(versions(&page), vec![9, 8, 7]);
     assert_eq!(page["next"], 6);
-    let (_, page) = server
-        .get("/streams/page-1?direction=backward&from=2&limit=5")
+    let page = server
+        .get_ok("/streams/page-1?direction=backward&from=2&limit=5")
         .await;
     assert_eq!(versions(&page), vec![2, 1, 0]);
     assert_eq!(page["next"], Value::Null);
-    let (_, page) = server.get("/streams/page-1?from=4&limit=3").await;
+    let page = server.get_ok("/streams/page-1?from=4&limit=3").await;
     assert_eq!(versions(&page), vec![4, 5, 6]);
     assert_eq!(page["next"], 7);
-    let (_, page) = server.get("/streams/page-1?from=10").await;
+    let page = server.get_ok("/streams/page-1?from=10").await;
     assert_eq!(versions(&page), Vec::<u64>::new());
     assert_eq!(page["stream_version"], 9);
     let (status, body) = server.get("/streams/never-1").await;
@@ -408,28 +418,28 @@ async fn the_global_log_filters_by_category_and_type() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
     server
-        .append(
+        .append_created(
             "user-1",
             json!("any"),
             json!([{"type": "UserCreated", "data": {}}]),
         )
         .await;
     server
-        .append(
+        .append_created(
             "order-1",
             json!("any"),
             json!([{"type": "OrderPlaced", "data": {}}]),
         )
         .await;
     server
-        .append(
+        .append_created(
             "user-2",
             json!("any"),
             json!([{"type": "UserCreated", "data": {}}, {"type": "UserDeleted", "data": {}}]),
         )
         .await;
     server
-        .append(
+        .append_created(
             "order-2",
             json!("any"),
             json!([{"type": "OrderPlaced", "data": {}}]),
@@ -443,21 +453,23 @@ async fn the_global_log_filters_by_category_and_type() {
             .map(|e| e["position"].as_u64().unwrap())
             .collect()
     };
-    let (_, page) = server.get("/events?category=user").await;
+    let page = server.get_ok("/events?category=user").await;
     assert_eq!(positions(&page), vec![1, 3, 4]);
-    let (_, page) = server.get("/events?type=OrderPlaced").await;
+    let page = server.get_ok("/events?type=OrderPlaced").await;
     assert_eq!(positions(&page), vec![2, 5]);
-    let (_, page) = server.get("/events?category=user&type=UserDeleted").await;
+    let page = server
+        .get_ok("/events?category=user&type=UserDeleted")
+        .await;
     assert_eq!(positions(&page), vec![4]);
-    let (_, page) = server
-        .get("/events?type=UserDeleted,OrderPlaced&from=3")
+    let page = server
+        .get_ok("/events?type=UserDeleted,OrderPlaced&from=3")
         .await;
     assert_eq!(positions(&page), vec![4, 5]);
-    let (_, page) = server.get("/events?from=2&limit=2").await;
+    let page = server.get_ok("/events?from=2&limit=2").await;
     assert_eq!(positions(&page), vec![2, 3]);
     assert_eq!(page["next"], 4);
     assert_eq!(page["head"], 5);
-    let (_, page) = server.get("/events?category=user&limit=2").await;
+    let page = server.get_ok("/events?category=user&limit=2").await;
     assert_eq!(positions(&page), vec![1, 3]);
     assert_eq!(page["next"], 4, "next is one past the last event examined");
 }
@@ -504,4 +516,44 @@ async fn a_batch_appends_to_many_streams_all_or_nothing() {
     assert_eq!(server.head().await, 4, "a refused batch appended something");
     let (status, _) = server.get("/streams/cart-3").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_refused_batch_names_the_append_that_failed_when_a_stream_appears_twice() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    // The first append to `cart-1` passes its check (it creates the stream);
+    // the second expects version 5 while the first leaves it at 1.
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-1", "expected_version": "no_stream", "events": events("ItemAdded", 2)},
+                {"stream": "cart-2", "events": events("ItemAdded", 1)},
+                {"stream": "cart-1", "expected_version": 5, "events": events("CheckedOut", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["stream"], "cart-1", "{body}");
+    assert_eq!(body["error"]["expected_version"], "5", "{body}");
+    assert_eq!(body["error"]["actual_version"], 1, "{body}");
+    assert_eq!(body["error"]["append_index"], 2, "{body}");
+    // Two appends expecting the same thing: the first creates the stream, the
+    // second fails. The error alone does not say which append it refused, so
+    // an index, if given, must be the second's (never the first's).
+    let (status, body) = server
+        .post(
+            "/batch",
+            &json!({"appends": [
+                {"stream": "cart-3", "expected_version": "no_stream", "events": events("ItemAdded", 1)},
+                {"stream": "cart-3", "expected_version": "no_stream", "events": events("ItemAdded", 1)},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["actual_version"], 0, "{body}");
+    let index = &body["error"]["append_index"];
+    assert!(index.is_null() || *index == 1, "{body}");
+    assert_eq!(server.head().await, 0, "a refused batch appended something");
 }

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use eventfold_plugin_builds::{COUNTER, OVERSIZE_NOTIFIER, SHIPMENT_NOTIFIER, SNEAKY_PROJECTION};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
@@ -19,10 +20,6 @@ use sha2::Sha256;
 
 use crate::harness::{Server, data_dir, wait_until};
 
-const SHIPMENT_NOTIFIER: &str = env!("SHIPMENT_NOTIFIER_WASM");
-const OVERSIZE_NOTIFIER: &str = env!("OVERSIZE_NOTIFIER_WASM");
-const SNEAKY_PROJECTION: &str = env!("SNEAKY_PROJECTION_WASM");
-const COUNTER: &str = env!("COUNTER_WASM");
 /// `whsec_` + base64 of 24 bytes, as Standard Webhooks writes secrets.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -186,7 +183,7 @@ async fn every_notification_arrives_signed_and_in_order_despite_failures() {
         !shown.to_string().contains(SECRET),
         "the secret is never echoed: {shown}"
     );
-    let (_, view) = server.get("/plugins/ship/webhook").await;
+    let view = server.get_ok("/plugins/ship/webhook").await;
     assert!(!view.to_string().contains(SECRET), "{view}");
     assert_eq!(view["webhook"]["url"], receiver.url);
 
@@ -247,8 +244,8 @@ async fn every_notification_arrives_signed_and_in_order_despite_failures() {
     assert_eq!(n["dead_letters"], 0);
 
     // The pull API pages through the same notifications.
-    let (_, page) = server
-        .get("/plugins/ship/notifications?after=15&limit=3")
+    let page = server
+        .get_ok("/plugins/ship/notifications?after=15&limit=3")
         .await;
     let keys: Vec<&str> = page["notifications"]
         .as_array()
@@ -385,7 +382,7 @@ async fn a_receiver_down_for_good_fills_dead_letters_and_a_retry_delivers() {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
-    let (_, listed) = server.get("/plugins/ship/dead-letters").await;
+    let listed = server.get_ok("/plugins/ship/dead-letters").await;
     for letter in listed["dead_letters"].as_array().unwrap() {
         // A dead letter until its retry delivers it; marked meanwhile.
         assert_eq!(letter["retrying"], true, "{letter}");
@@ -448,7 +445,7 @@ async fn replaying_a_notifier_sends_nothing_new() {
         last["data"]["customerId"], "c3",
         "the rebuilt state knew the customer"
     );
-    let (_, status) = server.get("/plugins/ship").await;
+    let status = server.get_ok("/plugins/ship").await;
     assert_eq!(status["notifications"]["emitted"], 11);
 }
 
@@ -487,7 +484,7 @@ async fn projections_cannot_emit_and_notifier_misuse_gets_clear_errors() {
     );
 
     // Webhooks belong to notifiers, and bad settings are refused.
-    server.deploy("counter", COUNTER).await;
+    server.deploy_all(&[("counter", COUNTER)]).await;
     let put = |plugin: &'static str, body: Value| {
         let request = server
             .request(reqwest::Method::PUT, &format!("/plugins/{plugin}/webhook"))
@@ -509,7 +506,7 @@ async fn projections_cannot_emit_and_notifier_misuse_gets_clear_errors() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
         assert!(body["error"]["message"].is_string());
     }
-    let (_, body) = server.get("/plugins/oversize/webhook").await;
+    let body = server.get_ok("/plugins/oversize/webhook").await;
     assert_eq!(
         body["webhook"],
         Value::Null,
@@ -609,7 +606,7 @@ async fn an_https_webhook_checks_the_receivers_certificate() {
             s["notifications"]["dead_letters"] == 1
         })
         .await;
-    let (_, dead) = server.get("/plugins/ship/dead-letters").await;
+    let dead = server.get_ok("/plugins/ship/dead-letters").await;
     let error = dead["dead_letters"][0]["error"]
         .as_str()
         .unwrap()

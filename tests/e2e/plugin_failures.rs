@@ -1,17 +1,11 @@
 //! Misbehaving plugins are stopped and reported; the server, the log and the
 //! other plugins go on.
 
+use eventfold_plugin_builds::{CHATTY, COUNTER, ENDLESS_LOOP, FAILING, MEMORY_HOG, TRAP};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir, events};
-
-const COUNTER: &str = env!("COUNTER_WASM");
-const ENDLESS_LOOP: &str = env!("ENDLESS_LOOP_WASM");
-const MEMORY_HOG: &str = env!("MEMORY_HOG_WASM");
-const TRAP: &str = env!("TRAP_WASM");
-const FAILING: &str = env!("FAILING_WASM");
-const CHATTY: &str = env!("CHATTY_WASM");
 
 async fn failed(server: &Server, name: &str) -> Value {
     server
@@ -38,20 +32,20 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
         ])
         .await;
     server
-        .append("work-1", json!("any"), events("Fine", 5))
+        .append_created("work-1", json!("any"), events("Fine", 5))
         .await;
-    let (_, boom) = server
-        .append(
+    let boom = server
+        .append_created(
             "work-1",
             json!("any"),
             json!([{"type": "Boom", "data": {}}]),
         )
         .await;
-    let (_, bad) = server
-        .append("work-1", json!("any"), json!([{"type": "Bad", "data": {}}]))
+    let bad = server
+        .append_created("work-1", json!("any"), json!([{"type": "Bad", "data": {}}]))
         .await;
     server
-        .append("work-1", json!("any"), events("Fine", 5))
+        .append_created("work-1", json!("any"), events("Fine", 5))
         .await;
     let boom = boom["first_position"].as_u64().unwrap();
     let bad = bad["first_position"].as_u64().unwrap();
@@ -101,7 +95,7 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
     let late = failed(&server, "late-failer").await;
     assert_eq!(late["last_error"]["position"], bad, "{late}");
     assert_eq!(late["checkpoint"], bad - 1, "{late}");
-    let (_, count) = server.get("/plugins/late-failer/state/count").await;
+    let count = server.get_ok("/plugins/late-failer/state/count").await;
     assert_eq!(
         count.as_u64(),
         Some(bad - 1),
@@ -111,7 +105,7 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
     // The good plugin and the chatty one (whose output is capped) keep up.
     let head = server.head().await;
     server.wait_caught_up("good").await;
-    let (_, count) = server.get("/plugins/good/state/count").await;
+    let count = server.get_ok("/plugins/good/state/count").await;
     assert_eq!(count.as_u64(), Some(head));
     let chatty = server.wait_caught_up("chatty").await;
     assert!(chatty["last_error"].is_null(), "{chatty}");
@@ -139,7 +133,7 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
     assert_eq!(body["skipped"], bad);
     let failer = server.wait_caught_up("failer").await;
     assert_eq!(failer["parked"], 1);
-    let (_, parked) = server.get("/plugins/failer/parked").await;
+    let parked = server.get_ok("/plugins/failer/parked").await;
     assert_eq!(parked["parked"][0]["position"], bad);
     assert!(
         parked["parked"][0]["error"]
@@ -147,7 +141,7 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
             .unwrap()
             .contains("Bad")
     );
-    let (_, count) = server.get("/plugins/failer/state/count").await;
+    let count = server.get_ok("/plugins/failer/state/count").await;
     assert_eq!(
         count.as_u64(),
         Some(server.head().await - 1),
@@ -162,22 +156,28 @@ async fn misbehaving_plugins_are_stopped_while_a_good_one_keeps_up() {
 async fn pause_and_resume() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server.deploy("counter", COUNTER).await;
-    server.append("p-1", json!("any"), events("E", 3)).await;
+    server.deploy_all(&[("counter", COUNTER)]).await;
+    server
+        .append_created("p-1", json!("any"), events("E", 3))
+        .await;
     server.wait_caught_up("counter").await;
     let (status, _) = server.post("/plugins/counter/pause", &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     server
         .wait_plugin("counter", "paused", |s| s["state"] == "paused")
         .await;
-    server.append("p-1", json!("any"), events("E", 4)).await;
+    server
+        .append_created("p-1", json!("any"), events("E", 4))
+        .await;
     let status = server
         .wait_plugin("counter", "a lag while paused", |s| s["lag"] == 4)
         .await;
     assert_eq!(status["checkpoint"], 3);
-    server.post("/plugins/counter/resume", &json!({})).await;
+    server
+        .post_expecting("/plugins/counter/resume", &json!({}), StatusCode::OK)
+        .await;
     server.wait_caught_up("counter").await;
-    let (_, count) = server.get("/plugins/counter/state/count").await;
+    let count = server.get_ok("/plugins/counter/state/count").await;
     assert_eq!(count, 7);
     let (status, body) = crate::harness::into_json(
         server

@@ -5,15 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use eventfold_plugin_builds::{COUNTER, COUNTER_V2, ORDER_TOTALS, USER_DIRECTORY};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir, events};
-
-const USER_DIRECTORY: &str = env!("USER_DIRECTORY_WASM");
-const ORDER_TOTALS: &str = env!("ORDER_TOTALS_WASM");
-const COUNTER: &str = env!("COUNTER_WASM");
-const COUNTER_V2: &str = env!("COUNTER_V2_WASM");
 
 fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
     match name {
@@ -22,16 +18,17 @@ fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
     }
 }
 
-/// Appends one user event to that user's own stream, `user-{id}`.
+/// Appends one user event to that user's own stream, `user-{id}`, and
+/// asserts it was appended.
 async fn append_user(
     server: &Server,
     expected: Value,
     event_type: &str,
     id: u64,
     name: Option<&str>,
-) -> (StatusCode, Value) {
+) -> Value {
     server
-        .append(
+        .append_created(
             &format!("user-{id}"),
             expected,
             json!([user(event_type, id, name)]),
@@ -46,7 +43,7 @@ async fn the_user_directory_follows_the_classic_example() {
     append_user(&server, json!("no_stream"), "UserCreated", 1, Some("Alice")).await;
     append_user(&server, json!("no_stream"), "UserCreated", 2, Some("Bob")).await;
     server
-        .append("order-9", json!("any"), events("OrderPlaced", 3))
+        .append_created("order-9", json!("any"), events("OrderPlaced", 3))
         .await;
     let (status, body) = server.deploy("users", USER_DIRECTORY).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -86,9 +83,9 @@ async fn the_user_directory_follows_the_classic_example() {
     // Live: a new event shows up in the state.
     append_user(&server, json!("no_stream"), "UserCreated", 4, Some("Dan")).await;
     server.wait_caught_up("users").await;
-    let (_, body) = server.get("/plugins/users/state/user/4").await;
+    let body = server.get_ok("/plugins/users/state/user/4").await;
     assert_eq!(body["name"], "Dan");
-    let (_, list) = server.get("/plugins").await;
+    let list = server.get_ok("/plugins").await;
     assert_eq!(list["plugins"][0]["name"], "users");
 }
 
@@ -96,7 +93,7 @@ async fn the_user_directory_follows_the_classic_example() {
 async fn order_totals_answers_queries() {
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
-    server.deploy("totals", ORDER_TOTALS).await;
+    server.deploy_all(&[("totals", ORDER_TOTALS)]).await;
     let orders = [
         ("c1", 10.0),
         ("c2", 5.5),
@@ -108,18 +105,18 @@ async fn order_totals_answers_queries() {
         let event =
             json!([{"type": "OrderPlaced", "data": {"customerId": customer, "amount": amount}}]);
         server
-            .append(&format!("order-{i}"), json!("no_stream"), event)
+            .append_created(&format!("order-{i}"), json!("no_stream"), event)
             .await;
     }
     server
-        .append(
+        .append_created(
             "order-0",
             json!(0),
             json!([{"type": "OrderShipped", "data": {}}]),
         )
         .await;
     server.wait_caught_up("totals").await;
-    let (_, c1) = server.get("/plugins/totals/state/customer/c1").await;
+    let c1 = server.get_ok("/plugins/totals/state/customer/c1").await;
     assert_eq!(c1, json!({"orders": 2, "total": 12.5}));
     let response = server
         .request(reqwest::Method::POST, "/plugins/totals/query")
@@ -162,7 +159,7 @@ async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on() {
         let (status, body) = server.post("/batch", &json!({ "appends": appends })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    server.deploy("users", USER_DIRECTORY).await;
+    server.deploy_all(&[("users", USER_DIRECTORY)]).await;
     server.wait_caught_up("users").await;
     let before = server.plugin_state("users").await;
     assert_eq!(before.len(), 3000 - 3000 / 7 - 1);
@@ -191,9 +188,7 @@ async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on() {
         })
     };
     for id in 5000..5020u64 {
-        let (status, _) =
-            append_user(&server, json!("no_stream"), "UserCreated", id, Some("late")).await;
-        assert_eq!(status, StatusCode::CREATED);
+        append_user(&server, json!("no_stream"), "UserCreated", id, Some("late")).await;
     }
     let status = server
         .wait_plugin("users", "generation 2", |s| {
@@ -221,9 +216,9 @@ async fn deploying_v2_while_events_stream_in_swaps_without_failed_reads() {
     let dir = data_dir();
     let server = Arc::new(Server::start_in(dir.path(), &[]).await);
     server
-        .append("tick-0", json!("any"), events("Tick", 500))
+        .append_created("tick-0", json!("any"), events("Tick", 500))
         .await;
-    server.deploy("counter", COUNTER).await;
+    server.deploy_all(&[("counter", COUNTER)]).await;
     server.wait_caught_up("counter").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -270,9 +265,9 @@ async fn deploying_v2_while_events_stream_in_swaps_without_failed_reads() {
     reader.await.unwrap();
     let status = server.wait_caught_up("counter").await;
     let head = status["head"].as_u64().unwrap();
-    let (_, version) = server.get("/plugins/counter/state/version").await;
+    let version = server.get_ok("/plugins/counter/state/version").await;
     assert_eq!(version, 2, "v2's state serves after the swap");
-    let (_, count) = server.get("/plugins/counter/state/count").await;
+    let count = server.get_ok("/plugins/counter/state/count").await;
     assert_eq!(count.as_u64(), Some(head));
     // Deploying the same code again changes nothing.
     let (status, body) = server.deploy("counter", COUNTER_V2).await;
@@ -281,39 +276,98 @@ async fn deploying_v2_while_events_stream_in_swaps_without_failed_reads() {
 }
 
 #[tokio::test]
-async fn a_counting_projection_is_exactly_once_across_kill_9() {
+async fn a_counting_projection_is_exactly_once_across_kill_9_during_catch_up() {
     let dir = data_dir();
     let mut server = Server::start_in(dir.path(), &[]).await;
-    server.deploy("counter", COUNTER).await;
-    let batch = |n: usize| json!({"appends": [{"stream": format!("count-{n}"), "events": events("Counted", 200)}]});
-    for n in 0..50 {
-        let (status, _) = server.post("/batch", &batch(n)).await;
-        assert_eq!(status, StatusCode::CREATED);
+    // The log is written before the deploy and holds many batches (a batch
+    // is at most 10,000 events), so the plugin commits its checkpoint many
+    // times on its way to the head: the kill falls between two of them.
+    let batch = |n: usize| json!({"appends": [{"stream": format!("count-{n}"), "events": events("Counted", 2_000)}]});
+    for n in 0..100 {
+        server
+            .post_expecting("/batch", &batch(n), StatusCode::CREATED)
+            .await;
     }
-    // Mid-way: the plugin has started but the log keeps growing.
-    server
-        .wait_plugin("counter", "progress", |s| {
-            s["checkpoint"].as_u64() > Some(0)
-        })
-        .await;
+    let head = server.head().await;
+    assert_eq!(head, 200_000);
+    server.deploy_all(&[("counter", COUNTER)]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen = loop {
+        let body = server.get_ok("/plugins/counter").await;
+        let checkpoint = body["checkpoint"].as_u64().expect("a checkpoint");
+        if checkpoint > 0 {
+            break checkpoint;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never moved: {body}"
+        );
+    };
     server.kill9();
+    assert!(
+        seen < head,
+        "the plugin had caught up ({seen}) before it was seen part-way: no crash during catch-up"
+    );
 
     let server = Server::start_in(dir.path(), &[]).await;
-    for n in 50..100 {
-        let (status, _) = server.post("/batch", &batch(n)).await;
-        assert_eq!(status, StatusCode::CREATED);
+    // The checkpoint the plugin restarts from is what the crash left behind:
+    // its last durable commit (later ones are not fsynced and may be lost, so
+    // it can be below the one seen), and below the head, so the restarted
+    // plugin is still catching up.
+    let restored = restored_checkpoint(dir.path(), "counter").await;
+    assert!(
+        restored < head,
+        "restored from {restored}: the crash was not part-way (seen {seen}, head {head})"
+    );
+    for n in 100..110 {
+        server
+            .post_expecting("/batch", &batch(n), StatusCode::CREATED)
+            .await;
     }
     let status = server.wait_caught_up("counter").await;
-    assert_eq!(status["head"], 20_000);
-    let (_, count) = server.get("/plugins/counter/state/count").await;
-    assert_eq!(count, 20_000, "every event counted exactly once");
+    assert_eq!(status["head"], 220_000);
+    let count = server.get_ok("/plugins/counter/state/count").await;
+    assert_eq!(count, 220_000, "every event counted exactly once");
+}
+
+/// The checkpoint that plugin `name` was restored from at the last start,
+/// read from the server's log (its `restored plugin` line), waiting for it.
+async fn restored_checkpoint(dir: &std::path::Path, name: &str) -> u64 {
+    let log = || std::fs::read_to_string(dir.join("server.log")).expect("server.log");
+    let logged = crate::harness::wait_until(std::time::Duration::from_secs(30), || async {
+        log().contains("restored plugin")
+    })
+    .await;
+    let log = log();
+    assert!(logged, "no `restored plugin` line in:\n{log}");
+    // The log may be coloured: drop the escape sequences first.
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain
+        .lines()
+        .rev()
+        .find(|l| l.contains("restored plugin") && l.contains(&format!("plugin={name}")))
+        .unwrap_or_else(|| panic!("no `restored plugin` line for {name} in:\n{plain}"));
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("checkpoint="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint in {line:?}"))
 }
 
 #[tokio::test]
 async fn plugins_survive_a_restart_without_recompiling() {
     let dir = data_dir();
     let mut server = Server::start_in(dir.path(), &[]).await;
-    let (_, body) = server.deploy("users", USER_DIRECTORY).await;
+    let body = server
+        .deploy_expecting("users", USER_DIRECTORY, StatusCode::CREATED)
+        .await;
     assert_eq!(body["compiled"], "compiled");
     append_user(&server, json!("any"), "UserCreated", 1, Some("Alice")).await;
     let before = server.wait_caught_up("users").await;
@@ -325,7 +379,7 @@ async fn plugins_survive_a_restart_without_recompiling() {
     assert_eq!(after["compiled"], "cache", "{after}");
     append_user(&server, json!("any"), "UserCreated", 2, Some("Bob")).await;
     server.wait_caught_up("users").await;
-    let (_, bob) = server.get("/plugins/users/state/user/2").await;
+    let bob = server.get_ok("/plugins/users/state/user/2").await;
     assert_eq!(bob["name"], "Bob");
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(log.contains("restored plugin"), "{log}");
@@ -336,7 +390,9 @@ async fn a_deploy_that_never_finished_leaves_nothing_behind() {
     let dir = data_dir();
     let mut server = Server::start_in(dir.path(), &[]).await;
     server.deploy_all(&[("p", COUNTER)]).await;
-    server.append("other-1", json!("any"), events("E", 3)).await;
+    server
+        .append_created("other-1", json!("any"), events("E", 3))
+        .await;
     server.wait_caught_up("p").await;
     assert!(server.terminate().success());
     // The process died after the plugin started but before its manifest
@@ -418,7 +474,7 @@ async fn bad_deploys_and_unknown_plugins_get_clear_errors() {
         assert_eq!(status, expected, "{name}: {error}");
         assert_eq!(error["error"]["code"], code, "{name}: {error}");
     }
-    let (_, list) = server.get("/plugins").await;
+    let list = server.get_ok("/plugins").await;
     assert_eq!(
         list["plugins"],
         json!([]),
@@ -444,9 +500,11 @@ async fn a_plugins_directory_is_deployed_at_start_and_hot_loaded() {
     std::fs::copy(COUNTER, drop_dir.path().join("tally.wasm")).unwrap();
     let drop_path = drop_dir.path().to_str().unwrap().to_owned();
     let server = Server::start_in(dir.path(), &["--plugins-dir", &drop_path]).await;
-    server.append("hot-1", json!("any"), events("E", 5)).await;
+    server
+        .append_created("hot-1", json!("any"), events("E", 5))
+        .await;
     server.wait_caught_up("tally").await;
-    let (_, count) = server.get("/plugins/tally/state/count").await;
+    let count = server.get_ok("/plugins/tally/state/count").await;
     assert_eq!(count, 5);
 
     // A file that appears is deployed; one that changes is rebuilt as v2.
@@ -462,6 +520,6 @@ async fn a_plugins_directory_is_deployed_at_start_and_hot_loaded() {
             s["generation"] == 2 && s["rebuild"].is_null()
         })
         .await;
-    let (_, version) = server.get("/plugins/tally/state/version").await;
+    let version = server.get_ok("/plugins/tally/state/version").await;
     assert_eq!(version, 2);
 }

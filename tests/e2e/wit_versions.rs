@@ -3,15 +3,13 @@
 //! the encoding it asked for (typed records, JSON for the Python and
 //! JavaScript user directories, one packed buffer for the Rust SDK's).
 
+use eventfold_plugin_builds::{
+    COUNTER, COUNTER_V0_1, PYTHON_USER_DIRECTORY, RECORDS_NOTIFIER_V0_2,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir};
-
-const RECORDS_NOTIFIER_V0_2: &str = env!("RECORDS_NOTIFIER_V0_2_WASM");
-const PYTHON_USER_DIRECTORY: &str = env!("PYTHON_USER_DIRECTORY_WASM");
-const COUNTER_V0_1: &str = env!("COUNTER_V0_1_WASM");
-const COUNTER: &str = env!("COUNTER_WASM");
 
 #[tokio::test]
 async fn plugins_of_every_wit_version_run_side_by_side() {

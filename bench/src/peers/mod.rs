@@ -51,8 +51,8 @@ pub struct Args {
     /// Events read from each log, and replayed.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
-    /// Where the built plugins are (`cargo build` puts them there).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins/wasm32-wasip2/release"))]
+    /// Where the built Rust plugins are (eventfold-plugin-builds puts them there).
+    #[arg(long, default_value = eventfold_plugin_builds::WASM_DIR)]
     pub plugins: PathBuf,
 }
 

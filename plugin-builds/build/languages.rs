@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One plugin: its language's folder under `plugins/`, its own folder there,
-/// the WIT folder (the package version) and world it targets, and the
-/// environment variable naming its `.wasm`.
+/// the WIT folder (the package version) and world it targets, and the name
+/// of the constant giving its `.wasm`.
 pub struct Plugin {
     pub language: Language,
     pub dir: &'static str,
     pub wit: &'static str,
     pub world: &'static str,
-    pub var: &'static str,
+    pub name: &'static str,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,11 @@ pub enum Language {
 }
 
 /// Builds every plugin (when needed) and returns each one's `.wasm`.
-pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'static str, PathBuf)> {
+pub fn build<'a>(
+    root: &Path,
+    target_dir: &Path,
+    plugins: &'a [Plugin],
+) -> Vec<(&'a Plugin, PathBuf)> {
     let mut python = None;
     let mut node = None;
     let mut built = Vec::new();
@@ -77,7 +81,7 @@ pub fn build(root: &Path, target_dir: &Path, plugins: &[Plugin]) -> Vec<(&'stati
                 &format!("building plugin {}", source.display()),
             );
         }
-        built.push((plugin.var, out));
+        built.push((plugin, out));
     }
     built
 }

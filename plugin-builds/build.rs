@@ -1,12 +1,15 @@
 //! Builds the example and test plugins (`plugins/`, their own workspace) to
-//! wasm32-wasip2 components, so that `cargo run -- serve` has the examples at
-//! hand and the tests can say `USER_DIRECTORY_WASM` instead of a path.
+//! wasm32-wasip2 components, and writes their paths into `$OUT_DIR/paths.rs`
+//! as constants (`src/lib.rs` includes it), so that the tests can say
+//! `USER_DIRECTORY` instead of a path.
 //!
 //! The plugins get their own target directory (`target/plugins`): this build
 //! holds the lock on the main one. Python and JavaScript plugins are built
-//! with their own toolchains (`build/languages.rs`). The example components are also copied to
-//! `target/plugins/examples/` for `serve --plugins-dir`.
+//! with their own toolchains (`build/languages.rs`). The example components
+//! are also copied to `target/plugins/examples/` for `serve --plugins-dir`
+//! (`scripts/serve`).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,21 +25,21 @@ const OTHER_LANGUAGES: &[Plugin] = &[
         dir: "user-directory",
         wit: "wit/v0.2",
         world: "projection",
-        var: "PYTHON_USER_DIRECTORY_WASM",
+        name: "PYTHON_USER_DIRECTORY",
     },
     Plugin {
         language: Language::JavaScript,
         dir: "user-directory",
         wit: "wit/v0.2",
         world: "projection",
-        var: "JS_USER_DIRECTORY_WASM",
+        name: "JS_USER_DIRECTORY",
     },
     Plugin {
         language: Language::JavaScript,
         dir: "endless-loop",
         wit: "wit",
         world: "projection",
-        var: "JS_ENDLESS_LOOP_WASM",
+        name: "JS_ENDLESS_LOOP",
     },
 ];
 
@@ -65,15 +68,16 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
         .parent()
-        .expect("host/ is inside the workspace")
+        .expect("plugin-builds/ is inside the workspace")
         .to_path_buf();
     // The workspace manifest too: the SDK inherits its dependencies from it.
     for watched in ["plugins", "guest-sdk", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
+    // A relative CARGO_TARGET_DIR is taken from the workspace root (this
+    // script runs in plugin-builds/): the paths below must hold from anywhere.
+    let target_dir = root
+        .join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
         .join("plugins");
 
     ensure_target();
@@ -109,6 +113,27 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     let examples = target_dir.join("examples");
     std::fs::create_dir_all(&examples).expect("create target/plugins/examples");
+    let mut paths = String::new();
+    constant(
+        &mut paths,
+        "PLUGINS_DIR",
+        "The plugins' own target directory (`target/plugins`): the Rust plugins are under \
+         `wasm32-wasip2/release/`, the Python and JavaScript ones under `python/` and `js/`.",
+        &target_dir,
+    );
+    constant(
+        &mut paths,
+        "WASM_DIR",
+        "Where the Rust plugins' components are (`target/plugins/wasm32-wasip2/release`), \
+         named after their crates with `_` for `-` (`user_directory.wasm`).",
+        &built,
+    );
+    constant(
+        &mut paths,
+        "EXAMPLES_DIR",
+        "The example plugins, ready for `serve --plugins-dir` (`target/plugins/examples`).",
+        &examples,
+    );
     for plugin in PLUGINS {
         let file = built.join(format!("{}.wasm", plugin.replace('-', "_")));
         assert!(
@@ -116,14 +141,23 @@ fn main() {
             "the plugin build did not produce {}",
             file.display()
         );
-        let var = format!("{}_WASM", plugin.replace('-', "_").to_ascii_uppercase());
-        println!("cargo:rustc-env={var}={}", file.display());
+        let name = plugin.replace('-', "_").to_ascii_uppercase();
+        let doc = describe(&root, plugin);
+        constant(&mut paths, &name, &doc, &file);
         if EXAMPLES.contains(plugin) {
             copy_if_changed(&file, &examples.join(format!("{plugin}.wasm")));
         }
     }
-    for (var, file) in languages::build(&root, &target_dir, OTHER_LANGUAGES) {
-        println!("cargo:rustc-env={var}={}", file.display());
+    for (plugin, file) in languages::build(&root, &target_dir, OTHER_LANGUAGES) {
+        let language = match plugin.language {
+            Language::Python => "Python",
+            Language::JavaScript => "JavaScript",
+        };
+        let doc = format!(
+            "`{}` in {language}, built against `{}`.",
+            plugin.dir, plugin.wit
+        );
+        constant(&mut paths, plugin.name, &doc, &file);
     }
     // The user directory in Python and JavaScript beside the Rust one.
     for language in ["python", "js"] {
@@ -132,6 +166,44 @@ fn main() {
             &file,
             &examples.join(format!("{language}-user-directory.wasm")),
         );
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("paths.rs");
+    write_if_changed(&out, &paths);
+}
+
+/// Appends `pub const NAME: &str = "path";` with its doc comment to `paths`.
+fn constant(paths: &mut String, name: &str, doc: &str, path: &Path) {
+    let path = path.to_str().expect("the target directory's path is UTF-8");
+    writeln!(paths, "/// {doc}\npub const {name}: &str = {path:?};\n").expect("write to a String");
+}
+
+/// The plugin's `description` from its Cargo.toml, for its constant's doc.
+fn describe(root: &Path, plugin: &str) -> String {
+    let manifest = [
+        root.join("plugins").join(plugin),
+        root.join("plugins/test-plugins").join(plugin),
+    ]
+    .into_iter()
+    .map(|dir| dir.join("Cargo.toml"))
+    .find(|m| m.exists());
+    let description = manifest
+        .and_then(|m| std::fs::read_to_string(m).ok())
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("description = ")
+                    .map(|d| d.trim_matches('"').to_owned())
+            })
+        });
+    match description {
+        Some(d) => format!("`{plugin}`: {d}"),
+        None => format!("The `{plugin}` plugin."),
+    }
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::write(path, text).expect("write the plugins' paths");
     }
 }
 
