@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir};
 
-const RUST: &str = env!("USER_DIRECTORY_WASM");
+const RUST: &str = eventfold_plugin_builds::USER_DIRECTORY;
 /// A 12-18 MB component: seconds to compile, where the Rust one takes a
 /// fraction of a second.
-const JS: &str = env!("JS_USER_DIRECTORY_WASM");
+const JS: &str = eventfold_plugin_builds::JS_USER_DIRECTORY;
 
 fn names(list: &Value) -> Vec<&str> {
     list["plugins"]

@@ -11,7 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBytes, parse_json};
 use super::intake::BatchBody;
-use crate::log::{AppendOutcome, ExpectedVersion, LogError};
+use crate::log::{AppendOutcome, LogError};
 
 /// Applies every append of the batch or none: one failed `expected_version`
 /// (409, naming the append's index) appends nothing at all.
@@ -39,9 +39,11 @@ pub async fn append_batch(
             .collect::<Result<Vec<_>, _>>()?;
         let events: usize = appends.iter().map(|a| a.events.len()).sum();
         let streams: Vec<String> = appends.iter().map(|a| a.stream.to_string()).collect();
-        let expected: Vec<ExpectedVersion> = appends.iter().map(|a| a.expected_version).collect();
         let outcomes = state.log.append_all(appends).await.map_err(|e| {
-            let failed = failed_append(&streams, &expected, &e);
+            let failed = match &e {
+                LogError::WrongExpectedVersion { append_index, .. } => Some(*append_index),
+                _ => None,
+            };
             let error = ApiError::from(e);
             match failed {
                 Some(i) => error.with("append_index", i),
@@ -72,73 +74,4 @@ pub async fn append_batch(
         })
         .collect();
     Ok((status, axum::Json(json!({ "results": results }))).into_response())
-}
-
-/// The index of the append that a `WrongExpectedVersion` refused. The log
-/// names the stream, not the append, and a batch may name a stream more than
-/// once: the append that failed is one to that stream whose expectation is
-/// the error's and refuses the version the log found. When exactly one append
-/// fits, it is that one; when several do (two appends to a stream expecting
-/// the same version), the error alone cannot tell which, and no index is
-/// given rather than a wrong one.
-fn failed_append(
-    streams: &[String],
-    expected: &[ExpectedVersion],
-    error: &LogError,
-) -> Option<usize> {
-    let LogError::WrongExpectedVersion {
-        stream,
-        expected: refused,
-        actual,
-    } = error
-    else {
-        return None;
-    };
-    let mut fits = streams
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|(_, (s, e))| *s == stream && *e == refused && !e.admits(*actual))
-        .map(|(i, _)| i);
-    let first = fits.next()?;
-    fits.next().is_none().then_some(first)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(stream: &str, expected: ExpectedVersion, actual: Option<u64>) -> LogError {
-        LogError::WrongExpectedVersion {
-            stream: stream.into(),
-            expected,
-            actual,
-        }
-    }
-
-    #[test]
-    fn the_append_that_refused_the_version_is_named() {
-        let streams = ["a", "b", "a"].map(String::from);
-        let expected = [
-            ExpectedVersion::NoStream,
-            ExpectedVersion::Any,
-            ExpectedVersion::Exact(5),
-        ];
-        let error = refused("a", ExpectedVersion::Exact(5), Some(1));
-        assert_eq!(failed_append(&streams, &expected, &error), Some(2));
-        let error = refused("a", ExpectedVersion::NoStream, Some(3));
-        assert_eq!(failed_append(&streams, &expected, &error), Some(0));
-    }
-
-    #[test]
-    fn no_index_when_the_error_fits_two_appends() {
-        let streams = ["a", "a"].map(String::from);
-        let expected = [ExpectedVersion::NoStream; 2];
-        let error = refused("a", ExpectedVersion::NoStream, Some(0));
-        assert_eq!(failed_append(&streams, &expected, &error), None);
-        assert_eq!(
-            failed_append(&streams, &expected, &LogError::ShuttingDown),
-            None
-        );
-    }
 }

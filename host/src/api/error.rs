@@ -100,6 +100,7 @@ impl From<LogError> for ApiError {
                 stream,
                 expected,
                 actual,
+                ..
             } => ApiError::new(StatusCode::CONFLICT, "wrong_expected_version", message)
                 .with("stream", stream)
                 .with("expected_version", expected.to_string())

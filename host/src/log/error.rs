@@ -22,6 +22,9 @@ pub enum LogError {
         expected: ExpectedVersion,
         /// The version of the stream's last event, `None` when it has none.
         actual: Option<u64>,
+        /// Which append of the request was refused (a batch may name a
+        /// stream more than once; 0 for a single append).
+        append_index: usize,
     },
     /// Some, but not all, of a request's event ids are already in the log, or
     /// they are there in another order or stream: not a retry of the same append.

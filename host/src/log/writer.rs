@@ -453,7 +453,7 @@ impl Writer {
         };
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut placements = Vec::with_capacity(appends.len());
-        for append in appends {
+        for (append_index, append) in appends.iter().enumerate() {
             if let Some(outcome) = self.find_retry(tables, append)? {
                 outcomes.push(outcome);
                 placements.push(None);
@@ -467,6 +467,7 @@ impl Writer {
                     stream: name.to_owned(),
                     expected: append.expected_version,
                     actual: current,
+                    append_index,
                 });
             }
             let placement = match head {
