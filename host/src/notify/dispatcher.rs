@@ -123,13 +123,19 @@ async fn round(
             .map_while(|(sequence, retry, outcome)| Some((*sequence, *retry, outcome.clone()?)))
             .collect();
         let recorded = settled.len();
-        on_mailbox(mailbox, move |m| m.record(&settled)).await?;
+        // One trip to the blocking pool records the chunk and reads the
+        // settings back: new settings (or a removed webhook) take effect
+        // from the next page.
+        let current = on_mailbox(mailbox, move |m| {
+            m.record(&settled)?;
+            m.webhook()
+        })
+        .await?;
         if recorded < chunk.len() {
             // Shutting down mid-delivery: the rest goes after the restart.
             return Ok(false);
         }
-        // New settings (or a removed webhook) take effect from the next page.
-        if on_mailbox(mailbox, Mailbox::webhook).await?.as_ref() != Some(&config) {
+        if current.as_ref() != Some(&config) {
             return Ok(true);
         }
     }
