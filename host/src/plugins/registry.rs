@@ -319,6 +319,25 @@ impl Plugins {
         Ok(outcome)
     }
 
+    /// Deploys each file's plugin in turn, in the order given, each shown as
+    /// `compiling` from the start; answers each one's outcome. Compiles
+    /// share the machine's cores: one at a time, smallest first, gets the
+    /// small plugins ready first.
+    pub async fn deploy_in_turn(
+        &self,
+        files: Vec<(PathBuf, PluginName, bytes::Bytes)>,
+    ) -> Vec<(PathBuf, PluginName, Result<DeployOutcome, PluginError>)> {
+        let names: Vec<PluginName> = files.iter().map(|(_, name, _)| name.clone()).collect();
+        let shown: Vec<Loading<'_>> = names.iter().map(|n| Loading::begin(self, n)).collect();
+        let mut outcomes = Vec::with_capacity(files.len());
+        for ((path, name, wasm), shown) in files.into_iter().zip(shown) {
+            let outcome = self.deploy(name.clone(), wasm).await;
+            drop(shown);
+            outcomes.push((path, name, outcome));
+        }
+        outcomes
+    }
+
     /// A first deploy: starts the plugin at once, then makes its code and
     /// the manifest naming it durable before the deploy is acknowledged.
     async fn create(

@@ -3,7 +3,7 @@
 //! the file's stem, `_` turned into `-`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -13,14 +13,16 @@ use super::{PluginName, Plugins};
 /// Watches `dir` until `shutdown`. Files present at start are deployed at
 /// once; a file that appears or changes later is deployed once it has stayed
 /// the same for one check (so a file still being copied is not half-read).
-/// The files of one check deploy side by side, so a small plugin does not
-/// wait for a large one's compile; the next check waits for them.
+/// The files of one check are all shown as `compiling` at once, then
+/// deployed one at a time, smallest first: compiles share the machine's
+/// cores, so the small plugins are ready in moments instead of when the
+/// large ones are.
 pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationToken) {
     let mut deployed: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut settling: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut first = true;
     loop {
-        let mut ready = Vec::new();
+        let mut ready: Vec<(PathBuf, u64)> = Vec::new();
         for (path, stamp) in wasm_files(&dir) {
             if deployed.get(&path) == Some(&stamp) {
                 continue;
@@ -28,12 +30,28 @@ pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationTok
             if first || settling.get(&path) == Some(&stamp) {
                 settling.remove(&path);
                 deployed.insert(path.clone(), stamp);
-                ready.push(deploy_file(&plugins, path));
+                ready.push((path, stamp.1));
             } else {
                 settling.insert(path, stamp);
             }
         }
-        futures_util::future::join_all(ready).await;
+        ready.sort_by_key(|(path, size)| (*size, path.clone()));
+        let mut files = Vec::with_capacity(ready.len());
+        for (path, _) in ready {
+            if let Some(file) = read_file(&path).await {
+                files.push(file);
+            }
+        }
+        for (path, name, result) in plugins.deploy_in_turn(files).await {
+            match result {
+                Ok(outcome) => {
+                    tracing::info!(plugin = %name, file = %path.display(), ?outcome, "deployed from the plugins directory")
+                }
+                Err(error) => {
+                    tracing::error!(plugin = %name, file = %path.display(), %error, "cannot deploy from the plugins directory")
+                }
+            }
+        }
         first = false;
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -69,7 +87,9 @@ fn wasm_files(dir: &std::path::Path) -> Vec<(PathBuf, Stamp)> {
         .collect()
 }
 
-async fn deploy_file(plugins: &Plugins, path: PathBuf) {
+/// The plugin a file holds: its name (the file's stem, `_` turned into
+/// `-`) and its bytes; `None` (logged) if either is unusable.
+async fn read_file(path: &Path) -> Option<(PathBuf, PluginName, bytes::Bytes)> {
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -79,22 +99,14 @@ async fn deploy_file(plugins: &Plugins, path: PathBuf) {
         Ok(name) => name,
         Err(error) => {
             tracing::warn!(file = %path.display(), %error, "not deploying");
-            return;
+            return None;
         }
     };
-    let wasm = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Some((path.to_path_buf(), name, bytes.into())),
         Err(error) => {
             tracing::warn!(file = %path.display(), %error, "cannot read plugin file");
-            return;
-        }
-    };
-    match plugins.deploy(name.clone(), wasm.into()).await {
-        Ok(outcome) => {
-            tracing::info!(plugin = %name, file = %path.display(), ?outcome, "deployed from the plugins directory")
-        }
-        Err(error) => {
-            tracing::error!(plugin = %name, file = %path.display(), %error, "cannot deploy from the plugins directory")
+            None
         }
     }
 }
