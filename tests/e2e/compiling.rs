@@ -105,3 +105,26 @@ async fn a_large_compile_holds_no_other_plugin_back_at_deploy_or_restart() {
     server.wait_caught_up("js-users").await;
     assert_state(&server, "js-users").await;
 }
+
+#[tokio::test]
+async fn a_plugins_directory_lists_every_plugin_at_once_and_readies_the_small_first() {
+    let dir = data_dir();
+    let drop_dir = data_dir();
+    std::fs::copy(JS, drop_dir.path().join("js_users.wasm")).expect("copy the JavaScript plugin");
+    std::fs::copy(RUST, drop_dir.path().join("rust_users.wasm")).expect("copy the Rust plugin");
+    let drop_path = drop_dir.path().to_str().expect("a UTF-8 path").to_owned();
+    let server = Server::start_in(dir.path(), &["--plugins-dir", &drop_path]).await;
+    let rust = server
+        .wait_plugin("rust-users", "running", |s| s["state"] == "running")
+        .await;
+    assert_eq!(rust["kind"], "projection", "{rust}");
+    // Deployed in turn, smallest first: the Rust plugin did not wait for
+    // the JavaScript compile, which was listed all along.
+    let (status, js) = server.get("/plugins/js-users").await;
+    assert_eq!(
+        (status, &js["state"]),
+        (StatusCode::OK, &json!("compiling")),
+        "{js}"
+    );
+    server.wait_caught_up("js-users").await;
+}
