@@ -219,7 +219,15 @@ impl EventLog {
         let thread = self.inner.writer.lock().take();
         if let Some(thread) = thread {
             // Joining waits for the final commit: off the runtime's threads.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let joined = crate::blocking::run(move || {
+                thread
+                    .join()
+                    .map_err(|_| LogError::Internal("the writer thread panicked".into()))
+            })
+            .await;
+            if let Err(error) = joined {
+                tracing::error!(%error, "stopping the log");
+            }
         }
     }
 }

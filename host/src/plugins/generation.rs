@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::shared::Shared;
 use super::status::LastError;
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
@@ -44,6 +45,17 @@ pub(super) struct StepContext<'a> {
     pub name: &'a PluginName,
     pub host: &'a Host,
     pub mailbox: Option<&'a Mailbox>,
+}
+
+impl<'a> StepContext<'a> {
+    /// The context of the plugin `shared` describes.
+    pub fn new(shared: &'a Shared, host: &'a Host) -> Self {
+        Self {
+            name: &shared.name,
+            host,
+            mailbox: shared.mailbox.as_deref(),
+        }
+    }
 }
 
 /// One version of a plugin's code with its own state file and checkpoint.

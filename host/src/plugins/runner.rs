@@ -169,20 +169,12 @@ impl Runner {
     }
 
     fn step_live(&mut self, head: u64) -> bool {
-        let cx = StepContext {
-            name: &self.shared.name,
-            host: &self.host,
-            mailbox: self.shared.mailbox.as_deref(),
-        };
+        let cx = StepContext::new(&self.shared, &self.host);
         self.live.step(&cx, head)
     }
 
     fn step_rebuild(&mut self, head: u64) -> bool {
-        let cx = StepContext {
-            name: &self.shared.name,
-            host: &self.host,
-            mailbox: self.shared.mailbox.as_deref(),
-        };
+        let cx = StepContext::new(&self.shared, &self.host);
         self.rebuild.as_mut().is_some_and(|g| g.step(&cx, head))
     }
 
