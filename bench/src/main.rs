@@ -11,6 +11,8 @@
 //!   (appends, a read of the whole log, replay), with the targets
 //!   (`docs/design.md#targets`) as ratios, written as JSON and a PNG chart.
 //! - `storage`: the log's file size for 1 KB events against their payload.
+//! - `streams`: the server's RSS and append rate as appends reach millions
+//!   of distinct streams; `--compare`: 1,000 streams against 1 M.
 //! - `all`: `peers`, `languages`, `notify` and `storage`.
 
 mod append;
@@ -20,6 +22,7 @@ mod notify;
 mod peers;
 mod replay;
 mod storage;
+mod streams;
 
 use std::path::PathBuf;
 
@@ -46,6 +49,8 @@ enum Command {
     Peers(peers::Args),
     /// The log's file size for 1 KB events, against their payload.
     Storage(storage::Args),
+    /// Server RSS and append rate against the number of streams (10 M by default).
+    Streams(streams::Args),
     /// `peers`, `languages`, `notify` and `storage` with their defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Notify(args)) => runtime.block_on(notify::run(args)),
         Some(Command::Peers(args)) => runtime.block_on(peers::run(args)),
         Some(Command::Storage(args)) => runtime.block_on(storage::run(args)),
+        Some(Command::Streams(args)) => runtime.block_on(streams::run(args)),
         Some(Command::All { data_dir }) => {
             // `peers` covers the append and replay benchmarks.
             runtime.block_on(peers::run(peers::Args {

@@ -12,6 +12,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Size limits on what clients send and read.
     pub limits: Limits,
+    /// How many connections, and how slow a client may be.
+    pub connections: crate::connections::ConnectionLimits,
     /// How often an idle live (SSE) feed sends a keep-alive comment.
     pub sse_keep_alive: Duration,
     /// How long a request (other than a live feed) may take before it is cut off.
@@ -36,6 +38,7 @@ impl Config {
             data_dir: data_dir.into(),
             token: None,
             limits: Limits::default(),
+            connections: crate::connections::ConnectionLimits::default(),
             sse_keep_alive: Duration::from_secs(15),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
@@ -56,6 +59,14 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most events one read returns.
     pub max_read_count: usize,
+    /// Deepest nesting of arrays and objects accepted in an event's `data`
+    /// and `metadata`: deeper JSON can overflow the stack of a parser that
+    /// reads it, in a plugin or a client.
+    pub max_json_depth: usize,
+    /// Most live feeds (SSE: events and notifications) open at once.
+    pub max_live_feeds: usize,
+    /// Most append sockets (WebSocket) open at once.
+    pub max_append_sockets: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +75,9 @@ impl Default for Limits {
             max_event_bytes: 1 << 20,
             max_request_bytes: 16 << 20,
             max_read_count: 10_000,
+            max_json_depth: 128,
+            max_live_feeds: 1024,
+            max_append_sockets: 1024,
         }
     }
 }

@@ -55,6 +55,8 @@ pub mod api;
 pub mod blocking;
 pub mod cli;
 pub mod config;
+pub mod connections;
+pub mod durable;
 pub mod log;
 pub mod metrics;
 pub mod notify;

@@ -1,15 +1,14 @@
 //! The server: opens the log, serves the API on a listener until shutdown,
 //! then drains in-flight requests and commits what the writer holds.
 
-use axum::serve::ListenerExt;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Slots};
 use crate::config::Config;
+use crate::connections;
 use crate::log::{EventLog, LogError};
 use crate::metrics::Metrics;
 use crate::plugins::{PluginError, Plugins, PluginsConfig};
@@ -95,6 +94,7 @@ impl Server {
             limits: config.limits,
             shutdown: shutdown.clone(),
             sse_keep_alive: config.sse_keep_alive,
+            slots: Slots::new(&config.limits),
         };
         let app = api::router(state, &config);
         tracing::info!(
@@ -103,27 +103,35 @@ impl Server {
             head = log.head().0,
             "serving"
         );
-        // Answers go out at once, not held back by Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        raise_open_files_limit(config.connections.max_connections);
+        let serve = connections::serve(listener, app, config.connections, shutdown.clone());
         let grace = config.shutdown_grace;
-        let served = tokio::select! {
-            result = serve => result.map_err(ServerError::Io),
+        tokio::select! {
+            () = serve => {}
             () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("requests still running after {grace:?}; closing them");
-                Ok(())
             }
         };
         plugins.shutdown().await;
         log.shutdown().await;
         tracing::info!(head = log.head().0, "stopped");
-        served
+        Ok(())
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: each connection
+/// takes a descriptor, and the usual soft default (1,024) is far below the
+/// connection limit. Says so when even the hard limit is below it.
+fn raise_open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + 256 => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below --max-connections (plus the data files): \
+             accepting will fail at the limit; raise it (ulimit -n) or lower --max-connections"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
     }
 }
 

@@ -263,6 +263,92 @@ async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
             "invalid_query",
         ),
         (
+            "data nested deeper than the limit",
+            Method::POST,
+            "/streams/user-1".into(),
+            "application/json",
+            format!(
+                r#"{{"events":[{{"type":"T","data":{}{}}}]}}"#,
+                "[".repeat(129),
+                "]".repeat(129)
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "metadata nested deeper than the limit",
+            Method::POST,
+            "/streams/user-1".into(),
+            "application/json",
+            format!(
+                r#"{{"events":[{{"type":"T","data":1,"metadata":{{"a":{}{}}}}}]}}"#,
+                "[".repeat(128),
+                "]".repeat(128)
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "an event type of 300 characters",
+            Method::POST,
+            "/streams/user-1".into(),
+            "application/json",
+            format!(
+                r#"{{"events":[{{"type":"{}","data":1}}]}}"#,
+                "T".repeat(300)
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "an expected version beyond u64",
+            Method::POST,
+            "/streams/user-1".into(),
+            "application/json",
+            r#"{"expected_version":18446744073709551616,"events":[{"type":"T","data":1}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_expected_version",
+        ),
+        (
+            "a position beyond u64",
+            Method::GET,
+            "/events?from=18446744073709551616".into(),
+            "application/json",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "a limit beyond usize",
+            Method::GET,
+            "/streams/user-1?limit=99999999999999999999999".into(),
+            "application/json",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "an event id of 3,000 characters",
+            Method::POST,
+            "/streams/user-1".into(),
+            "application/json",
+            format!(
+                r#"{{"events":[{{"type":"T","data":1,"id":"{}"}}]}}"#,
+                "a".repeat(3000)
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "bad Last-Event-ID on the notifications feed",
+            Method::GET,
+            "/notifications/live".into(),
+            "application/json",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "invalid_last_event_id",
+        ),
+        (
             "bad Last-Event-ID",
             Method::GET,
             "/events/live".into(),
@@ -277,7 +363,7 @@ async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
             .request(method, &path)
             .header("content-type", content_type)
             .body(body);
-        if what == "bad Last-Event-ID" {
+        if what.starts_with("bad Last-Event-ID") {
             request = request.header("last-event-id", "abc");
         }
         let (got, error) = into_json(request.send().await).await;

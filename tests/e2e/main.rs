@@ -4,6 +4,7 @@
 mod append_socket;
 mod bad_input;
 mod compiling;
+mod connections;
 mod durability;
 mod harness;
 mod languages;
@@ -11,6 +12,8 @@ mod lifecycle;
 mod live;
 mod log_api;
 mod notifiers;
+mod overload;
 mod plugin_failures;
 mod plugins;
+mod power_loss;
 mod wit_versions;

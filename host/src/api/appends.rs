@@ -45,12 +45,16 @@ pub async fn upgrade(
             ),
         )
     })?;
+    let slot = state.slots.append_socket()?;
     let max = state.limits.max_request_bytes;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(socket, state)))
+        .on_upgrade(move |socket| async move {
+            serve(socket, state).await;
+            drop(slot);
+        }))
 }
 
 /// One reply: the outcome, or the error, with the status HTTP would give.

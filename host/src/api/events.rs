@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::Query;
+use super::extract::{Query, last_event_id};
 use super::render::events_response;
 use crate::log::{EventFilter, EventLog, Position, RecordedEvent};
 
@@ -92,22 +92,8 @@ pub async fn live(
     headers: HeaderMap,
     Query(query): Query<LiveQuery>,
 ) -> Result<Response, ApiError> {
-    let resume = match headers.get("last-event-id") {
-        None => None,
-        Some(value) => {
-            let id = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_last_event_id",
-                        "Last-Event-ID must be an event position",
-                    )
-                })?;
-            Some(id + 1)
-        }
-    };
+    let resume = last_event_id(&headers)?.map(|position| position.saturating_add(1));
+    let slot = state.slots.live_feed()?;
     let from = Position(resume.or(query.from).unwrap_or(1).max(1));
     let cursor = LiveCursor {
         log: state.log.clone(),
@@ -116,7 +102,12 @@ pub async fn live(
         head: state.log.watch_head(),
         filter: filter(query.category, query.event_type),
     };
-    let stream = live_events(cursor).take_until(state.shutdown.clone().cancelled_owned());
+    let stream = live_events(cursor)
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .map(move |event| {
+            let _held = &slot;
+            event
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(state.sse_keep_alive))
         .into_response())

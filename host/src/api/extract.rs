@@ -52,3 +52,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
 }
+
+/// The `Last-Event-ID` a reconnecting live feed sends: the number of the
+/// last item it received (a position, or a notification sequence). One that
+/// is not a number is refused rather than ignored: resuming from the start
+/// instead would replay what the client already has.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let id = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "Last-Event-ID must be the number of the last item received",
+            )
+        })?;
+    Ok(Some(id))
+}

@@ -110,6 +110,8 @@ fn to_event(event: EventBody<'_>, limits: &Limits) -> Result<NewEvent, ApiError>
             ));
         }
     };
+    check_depth("data", data, limits.max_json_depth)?;
+    check_depth("metadata", metadata, limits.max_json_depth)?;
     let size = event_type.as_str().len() + data.len() + metadata.len();
     if size > limits.max_event_bytes {
         return Err(ApiError::new(
@@ -127,6 +129,57 @@ fn to_event(event: EventBody<'_>, limits: &Limits) -> Result<NewEvent, ApiError>
         data: data.to_vec(),
         metadata: metadata.to_vec(),
     })
+}
+
+/// Refuses `json` (valid JSON) nested deeper than `limit` arrays and objects.
+fn check_depth(field: &str, json: &[u8], limit: usize) -> Result<(), ApiError> {
+    let depth = json_depth(json, limit);
+    if depth <= limit {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "invalid_body",
+        format!(
+            "`{field}` nests arrays and objects more than {limit} deep (the limit, --max-json-depth)"
+        ),
+    ))
+}
+
+/// How deep arrays and objects nest in `json` (valid JSON), counted up to
+/// `limit + 1`. Each level takes a bracket, so JSON with no more than
+/// `limit` brackets is not scanned further: the common case costs one
+/// vectorised count.
+fn json_depth(json: &[u8], limit: usize) -> usize {
+    let brackets = json.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if brackets <= limit {
+        return brackets;
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// `"any"` (also when absent), `"no_stream"`, `"exists"`, or the integer
@@ -189,6 +242,43 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        for (json, limit, depth) in [
+            ("1", 4, 0),
+            ("[[1],[2]]", 1, 2),
+            (r#"{"a":[{"b":1}]}"#, 2, 3),
+            (r#"["[[[[","\\\"[[[["]"#, 1, 1),
+            (r#"[[[[[]]]]]"#, 2, 3),
+        ] {
+            assert_eq!(json_depth(json.as_bytes(), limit), depth, "{json}");
+        }
+    }
+
+    #[test]
+    fn refuses_data_and_metadata_nested_beyond_the_limit() {
+        let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = format!(r#"{{"events":[{{"type":"T","data":{}}}]}}"#, deep(128));
+        assert!(parse(&ok).is_ok());
+        let data = format!(r#"{{"events":[{{"type":"T","data":{}}}]}}"#, deep(129));
+        let (status, body) = parse(&data).err().unwrap().into_body();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "invalid_body");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`data`") && message.contains("128"),
+            "{message}"
+        );
+        let metadata = format!(
+            r#"{{"events":[{{"type":"T","data":1,"metadata":{{"a":{}}}}}]}}"#,
+            deep(128)
+        );
+        assert_eq!(
+            parse(&metadata).err().unwrap().status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

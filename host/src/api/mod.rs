@@ -14,7 +14,10 @@ mod intake;
 mod notifications;
 mod plugins;
 mod render;
+mod slots;
 mod streams;
+
+pub use slots::Slots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Keep-alive interval of live feeds.
     pub sse_keep_alive: Duration,
+    /// The slots of live feeds and append sockets.
+    pub slots: Slots,
 }
 
 impl AppState {

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBytes, Path, Query, parse_json};
+use super::extract::{JsonBytes, Path, Query, last_event_id, parse_json};
 use crate::log::format_timestamp;
 use crate::notify::{FeedItem, Mailbox, StoredNotification, WebhookRequest};
 use crate::plugins::PluginName;
@@ -163,16 +163,14 @@ pub async fn live(
     headers: HeaderMap,
     Query(query): Query<LiveQuery>,
 ) -> Result<Response, ApiError> {
+    let slot = state.slots.live_feed()?;
     // Subscribed before reading the mailbox, so nothing falls between the two.
     let receiver = state.plugins.feed().subscribe();
     let mailbox = match query.plugin {
         Some(raw) => Some(mailbox(&state, raw)?),
         None => None,
     };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let resume = last_event_id(&headers)?;
     let (sent, catching_up) = match &mailbox {
         Some(mailbox) => match resume.or(query.after) {
             Some(after) => (Some(after), true),
@@ -198,7 +196,12 @@ pub async fn live(
         catching_up,
         buffered: VecDeque::new(),
     };
-    let stream = live_notifications(feed).take_until(state.shutdown.clone().cancelled_owned());
+    let stream = live_notifications(feed)
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .map(move |notification| {
+            let _held = &slot;
+            notification
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(state.sse_keep_alive))
         .into_response())

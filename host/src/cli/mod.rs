@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Limits};
+use crate::connections::ConnectionLimits;
 use crate::runtime::SandboxLimits;
 
 /// eventfold: an append-only event log that runs WebAssembly plugins against it.
@@ -67,6 +68,24 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "EVENTFOLD_MAX_REQUEST_BYTES", default_value_t = Limits::default().max_request_bytes)]
     max_request_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in an event's data
+    /// and metadata.
+    #[arg(long, env = "EVENTFOLD_MAX_JSON_DEPTH", default_value_t = Limits::default().max_json_depth)]
+    max_json_depth: usize,
+    /// Most connections open at once; one more is answered 503.
+    #[arg(long, env = "EVENTFOLD_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Longest a connection may take to send a request's headers, from when
+    /// it opened or its previous response was sent (closes half-open and
+    /// idle keep-alive connections).
+    #[arg(long, env = "EVENTFOLD_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Most live feeds (SSE) open at once; one more is answered 503.
+    #[arg(long, env = "EVENTFOLD_MAX_LIVE_FEEDS", default_value_t = Limits::default().max_live_feeds)]
+    max_live_feeds: usize,
+    /// Most append sockets (WebSocket) open at once; one more is answered 503.
+    #[arg(long, env = "EVENTFOLD_MAX_APPEND_SOCKETS", default_value_t = Limits::default().max_append_sockets)]
+    max_append_sockets: usize,
     /// Interval of keep-alive comments on idle live feeds (e.g. 15s, 500ms).
     #[arg(long, env = "EVENTFOLD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     sse_keep_alive: Duration,
@@ -77,6 +96,17 @@ struct ServeArgs {
     /// redb itself is fsynced (a checkpoint).
     #[arg(long, env = "EVENTFOLD_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     checkpoint_interval: Duration,
+    /// Most memory the writer's cache of stream heads may take (e.g. 64MiB,
+    /// 1GiB; a head not cached is read from the stream index on disk).
+    #[arg(long, env = "EVENTFOLD_STREAM_CACHE", default_value = "64MiB")]
+    stream_cache: bytesize::ByteSize,
+    /// Most appends queued for the log's writer at once.
+    #[arg(long, env = "EVENTFOLD_APPEND_QUEUE", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    append_queue: u32,
+    /// Longest an append waits for a place in a full queue before it is
+    /// answered 503 overloaded (the bound on latency under overload).
+    #[arg(long, env = "EVENTFOLD_APPEND_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    append_wait: Duration,
     /// Deploy every .wasm in this directory at start, and hot-load files
     /// that appear or change (the plugin is named after the file).
     #[arg(long, env = "EVENTFOLD_PLUGINS_DIR")]
@@ -102,9 +132,17 @@ impl ServeArgs {
         config.token = self.token.filter(|t| !t.is_empty());
         config.limits.max_event_bytes = self.max_event_bytes;
         config.limits.max_request_bytes = self.max_request_bytes;
+        config.limits.max_json_depth = self.max_json_depth;
+        config.limits.max_live_feeds = self.max_live_feeds;
+        config.limits.max_append_sockets = self.max_append_sockets;
+        config.connections.max_connections = self.max_connections;
+        config.connections.header_timeout = self.header_timeout;
         config.sse_keep_alive = self.sse_keep_alive;
         config.shutdown_grace = self.shutdown_grace;
         config.log.checkpoint_interval = self.checkpoint_interval;
+        config.log.stream_cache_bytes = self.stream_cache.as_u64();
+        config.log.queue_depth = self.append_queue as usize;
+        config.log.queue_wait = self.append_wait;
         config.plugins_dir = self.plugins_dir;
         config.plugin_limits.memory_bytes = self.plugin_memory;
         config.plugin_limits.deadline = self.plugin_deadline;

@@ -48,6 +48,18 @@ pub enum LogError {
     /// One request names the same event id twice.
     #[error("event id {0} appears more than once in the request")]
     DuplicateId(uuid::Uuid),
+    /// The writer is behind: the queue was full for as long as an append
+    /// may wait for a place in it.
+    #[error(
+        "the log is overloaded: {depth} appends are queued ahead and none left the queue \
+         within {wait:?}; retry in a moment"
+    )]
+    Overloaded {
+        /// The queue's depth.
+        depth: usize,
+        /// How long the append waited.
+        wait: std::time::Duration,
+    },
     /// The log is shutting down and accepts no more appends.
     #[error("the log is shutting down")]
     ShuttingDown,

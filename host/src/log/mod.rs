@@ -35,6 +35,7 @@ pub use types::{
     StreamAppend, StreamName, category_of, format_timestamp,
 };
 
+use crate::durable;
 use crate::metrics::Metrics;
 use queue::Queue;
 use writer::Writer;
@@ -43,10 +44,6 @@ use writer::Writer;
 pub const LOG_FILE: &str = "log.redb";
 /// Name of the log's write-ahead log inside the data directory.
 pub const WAL_FILE: &str = "log.wal";
-/// How many append requests may wait for the writer (or be committed) before
-/// callers wait to enqueue.
-const QUEUE_DEPTH: usize = 8192;
-
 /// Tuning of the log.
 #[derive(Debug, Clone, Copy)]
 pub struct LogOptions {
@@ -54,12 +51,25 @@ pub struct LogOptions {
     /// made durable (a checkpoint); longer means fewer, larger fsyncs of redb
     /// and a longer replay after a crash.
     pub checkpoint_interval: std::time::Duration,
+    /// Most bytes the writer's cache of stream heads may take (each entry is
+    /// counted as its name plus about 112 bytes). A head not cached is read
+    /// from the stream index, so this bounds memory, not the number of
+    /// streams.
+    pub stream_cache_bytes: u64,
+    /// Most appends queued for the writer (or being committed) at once.
+    pub queue_depth: usize,
+    /// Longest an append waits for a place in a full queue before it is
+    /// refused as overloaded: the bound on latency under overload.
+    pub queue_wait: std::time::Duration,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             checkpoint_interval: std::time::Duration::from_secs(2),
+            stream_cache_bytes: 64 << 20,
+            queue_depth: 8192,
+            queue_wait: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -109,8 +119,8 @@ impl EventLog {
         metrics: Metrics,
         options: LogOptions,
     ) -> Result<Self, LogError> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = Arc::new(Database::create(data_dir.join(LOG_FILE))?);
+        durable::create_dir_all(data_dir)?;
+        let db = Arc::new(durable::create_database(&data_dir.join(LOG_FILE))?);
         let (head_tx, head) = watch::channel(Position(0));
         let writer = Writer::new(
             db.clone(),
@@ -119,7 +129,7 @@ impl EventLog {
             head_tx,
             metrics,
         )?;
-        let queue = Arc::new(Queue::new(writer, QUEUE_DEPTH));
+        let queue = Arc::new(Queue::new(writer, options.queue_depth, options.queue_wait));
         let thread = {
             let queue = queue.clone();
             std::thread::Builder::new()

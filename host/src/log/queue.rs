@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use tokio::sync::{Semaphore, oneshot};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
 use super::writer::{Command, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, Writer};
 use super::{AppendOutcome, LogError, StreamAppend};
@@ -46,10 +48,12 @@ pub(super) struct Queue {
     writer: Mutex<Writer>,
     /// The last position readers can see in redb ([`Writer::settle`]).
     settled: Arc<AtomicU64>,
-    /// Bounds requests queued or being committed; callers wait beyond. A
-    /// request holds its permit until it is answered, even when its caller
-    /// has gone.
+    /// Bounds requests queued or being committed; callers wait beyond, up
+    /// to `wait`, and are then refused as overloaded. A request holds its
+    /// permit until it is answered, even when its caller has gone.
     permits: Arc<Semaphore>,
+    depth: usize,
+    wait: Duration,
 }
 
 #[derive(Default)]
@@ -78,14 +82,17 @@ impl Drop for Busy<'_> {
 }
 
 impl Queue {
-    /// A queue in front of `writer`, holding at most `depth` requests.
-    pub fn new(writer: Writer, depth: usize) -> Self {
+    /// A queue in front of `writer`, holding at most `depth` requests; an
+    /// append waits at most `wait` for a place.
+    pub fn new(writer: Writer, depth: usize, wait: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             settled: writer.settled(),
             writer: Mutex::new(writer),
             permits: Arc::new(Semaphore::new(depth)),
+            depth,
+            wait,
         }
     }
 
@@ -95,14 +102,28 @@ impl Queue {
         self.state.lock()
     }
 
+    /// A place in the queue: at once when there is one (no timer on the
+    /// common path), else within `wait`, else [`LogError::Overloaded`].
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, LogError> {
+        let permits = self.permits.clone();
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(LogError::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        match tokio::time::timeout(self.wait, permits.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(LogError::ShuttingDown),
+            Err(_) => Err(LogError::Overloaded {
+                depth: self.depth,
+                wait: self.wait,
+            }),
+        }
+    }
+
     /// Appends, and answers once the appends are durable.
     pub async fn submit(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendOutcome>, LogError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| LogError::ShuttingDown)?;
+        let permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
         let command = Command {
             appends,

@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{LogError, Position};
+use crate::durable;
 
 const MAGIC: u32 = 0x4546_5731; // "EFW1"
 const HEADER: usize = 12;
@@ -117,10 +118,8 @@ impl Wal {
             }
             file.sync_all()?;
         }
-        if let Some(dir) = path.parent() {
-            // Make the file's existence durable too.
-            File::open(dir)?.sync_all()?;
-        }
+        // The file's existence is durable too.
+        durable::sync_parent(path)?;
         Ok((
             Self {
                 file,

@@ -69,10 +69,57 @@ impl Command {
 }
 
 /// A stream's numeric id and the version of its last event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StreamHead {
     id: u64,
     version: u64,
+}
+
+/// What one cached head is counted as, beyond its name's bytes: the slot
+/// in the cache's table and its entry list (≈ 56 bytes), the allocator's
+/// header and rounding on the name (≈ 16), and a share of the keys the
+/// cache remembers after evicting them (half as many as it holds, ≈ 56
+/// bytes each). Measured: the benchmark's RSS moves by about what the
+/// bound does (docs/benchmarks/README.md#memory-and-the-number-of-streams).
+const HEAD_ENTRY_BYTES: u64 = 112;
+
+/// The writer's cache of committed stream heads, bounded by the bytes its
+/// entries take (`LogOptions::stream_cache_bytes`), evicting the least
+/// recently and frequently used (quick_cache's CLOCK-PRO). The stream index
+/// in redb is the truth: a head not cached is read from it, so the cache
+/// only spares that read and can drop any entry at any time. It never holds
+/// a head that is not committed: a group's own heads live in its
+/// [`Pending`] and join the cache once the group commits.
+struct HeadCache(quick_cache::unsync::Cache<Box<str>, StreamHead, HeadWeight>);
+
+/// Weighs a cached head in bytes.
+#[derive(Clone)]
+struct HeadWeight;
+
+impl quick_cache::Weighter<Box<str>, StreamHead> for HeadWeight {
+    fn weight(&self, name: &Box<str>, _: &StreamHead) -> u64 {
+        name.len() as u64 + HEAD_ENTRY_BYTES
+    }
+}
+
+impl HeadCache {
+    /// A cache whose entries weigh at most `bytes` in all.
+    fn new(bytes: u64) -> Self {
+        // Names of a dozen bytes or so: the estimate sizes the cache's
+        // memory of evicted keys, not its bound.
+        let items = (bytes / (HEAD_ENTRY_BYTES + 16)) as usize;
+        Self(quick_cache::unsync::Cache::with_weighter(
+            items, bytes, HeadWeight,
+        ))
+    }
+
+    fn get(&self, name: &str) -> Option<StreamHead> {
+        self.0.get(name).copied()
+    }
+
+    fn insert(&mut self, name: impl Into<Box<str>>, head: StreamHead) {
+        self.0.insert(name.into(), head);
+    }
 }
 
 /// The writer's state. `heads` caches committed stream heads only; changes made
@@ -96,7 +143,7 @@ pub(super) struct Writer {
     /// state can no longer be trusted, so the writer refuses everything until
     /// a restart replays the WAL.
     broken: Option<String>,
-    heads: HashMap<String, StreamHead>,
+    heads: HeadCache,
     /// The ids given to events that come without one.
     generated: GeneratedIds,
     next_position: u64,
@@ -240,7 +287,7 @@ impl Writer {
             settled: Arc::new(AtomicU64::new(last)),
             last_checkpoint: Instant::now(),
             broken: None,
-            heads: HashMap::new(),
+            heads: HeadCache::new(options.stream_cache_bytes),
             generated,
             next_position: last + 1,
             next_stream_id: streams,
@@ -265,7 +312,9 @@ impl Writer {
         let committed = self.write_group(&group, &mut pending, &mut results);
         match committed {
             Ok(()) => {
-                self.heads.extend(pending.heads);
+                for (name, head) in pending.heads {
+                    self.heads.insert(name, head);
+                }
                 self.next_stream_id = pending.next_stream_id;
                 let written = pending.next_position - self.next_position;
                 if written > 0 {
@@ -650,9 +699,9 @@ impl Writer {
         pending: [&Pending; 2],
         name: &str,
     ) -> Result<Option<StreamHead>, LogError> {
-        let found = pending.iter().find_map(|p| p.heads.get(name));
+        let found = pending.iter().find_map(|p| p.heads.get(name)).copied();
         if let Some(head) = found.or_else(|| self.heads.get(name)) {
-            return Ok(Some(*head));
+            return Ok(Some(head));
         }
         let Some(id) = tables.streams.get(name)?.map(|g| g.value()) else {
             return Ok(None);
@@ -660,7 +709,7 @@ impl Writer {
         let version = runs::head(&tables.runs, id, name)?;
         // Not touched by the pending group, so this is committed truth.
         let head = StreamHead { id, version };
-        self.heads.insert(name.to_owned(), head);
+        self.heads.insert(name, head);
         Ok(Some(head))
     }
 }
@@ -681,4 +730,228 @@ pub(super) fn check_request(appends: &[StreamAppend]) -> Result<(), LogError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::log::{EventType, ExpectedVersion, NewEvent, StreamName};
+
+    /// A writer on a temporary directory, driven group by group.
+    struct Harness {
+        writer: Writer,
+        permits: Arc<Semaphore>,
+        dir: tempfile::TempDir,
+    }
+
+    fn open_in(dir: tempfile::TempDir, stream_cache_bytes: u64) -> Harness {
+        let db = Arc::new(Database::create(dir.path().join("log.redb")).unwrap());
+        let options = LogOptions {
+            stream_cache_bytes,
+            ..LogOptions::default()
+        };
+        let (head, _) = watch::channel(Position(0));
+        let wal = dir.path().join("log.wal");
+        let writer = Writer::new(db, &wal, options, head, Metrics::new()).unwrap();
+        Harness {
+            writer,
+            permits: Arc::new(Semaphore::new(1 << 20)),
+            dir,
+        }
+    }
+
+    fn open(stream_cache_bytes: u64) -> Harness {
+        open_in(tempfile::tempdir().unwrap(), stream_cache_bytes)
+    }
+
+    fn append(stream: &str, expected: ExpectedVersion, events: usize) -> StreamAppend {
+        StreamAppend {
+            stream: StreamName::new(stream).unwrap(),
+            expected_version: expected,
+            events: (0..events)
+                .map(|_| NewEvent {
+                    id: None,
+                    event_type: EventType::new("Happened").unwrap(),
+                    data: b"{}".to_vec(),
+                    metadata: b"{}".to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    impl Harness {
+        /// Commits `requests` as one group; each request's answer.
+        fn group(
+            &mut self,
+            requests: Vec<Vec<StreamAppend>>,
+        ) -> Vec<Result<Vec<AppendOutcome>, LogError>> {
+            let (commands, replies): (Vec<_>, Vec<_>) = requests
+                .into_iter()
+                .map(|appends| {
+                    let (reply, answer) = oneshot::channel();
+                    let _permit = self.permits.clone().try_acquire_owned().unwrap();
+                    (
+                        Command {
+                            appends,
+                            reply,
+                            _permit,
+                        },
+                        answer,
+                    )
+                })
+                .unzip();
+            self.writer.commit_group(commands);
+            let weight = self.writer.heads.0.weight();
+            assert!(
+                weight <= self.writer.heads.0.capacity(),
+                "the cache weighs {weight} bytes, over its bound"
+            );
+            replies
+                .into_iter()
+                .map(|mut r| r.try_recv().unwrap())
+                .collect()
+        }
+
+        /// Appends one event to `stream`; its new version.
+        fn one(&mut self, stream: &str, expected: ExpectedVersion) -> Result<u64, LogError> {
+            let mut answer = self.group(vec![vec![append(stream, expected, 1)]]);
+            Ok(answer.pop().unwrap()?[0].next_expected_version)
+        }
+    }
+
+    fn wrong_version(result: Result<u64, LogError>) -> Option<u64> {
+        match result {
+            Err(LogError::WrongExpectedVersion { actual, .. }) => actual,
+            other => panic!("expected a wrong expected version, got {other:?}"),
+        }
+    }
+
+    /// With a cache of a few dozen heads, 2,000 streams appended to round
+    /// after round, 50 requests a group: every head is evicted and read
+    /// back from the stream index, versions go on from where they were, and
+    /// a wrong expected version is still refused with the actual one.
+    #[test]
+    fn a_tiny_cache_keeps_every_stream_version_right() {
+        let mut log = open(4 << 10);
+        let streams: Vec<String> = (0..2000).map(|i| format!("order-{i}")).collect();
+        for round in 0..3u64 {
+            for names in streams.chunks(50) {
+                let requests = names
+                    .iter()
+                    .map(|name| {
+                        let expected = match round {
+                            0 => ExpectedVersion::NoStream,
+                            r => ExpectedVersion::Exact(r * 2 - 1),
+                        };
+                        vec![append(name, expected, 2)]
+                    })
+                    .collect();
+                for answer in log.group(requests) {
+                    assert_eq!(answer.unwrap()[0].next_expected_version, round * 2 + 1);
+                }
+            }
+            // Long evicted by now: read back from the stream index.
+            let last = round * 2 + 1;
+            assert_eq!(
+                wrong_version(log.one("order-7", ExpectedVersion::Exact(last + 1))),
+                Some(last)
+            );
+            assert_eq!(
+                wrong_version(log.one("order-8", ExpectedVersion::NoStream)),
+                Some(last)
+            );
+        }
+        assert!(log.writer.heads.0.len() < 100);
+        let last = log.writer.next_position - 1;
+        assert_eq!(last, 2000 * 3 * 2);
+    }
+
+    /// The pending heads of a group come first, whatever the cache holds:
+    /// a second request to a stream in the same group sees the first one's
+    /// version, and a refused request leaves no head behind.
+    #[test]
+    fn pending_heads_win_over_the_cache_and_refusals_leave_none() {
+        let mut log = open(1 << 10);
+        for i in 0..100 {
+            log.one(&format!("warm-{i}"), ExpectedVersion::Any).unwrap();
+        }
+        let answers = log.group(vec![
+            vec![append("a", ExpectedVersion::NoStream, 3)],
+            // Refused as a whole: "b" gets nothing, "a" keeps version 2.
+            vec![
+                append("b", ExpectedVersion::NoStream, 1),
+                append("a", ExpectedVersion::Exact(0), 1),
+            ],
+            vec![append("a", ExpectedVersion::Exact(2), 1)],
+        ]);
+        assert_eq!(answers[0].as_ref().unwrap()[0].next_expected_version, 2);
+        assert!(matches!(
+            answers[1],
+            Err(LogError::WrongExpectedVersion {
+                actual: Some(2),
+                append_index: 1,
+                ..
+            })
+        ));
+        assert_eq!(answers[2].as_ref().unwrap()[0].next_expected_version, 3);
+        for i in 0..100 {
+            log.one(&format!("evict-{i}"), ExpectedVersion::Any)
+                .unwrap();
+        }
+        assert_eq!(log.one("b", ExpectedVersion::NoStream).unwrap(), 0);
+        assert_eq!(log.one("a", ExpectedVersion::Exact(3)).unwrap(), 4);
+    }
+
+    /// No cache at all: every head comes from the stream index, and after a
+    /// restart (the WAL replayed into redb) versions go on as before.
+    #[test]
+    fn without_a_cache_and_after_a_restart_versions_go_on() {
+        let mut log = open(0);
+        for i in 0..50 {
+            let name = format!("user-{i}");
+            assert_eq!(log.one(&name, ExpectedVersion::NoStream).unwrap(), 0);
+            assert_eq!(log.one(&name, ExpectedVersion::Exact(0)).unwrap(), 1);
+        }
+        assert_eq!(log.writer.heads.0.len(), 0);
+        let Harness { writer, dir, .. } = log;
+        drop(writer); // the open transaction is lost; the WAL holds it
+        let mut log = open_in(dir, 1 << 10);
+        for i in 0..50 {
+            let name = format!("user-{i}");
+            assert_eq!(
+                wrong_version(log.one(&name, ExpectedVersion::Exact(0))),
+                Some(1)
+            );
+            assert_eq!(log.one(&name, ExpectedVersion::Exact(1)).unwrap(), 2);
+        }
+    }
+
+    /// The cache's weight stays within its bound as streams come and go,
+    /// and what it really takes is about what it is weighed at.
+    #[test]
+    fn the_cache_stays_within_its_bound() {
+        let bound = 256 << 10;
+        let mut cache = HeadCache::new(bound);
+        let mut names = 0u64;
+        for i in 0..50_000u64 {
+            let name = format!("customer-{i}");
+            names += name.len() as u64;
+            cache.insert(name, StreamHead { id: i, version: 0 });
+            assert!(cache.0.weight() <= bound);
+            if i % 3 == 0 {
+                // Some heads are read again, as hot streams are.
+                cache.get(&format!("customer-{}", i / 2));
+            }
+        }
+        let held = cache.0.len() as u64;
+        assert!(held > bound / (HEAD_ENTRY_BYTES + 20), "{held} heads held");
+        let structures = cache.0.memory_used().total() as u64;
+        let names_held = held * (names / 50_000);
+        eprintln!(
+            "{held} heads, weight {}, structures {structures} B, names ≈ {names_held} B",
+            cache.0.weight()
+        );
+    }
 }

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use super::feed::NotificationFeed;
 use super::webhook::WebhookConfig;
 use super::{NotifyError, StoredNotification};
+use crate::durable;
 use crate::runtime::Notification;
 
 /// Sequence → (channel, key, payload, emitted at µs). Gapless from 1.
@@ -104,7 +105,7 @@ pub struct Mailbox {
 impl Mailbox {
     /// Opens (or creates) the mailbox file at `path` of plugin `plugin`.
     pub fn open(path: &Path, plugin: &str, feed: NotificationFeed) -> Result<Self, NotifyError> {
-        let db = Database::create(path)?;
+        let db = durable::create_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(KEYS)?;

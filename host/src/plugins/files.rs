@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::PluginError;
+use crate::durable;
 
 /// What `plugin.json` records. A plugin directory without one is a first
 /// deploy that never finished.
@@ -46,20 +47,55 @@ impl PluginDir {
     }
 
     /// Creates the directory for a first deploy. Files without a manifest
-    /// are a deploy that never finished (the process died): this one starts
-    /// from nothing.
+    /// are a deploy that never finished, or a remove that did not (the
+    /// process died, or the power): this one starts from nothing.
     pub fn create(&self) -> Result<(), PluginError> {
         if self.path.exists() && !self.is_deployed() {
-            std::fs::remove_dir_all(&self.path)?;
+            durable::remove_dir_all(&self.path)?;
         }
-        std::fs::create_dir_all(&self.path)?;
+        durable::create_dir_all(&self.path)?;
         Ok(())
     }
 
-    /// Deletes the directory and everything in it.
+    /// Deletes the directory and everything in it. The manifest goes first
+    /// and durably: that is the moment the plugin is gone, and a cut after
+    /// it leaves only files that [`PluginDir::create`] or
+    /// [`PluginDir::clear_unfinished`] clears.
     pub fn remove(&self) -> Result<(), PluginError> {
-        std::fs::remove_dir_all(&self.path)?;
+        durable::remove_file(&self.path.join(Self::MANIFEST))?;
+        durable::remove_dir_all(&self.path)?;
         Ok(())
+    }
+
+    /// At start, finishes or rolls back what a cut interrupted: a directory
+    /// without a manifest (a first deploy or a remove cut short) is
+    /// deleted; in a deployed one, every component and state file that the
+    /// manifest does not name (a swap or a rebuild cut short) and every
+    /// temporary file goes. Answers whether the plugin is deployed.
+    pub fn clear_unfinished(&self) -> Result<bool, PluginError> {
+        if !self.is_deployed() {
+            durable::remove_dir_all(&self.path)?;
+            return Ok(false);
+        }
+        durable::remove_leftovers(&self.path)?;
+        let manifest = self.load_manifest()?;
+        let mut keep = vec![
+            self.wasm_path(&manifest.hash),
+            self.state_path(manifest.generation),
+        ];
+        if let Some((number, hash)) = &manifest.rebuild {
+            keep.extend([self.wasm_path(hash), self.state_path(*number)]);
+        }
+        for entry in std::fs::read_dir(&self.path)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let generational = name.ends_with(".wasm")
+                || (name.starts_with("state-") && name.ends_with(".redb"));
+            if generational && !keep.contains(&path) {
+                durable::remove_file(&path)?;
+            }
+        }
+        Ok(true)
     }
 
     /// The size of the serving component (0 if it cannot be read): small
@@ -77,14 +113,11 @@ impl PluginDir {
             .map_err(|e| PluginError::Internal(format!("{}: {e}", self.path.display())))
     }
 
-    /// Writes the manifest atomically: a new file, synced, renamed over the old.
+    /// Writes the manifest atomically and durably (`durable::write_file`).
     pub fn save_manifest(&self, manifest: &Manifest) -> Result<(), PluginError> {
-        let tmp = self.path.join("plugin.json.tmp");
         let text = serde_json::to_vec_pretty(manifest)
             .map_err(|e| PluginError::Internal(e.to_string()))?;
-        std::fs::write(&tmp, text)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.path.join(Self::MANIFEST))?;
+        durable::write_file(&self.path.join(Self::MANIFEST), &text)?;
         Ok(())
     }
 
@@ -100,17 +133,13 @@ impl PluginDir {
         if path.exists() {
             return Ok(());
         }
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, wasm)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        durable::write_file(&path, wasm)?;
         Ok(())
     }
 
     /// Removes a component no manifest names any more.
     pub fn remove_wasm(&self, hash: &str) {
-        if let Err(error) = std::fs::remove_file(self.wasm_path(hash)) {
+        if let Err(error) = durable::remove_file(&self.wasm_path(hash)) {
             tracing::warn!(%error, dir = %self.path.display(), "cannot remove an old component");
         }
     }
@@ -124,9 +153,7 @@ impl PluginDir {
     /// abandoned rebuild must not seed it.
     pub fn fresh_state_path(&self, number: u64) -> Result<PathBuf, PluginError> {
         let path = self.state_path(number);
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
+        durable::remove_file(&path)?;
         Ok(path)
     }
 
@@ -144,7 +171,7 @@ impl PluginDir {
 /// may still hold the store for a moment; on Unix the file goes away when
 /// the last of them closes it.
 pub(super) fn remove_state_file(path: &Path) {
-    if let Err(error) = std::fs::remove_file(path) {
+    if let Err(error) = durable::remove_file(path) {
         tracing::warn!(%error, path = %path.display(), "cannot remove an old state file");
     }
 }

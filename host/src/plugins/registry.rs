@@ -24,6 +24,7 @@ use super::status::{PluginStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
 use crate::blocking;
+use crate::durable;
 use crate::log::EventLog;
 use crate::notify::{Mailbox, NotificationFeed, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
@@ -123,7 +124,7 @@ impl Plugins {
     ) -> Result<Self, PluginError> {
         let runtime = Arc::new(Runtime::new(&data_dir.join("cache"))?);
         let dir = data_dir.join("plugins");
-        std::fs::create_dir_all(&dir)?;
+        durable::create_dir_all(&dir)?;
         let found = deployed_plugins(&dir)?;
         let slots = found
             .iter()
@@ -580,7 +581,8 @@ impl Drop for Loading<'_> {
     }
 }
 
-/// The plugins in `dir` whose deploy finished, smallest component first.
+/// The plugins in `dir` whose deploy finished, smallest component first;
+/// what a cut left half-done is cleared on the way.
 fn deployed_plugins(dir: &Path) -> Result<Vec<(PluginName, PluginDir)>, PluginError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -593,7 +595,7 @@ fn deployed_plugins(dir: &Path) -> Result<Vec<(PluginName, PluginDir)>, PluginEr
             continue;
         };
         let dir = PluginDir::new(path);
-        if dir.is_deployed() {
+        if dir.clear_unfinished()? {
             let size = dir.component_size();
             found.push((size, name, dir));
         }

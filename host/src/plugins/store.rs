@@ -10,6 +10,7 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::PluginError;
+use crate::durable;
 use crate::runtime::{Notification, StateView};
 
 /// Key → value, as the plugin wrote it.
@@ -31,7 +32,7 @@ pub struct PluginStore {
 impl PluginStore {
     /// Opens (or creates) the state file at `path`.
     pub fn open(path: &Path) -> Result<Arc<Self>, PluginError> {
-        let db = Database::create(path)?;
+        let db = durable::create_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(STATE)?;
         txn.open_table(META)?;

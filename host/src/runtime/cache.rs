@@ -5,7 +5,7 @@
 //! `docs/design.md#notes`).
 
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -13,6 +13,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::RuntimeError;
+use crate::durable;
 
 /// The cache directory and the engine whose compiled code it holds.
 pub struct ComponentCache {
@@ -69,7 +70,8 @@ fn hex(bytes: &[u8]) -> String {
 impl ComponentCache {
     /// A cache in `dir` for components compiled by `engine`.
     pub fn new(dir: PathBuf, engine: &Engine) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Cache(e.to_string()))?;
+        let prepared = durable::create_dir_all(&dir).and_then(|()| durable::remove_leftovers(&dir));
+        prepared.map_err(|e| RuntimeError::Cache(e.to_string()))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
@@ -86,15 +88,19 @@ impl ComponentCache {
         hash: &str,
     ) -> Result<(Component, Compiled), RuntimeError> {
         let path = self.dir.join(format!("{hash}-{}.cwasm", self.engine_key));
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of this
-            // engine configuration (the key says so), by this cache only, and
-            // is never modified in place (replaced by rename).
-            match unsafe { Component::deserialize_file(engine, &path) } {
+        match read_checked(&path) {
+            // SAFETY: the bytes are what `Component::serialize` of this
+            // engine configuration (the file name says so) gave this cache,
+            // whole: their checksum matches.
+            Ok(Some(code)) => match unsafe { Component::deserialize(engine, &code) } {
                 Ok(component) => return Ok((component, Compiled::Cached)),
                 Err(error) => {
                     tracing::warn!(%error, path = %path.display(), "cached component unusable; compiling again")
                 }
+            },
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "cached component torn or unreadable; compiling again")
             }
         }
         let started = Instant::now();
@@ -102,11 +108,9 @@ impl ComponentCache {
             Component::new(engine, wasm).map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         let elapsed = started.elapsed();
         match component.serialize() {
-            Ok(bytes) => {
-                let tmp = path.with_extension("tmp");
-                let written =
-                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-                if let Err(error) = written {
+            Ok(mut code) => {
+                code.extend_from_slice(&crc32fast::hash(&code).to_le_bytes());
+                if let Err(error) = durable::write_file(&path, &code) {
                     tracing::warn!(%error, "cannot cache the compiled component");
                 }
             }
@@ -114,4 +118,24 @@ impl ComponentCache {
         }
         Ok((component, Compiled::Fresh(elapsed)))
     }
+}
+
+/// The compiled code in a cache file, without its trailing CRC-32; `None`
+/// when there is no such file. A file whose checksum does not match (torn
+/// by a power cut, or damaged) is an error: it is never deserialised.
+fn read_checked(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(std::io::Error::other("shorter than its checksum"));
+    };
+    let stored = u32::from_le_bytes(bytes[split..].try_into().unwrap_or_default());
+    bytes.truncate(split);
+    if crc32fast::hash(&bytes) != stored {
+        return Err(std::io::Error::other("checksum mismatch"));
+    }
+    Ok(Some(bytes))
 }
