@@ -14,7 +14,6 @@ use eventfold::log::{EventLog, EventType, ExpectedVersion, NewEvent, StreamAppen
 use eventfold::metrics::Metrics;
 use eventfold::notify::WebhookRequest;
 use eventfold::plugins::{PluginName, Plugins, PluginsConfig};
-use eventfold::runtime::SandboxLimits;
 
 /// Options of the notification benchmark.
 #[derive(clap::Args)]
@@ -50,13 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let wasm_path = args.plugins.join("shipment_notifier.wasm");
     let wasm =
         std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-    let plugins = Plugins::open(
-        scratch.path(),
-        log.clone(),
-        PluginsConfig {
-            limits: SandboxLimits::default(),
-        },
-    )?;
+    let plugins = Plugins::open(scratch.path(), log.clone(), PluginsConfig::default())?;
     let (url, received) = receiver().await?;
     let client = reqwest::Client::new();
     let body = sample_body();

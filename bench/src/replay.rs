@@ -13,7 +13,7 @@ use eventfold::log::{
 };
 use eventfold::metrics::Metrics;
 use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsConfig, RunState};
-use eventfold::runtime::{SandboxLimits, StateView};
+use eventfold::runtime::StateView;
 use serde::{Deserialize, Serialize};
 
 /// Options of the replay benchmark.
@@ -352,10 +352,7 @@ fn counter(event: &RecordedEvent, view: &mut StateView) -> anyhow::Result<()> {
 
 /// The plugin host over `log`, with default limits, in `dir`.
 pub fn open_plugins(dir: &std::path::Path, log: &EventLog) -> anyhow::Result<Plugins> {
-    let config = PluginsConfig {
-        limits: SandboxLimits::default(),
-    };
-    Ok(Plugins::open(dir, log.clone(), config)?)
+    Ok(Plugins::open(dir, log.clone(), PluginsConfig::default())?)
 }
 
 /// Polls the plugin's status until `done`; the time it took.

@@ -26,6 +26,9 @@ pub struct Config {
     pub plugin_limits: crate::runtime::SandboxLimits,
     /// Largest plugin component accepted, in bytes.
     pub max_plugin_bytes: usize,
+    /// Most events a second one plugin's rebuild reads; `None`: as fast as
+    /// it can.
+    pub replay_rate: Option<u64>,
     /// A directory whose `.wasm` files are deployed at start and whenever
     /// they appear or change (the plugin is named after the file).
     pub plugins_dir: Option<PathBuf>,
@@ -45,6 +48,7 @@ impl Config {
             log: crate::log::LogOptions::default(),
             plugin_limits: crate::runtime::SandboxLimits::default(),
             max_plugin_bytes: 64 << 20,
+            replay_rate: None,
             plugins_dir: None,
         }
     }

@@ -54,6 +54,7 @@ impl Server {
         let log = EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?;
         let plugins_config = PluginsConfig {
             limits: config.plugin_limits,
+            replay_rate: config.replay_rate,
         };
         let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;
         Ok(Self {

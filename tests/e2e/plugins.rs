@@ -523,3 +523,56 @@ async fn a_plugins_directory_is_deployed_at_start_and_hot_loaded() {
     let version = server.get_ok("/plugins/tally/state/version").await;
     assert_eq!(version, 2);
 }
+
+#[tokio::test]
+async fn a_rebuild_reads_no_faster_than_the_replay_rate_while_the_serving_plugin_keeps_up() {
+    const RATE: u64 = 400;
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &["--replay-rate", &RATE.to_string()]).await;
+    server.deploy_all(&[("counter", COUNTER)]).await;
+    let batch: Vec<Value> = (0..1200)
+        .map(|i| json!({"type": "Counted", "data": {"i": i}}))
+        .collect();
+    server
+        .append_created("c-1", json!("any"), json!(batch))
+        .await;
+    let head = server.head().await;
+    server
+        .wait_plugin("counter", "caught up", |s| s["checkpoint"] == head)
+        .await;
+
+    let started = std::time::Instant::now();
+    let (status, body) = server.post("/plugins/counter/replay", &json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut samples = 0;
+    loop {
+        let status = server.get_ok("/plugins/counter").await;
+        let elapsed = started.elapsed().as_secs_f64();
+        if status["generation"] == 2 && status["rebuild"].is_null() {
+            break;
+        }
+        // Null until the runner picks the rebuild up.
+        let checkpoint = status["rebuild"]["checkpoint"].as_u64().unwrap_or(0);
+        // The bucket holds a tenth of a second's worth when the rebuild
+        // starts; beyond it, no more than the rate.
+        let most = (RATE as f64 * (elapsed + 0.1)) as u64 + 1;
+        assert!(
+            checkpoint <= most,
+            "read {checkpoint} events in {elapsed:.2} s"
+        );
+        // Appends and the serving generation are not held back meanwhile.
+        let appended = server
+            .append_created("c-2", json!("any"), events("Counted", 1))
+            .await;
+        let position = appended["first_position"].as_u64().expect("position");
+        server
+            .wait_plugin("counter", "the serving plugin", |s| {
+                s["checkpoint"].as_u64() >= Some(position)
+            })
+            .await;
+        samples += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(samples >= 10, "the rebuild ended after {samples} samples");
+    assert!(started.elapsed().as_secs_f64() >= 1200.0 / RATE as f64 * 0.9);
+}

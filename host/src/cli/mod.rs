@@ -107,6 +107,11 @@ struct ServeArgs {
     /// answered 503 overloaded (the bound on latency under overload).
     #[arg(long, env = "EVENTFOLD_APPEND_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
     append_wait: Duration,
+    /// Most events a second one plugin's rebuild (replay, new code) reads,
+    /// so that a big rebuild leaves the disk to appends and serving
+    /// plugins (default: no limit).
+    #[arg(long, env = "EVENTFOLD_REPLAY_RATE", value_parser = clap::value_parser!(u64).range(1..))]
+    replay_rate: Option<u64>,
     /// Deploy every .wasm in this directory at start, and hot-load files
     /// that appear or change (the plugin is named after the file).
     #[arg(long, env = "EVENTFOLD_PLUGINS_DIR")]
@@ -147,6 +152,7 @@ impl ServeArgs {
         config.plugin_limits.memory_bytes = self.plugin_memory;
         config.plugin_limits.deadline = self.plugin_deadline;
         config.max_plugin_bytes = self.max_plugin_bytes;
+        config.replay_rate = self.replay_rate;
         config
     }
 }

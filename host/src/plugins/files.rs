@@ -89,8 +89,8 @@ impl PluginDir {
         for entry in std::fs::read_dir(&self.path)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let generational = name.ends_with(".wasm")
-                || (name.starts_with("state-") && name.ends_with(".redb"));
+            let generational =
+                name.ends_with(".wasm") || (name.starts_with("state-") && name.ends_with(".redb"));
             if generational && !keep.contains(&path) {
                 durable::remove_file(&path)?;
             }

@@ -37,6 +37,8 @@ pub(super) struct Host {
     pub log: EventLog,
     pub runtime: Arc<Runtime>,
     pub limits: SandboxLimits,
+    /// Most events a second one rebuild reads (`--replay-rate`).
+    pub replay_rate: Option<u64>,
 }
 
 /// What a step needs besides the generation: the plugin's name (for its
@@ -234,9 +236,9 @@ impl Generation {
         }
     }
 
-    /// Takes one batch if there is work and no failure is waiting for its
-    /// retry; answers whether it did.
-    pub fn step(&mut self, cx: &StepContext<'_>, head: u64) -> bool {
+    /// Takes one batch of at most `most` events if there is work and no
+    /// failure is waiting for its retry; answers whether it did.
+    pub fn step(&mut self, cx: &StepContext<'_>, head: u64, most: usize) -> bool {
         if self.checkpoint >= head {
             self.meter.idle();
             return false;
@@ -247,7 +249,7 @@ impl Generation {
         let limit = if self.checkpoint < self.narrow_until {
             1
         } else {
-            self.stop_before.take().unwrap_or(self.max_batch)
+            self.stop_before.take().unwrap_or(self.max_batch).min(most)
         };
         self.process(cx, limit);
         true

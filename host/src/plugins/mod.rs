@@ -24,6 +24,7 @@ mod runner;
 mod shared;
 mod status;
 mod store;
+mod throttle;
 mod watch;
 
 use std::fmt;

@@ -30,10 +30,12 @@ use crate::notify::{Mailbox, NotificationFeed, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
 
 /// Settings of the plugin host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PluginsConfig {
     /// Limits applied to every plugin.
     pub limits: SandboxLimits,
+    /// Most events a second one plugin's rebuild reads; none: no limit.
+    pub replay_rate: Option<u64>,
 }
 
 /// What a deploy did.
@@ -137,6 +139,7 @@ impl Plugins {
                     log,
                     runtime,
                     limits: config.limits,
+                    replay_rate: config.replay_rate,
                 },
                 slots: Mutex::new(Slots {
                     plugins: slots,

@@ -16,6 +16,7 @@ use super::files::{Manifest, PluginDir, remove_state_file};
 use super::generation::{Failure, Generation, Host, StepContext};
 use super::shared::{Serving, Shared};
 use super::status::{RebuildStatus, RunState};
+use super::throttle::Throttle;
 use crate::log::Position;
 
 /// What the registry asks of a runner.
@@ -45,6 +46,8 @@ pub(super) struct Runner {
     paused: bool,
     pending: VecDeque<Control>,
     head: watch::Receiver<Position>,
+    /// The rebuild's read budget, with `--replay-rate`.
+    throttle: Option<Throttle>,
 }
 
 impl Runner {
@@ -58,6 +61,7 @@ impl Runner {
         rebuild: Option<Generation>,
     ) -> Self {
         let head = host.log.watch_head();
+        let throttle = host.replay_rate.map(Throttle::new);
         Self {
             shared,
             dir,
@@ -68,6 +72,7 @@ impl Runner {
             paused: false,
             pending: VecDeque::new(),
             head,
+            throttle,
         }
     }
 
@@ -111,9 +116,11 @@ impl Runner {
 
     /// Blocks until a new event, an operator command, or a due retry.
     fn wait(&mut self, handle: &tokio::runtime::Handle) {
+        let throttled = self.throttled_until();
         let retry_at = self
             .generations()
             .filter_map(|g| g.failure.as_ref().and_then(|f| f.retry_at))
+            .chain(throttled)
             .min();
         let head = &mut self.head;
         let control = &mut self.control;
@@ -170,12 +177,36 @@ impl Runner {
 
     fn step_live(&mut self, head: u64) -> bool {
         let cx = StepContext::new(&self.shared, &self.host);
-        self.live.step(&cx, head)
+        self.live.step(&cx, head, usize::MAX)
     }
 
+    /// Steps the rebuild within its read budget, and charges what it read.
     fn step_rebuild(&mut self, head: u64) -> bool {
+        let Some(rebuild) = self.rebuild.as_mut() else {
+            return false;
+        };
         let cx = StepContext::new(&self.shared, &self.host);
-        self.rebuild.as_mut().is_some_and(|g| g.step(&cx, head))
+        let Some(throttle) = self.throttle.as_mut() else {
+            return rebuild.step(&cx, head, usize::MAX);
+        };
+        let most = throttle.allowance();
+        if most == 0 {
+            return false;
+        }
+        let before = rebuild.checkpoint;
+        let worked = rebuild.step(&cx, head, most);
+        throttle.spend(rebuild.checkpoint - before);
+        worked
+    }
+
+    /// When a throttled rebuild that is behind may read again.
+    fn throttled_until(&self) -> Option<std::time::Instant> {
+        let behind = self
+            .rebuild
+            .as_ref()
+            .is_some_and(|r| r.checkpoint < self.head.borrow().0);
+        let throttle = self.throttle.as_ref().filter(|_| behind && !self.paused)?;
+        Some(throttle.ready_at())
     }
 
     /// Posts what the serving generation's outbox holds to the mailbox.
