@@ -24,6 +24,9 @@ pub struct Metrics {
     pub events_per_commit: Histogram,
     /// The last committed position.
     pub head_position: Gauge,
+    /// Times the log's storage failed (a full disk, an I/O error) and the
+    /// writer stopped until the log reopened.
+    pub storage_failures: Counter,
 }
 
 impl Metrics {
@@ -36,6 +39,12 @@ impl Metrics {
         let append_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         let events_per_commit = Histogram::new(exponential_buckets(1.0, 2.0, 16));
         let head_position = Gauge::default();
+        let storage_failures = Counter::default();
+        registry.register(
+            "storage_failures",
+            "Times the log's storage failed (full disk, I/O error) and appends stopped until it reopened",
+            storage_failures.clone(),
+        );
         registry.register("appends", "Append requests acknowledged", appends.clone());
         registry.register(
             "events_appended",
@@ -70,6 +79,7 @@ impl Metrics {
             append_latency,
             events_per_commit,
             head_position,
+            storage_failures,
         }
     }
 

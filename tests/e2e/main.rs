@@ -6,6 +6,7 @@ mod bad_input;
 mod compiling;
 mod connections;
 mod durability;
+mod full_disk;
 mod harness;
 mod languages;
 mod lifecycle;

@@ -125,6 +125,15 @@ impl From<LogError> for ApiError {
                     .with("id", id.to_string())
             }
             LogError::NoEvents(_) => ApiError::bad_request("no_events", message),
+            LogError::StorageFull(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                message,
+            ),
+            LogError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", message)
+                    .retry_after(1)
+            }
             LogError::Overloaded { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry_after(1)
             }

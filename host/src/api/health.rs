@@ -1,7 +1,7 @@
 //! `GET /health` (liveness) and `GET /metrics` (Prometheus text).
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
@@ -10,9 +10,25 @@ use std::fmt::Write as _;
 use super::AppState;
 use crate::notify::MailboxStats;
 
-/// 200 with the head position once the server accepts requests.
+/// 200 with the head position once the server accepts requests; 503 with
+/// `"status": "degraded"` and the reason while the log refuses appends (its
+/// storage failed, e.g. a full disk) until it reopens by itself.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok", "head": state.log.head().0 }))
+    let head = state.log.head().0;
+    match state.log.storage_failure() {
+        None => (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "ok", "head": head })),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "degraded",
+                "head": head,
+                "log": {"status": "degraded", "reason": reason},
+            })),
+        ),
+    }
 }
 
 /// The metrics in Prometheus' text format.

@@ -60,6 +60,15 @@ pub enum LogError {
         /// How long the append waited.
         wait: std::time::Duration,
     },
+    /// The disk of the data directory is full: nothing was appended.
+    #[error(
+        "the disk of the data directory is full, nothing was appended ({0}); appends resume \
+         by themselves once space is freed"
+    )]
+    StorageFull(String),
+    /// The storage failed and the log is reopening: try again shortly.
+    #[error("the log is unavailable: {0}; it reopens by itself, try again shortly")]
+    Unavailable(String),
     /// The log is shutting down and accepts no more appends.
     #[error("the log is shutting down")]
     ShuttingDown,

@@ -15,6 +15,7 @@ mod migrate;
 mod queue;
 mod reader;
 mod runs;
+mod storage;
 mod tables;
 mod types;
 mod wal;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use redb::Database;
 use tokio::sync::watch;
 
 pub use error::LogError;
@@ -38,6 +38,7 @@ pub use types::{
 use crate::durable;
 use crate::metrics::Metrics;
 use queue::Queue;
+use storage::DbSlot;
 use writer::Writer;
 
 /// Name of the log's database file inside the data directory.
@@ -81,7 +82,7 @@ pub struct EventLog {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     queue: Arc<Queue>,
     head: watch::Receiver<Position>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -120,16 +121,18 @@ impl EventLog {
         options: LogOptions,
     ) -> Result<Self, LogError> {
         durable::create_dir_all(data_dir)?;
-        let db = Arc::new(durable::create_database(&data_dir.join(LOG_FILE))?);
+        let db_path = data_dir.join(LOG_FILE);
+        let db = Arc::new(durable::create_database(&db_path)?);
         let (head_tx, head) = watch::channel(Position(0));
-        let writer = Writer::new(
+        let wal_path = data_dir.join(WAL_FILE);
+        let writer = Writer::new(db.clone(), &db_path, &wal_path, options, head_tx, metrics)?;
+        let db = Arc::new(DbSlot::new(db));
+        let queue = Arc::new(Queue::new(
+            writer,
+            options.queue_depth,
+            options.queue_wait,
             db.clone(),
-            &data_dir.join(WAL_FILE),
-            options,
-            head_tx,
-            metrics,
-        )?;
-        let queue = Arc::new(Queue::new(writer, options.queue_depth, options.queue_wait));
+        ));
         let thread = {
             let queue = queue.clone();
             std::thread::Builder::new()
@@ -172,6 +175,12 @@ impl EventLog {
         *self.inner.head.borrow()
     }
 
+    /// Why appends are refused, when the storage failed under the log and
+    /// it has not reopened yet (`None`: appends are accepted).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.inner.queue.storage_failure()
+    }
+
     /// A receiver that changes whenever a commit moves the head: the way to
     /// wait for new events without polling.
     pub fn watch_head(&self) -> watch::Receiver<Position> {
@@ -189,7 +198,7 @@ impl EventLog {
         let inner = self.inner.clone();
         crate::blocking::run(move || {
             inner.settle()?;
-            reader::read_log(&inner.db, from, limit, &filter, max_scan)
+            reader::read_log(&*inner.db.get()?, from, limit, &filter, max_scan)
         })
         .await
     }
@@ -205,7 +214,7 @@ impl EventLog {
         let inner = self.inner.clone();
         crate::blocking::run(move || {
             inner.settle()?;
-            reader::read_stream(&inner.db, stream.as_str(), from, limit, direction)
+            reader::read_stream(&*inner.db.get()?, stream.as_str(), from, limit, direction)
         })
         .await
     }
@@ -219,7 +228,7 @@ impl EventLog {
         filter: &EventFilter,
     ) -> Result<LogPage, LogError> {
         self.inner.settle()?;
-        reader::read_log(&self.inner.db, from, limit, filter, usize::MAX)
+        reader::read_log(&*self.inner.db.get()?, from, limit, filter, usize::MAX)
     }
 
     /// Commits every append already queued, refuses new ones, and stops the

@@ -28,12 +28,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
+use super::storage::DbSlot;
 use super::writer::{Command, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, Writer};
 use super::{AppendOutcome, LogError, StreamAppend};
 
@@ -54,6 +55,12 @@ pub(super) struct Queue {
     permits: Arc<Semaphore>,
     depth: usize,
     wait: Duration,
+    /// The readers' database, which a reopen replaces.
+    db: Arc<DbSlot>,
+    /// Why the writer stopped, as `/health` shows it (`None`: it runs).
+    failure: RwLock<Option<String>>,
+    /// When the writer thread last tried to reopen a stopped writer.
+    reopened_at: Mutex<Instant>,
 }
 
 #[derive(Default)]
@@ -84,7 +91,7 @@ impl Drop for Busy<'_> {
 impl Queue {
     /// A queue in front of `writer`, holding at most `depth` requests; an
     /// append waits at most `wait` for a place.
-    pub fn new(writer: Writer, depth: usize, wait: Duration) -> Self {
+    pub fn new(writer: Writer, depth: usize, wait: Duration, db: Arc<DbSlot>) -> Self {
         Self {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -93,6 +100,9 @@ impl Queue {
             permits: Arc::new(Semaphore::new(depth)),
             depth,
             wait,
+            db,
+            failure: RwLock::new(None),
+            reopened_at: Mutex::new(Instant::now()),
         }
     }
 
@@ -177,10 +187,52 @@ impl Queue {
             writer.commit_group(group);
             writer.checkpoint_due()
         }));
-        committed.unwrap_or_else(|_| {
-            writer.stop("a commit panicked");
+        let due = committed.unwrap_or_else(|_| {
+            writer.stop(
+                "a commit panicked",
+                &LogError::CommitFailed(PANICKED.into()),
+            );
             false
-        })
+        });
+        self.note_failure(&writer);
+        due
+    }
+
+    /// Keeps what `/health` shows in step with the writer.
+    fn note_failure(&self, writer: &Writer) {
+        let stopped = writer.broken().is_some();
+        if stopped != self.failure.read().is_some() {
+            *self.failure.write() = writer.broken().map(|b| b.reason.clone());
+        }
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.failure.read().clone()
+    }
+
+    /// A stopped writer reopens the log, once a second, until that works.
+    fn reopen_if_stopped(&self) {
+        if self.failure.read().is_none() {
+            return;
+        }
+        let mut reopened_at = self.reopened_at.lock();
+        if reopened_at.elapsed() < REOPEN_INTERVAL {
+            return;
+        }
+        *reopened_at = Instant::now();
+        let mut writer = self.writer();
+        if writer.broken().is_none() {
+            return;
+        }
+        let reopened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.reopen(&self.db)));
+        match reopened {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the log cannot reopen yet"),
+            Err(_) => tracing::error!("reopening the log panicked"),
+        }
+        self.note_failure(&writer);
     }
 
     /// Makes every group up to `head` visible to readers, committing the
@@ -192,10 +244,13 @@ impl Queue {
         }
         let mut writer = self.writer();
         let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.settle()));
-        settled.unwrap_or_else(|_| {
-            writer.stop("committing for a reader panicked");
-            Err(LogError::CommitFailed(PANICKED.into()))
-        })
+        let settled = settled.unwrap_or_else(|_| {
+            let panicked = LogError::CommitFailed(PANICKED.into());
+            writer.stop("committing for a reader panicked", &panicked);
+            Err(panicked)
+        });
+        self.note_failure(&writer);
+        settled
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -246,6 +301,7 @@ impl Queue {
             if checkpoint || due || idle_due {
                 self.checkpoint("checkpoint failed; will retry after the next group");
             }
+            self.reopen_if_stopped();
         }
     }
 
@@ -255,9 +311,16 @@ impl Queue {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.checkpoint()));
         match checkpointed {
             Ok(Ok(())) => {}
+            Ok(Err(error)) if error.is_storage_failure() => {
+                writer.stop(&format!("a checkpoint failed ({error})"), &error);
+            }
             Ok(Err(error)) => tracing::error!(%error, "{failure}"),
-            Err(_) => writer.stop("a checkpoint panicked"),
+            Err(_) => writer.stop(
+                "a checkpoint panicked",
+                &LogError::CommitFailed(PANICKED.into()),
+            ),
         }
+        self.note_failure(&writer);
     }
 }
 
@@ -266,6 +329,9 @@ impl Queue {
 /// requests: checking and writing hundreds of events takes long enough for
 /// that overlap to be worth the wake-ups.
 const LEADER_MAX_BYTES: usize = 16 << 10;
+
+/// How often a stopped writer tries to reopen the log.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often an idle writer thread looks whether a checkpoint is due.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
@@ -387,7 +453,7 @@ mod tests {
         let everything = EventFilter::default();
         let in_redb = |log: &EventLog| {
             reader::read_log(
-                &log.inner.db,
+                &*log.inner.db.get().unwrap(),
                 Position(1),
                 usize::MAX,
                 &everything,

@@ -21,11 +21,12 @@
 //! and only a committed group advances them.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use redb::backends::InMemoryBackend;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -34,10 +35,12 @@ use super::chunk::{self, ChunkBuilder, ChunkCursor};
 use super::codec::{self, EncodeEvent};
 use super::ids::GeneratedIds;
 use super::runs::{self, Run, RunBuilder};
+use super::storage::{self, DbSlot};
 use super::tables::{EVENT_CHUNKS, EVENT_IDS, GENERATED_ID_TAG, META, STREAM_RUNS, STREAMS};
 use super::wal::{self, RecordBuilder, Wal, WalEvent, WalRecord};
 use super::{AppendOutcome, LogError, LogOptions, Position, StreamAppend};
 use super::{RecordedEvent, migrate};
+use crate::durable;
 use crate::metrics::Metrics;
 
 /// Most events one commit takes; a bigger queue waits for the next commit.
@@ -139,10 +142,14 @@ pub(super) struct Writer {
     /// readers, which settle when it is behind the head).
     settled: Arc<AtomicU64>,
     last_checkpoint: Instant,
-    /// Set when redb refused a group the WAL already holds: the in-memory
-    /// state can no longer be trusted, so the writer refuses everything until
-    /// a restart replays the WAL.
-    broken: Option<String>,
+    /// Set when redb refused a group the WAL already holds, or the storage
+    /// failed: the in-memory state can no longer be trusted, so the writer
+    /// refuses everything until [`Writer::reopen`] (or a restart) replays
+    /// the WAL.
+    broken: Option<Broken>,
+    /// The files, to reopen them.
+    db_path: PathBuf,
+    wal_path: PathBuf,
     heads: HeadCache,
     /// The ids given to events that come without one.
     generated: GeneratedIds,
@@ -150,6 +157,14 @@ pub(super) struct Writer {
     next_stream_id: u64,
     head: watch::Sender<Position>,
     metrics: Metrics,
+}
+
+/// Why the writer stopped.
+#[derive(Debug, Clone)]
+pub(super) struct Broken {
+    pub reason: String,
+    /// The disk is full: appends are answered as such.
+    pub storage_full: bool,
 }
 
 /// What a group (or one request within it) has changed, not yet committed.
@@ -244,6 +259,7 @@ impl Writer {
     /// checkpoints.
     pub(super) fn new(
         db: Arc<Database>,
+        db_path: &Path,
         wal_path: &Path,
         options: LogOptions,
         head: watch::Sender<Position>,
@@ -287,6 +303,8 @@ impl Writer {
             settled: Arc::new(AtomicU64::new(last)),
             last_checkpoint: Instant::now(),
             broken: None,
+            db_path: db_path.to_path_buf(),
+            wal_path: wal_path.to_path_buf(),
             heads: HeadCache::new(options.stream_cache_bytes),
             generated,
             next_position: last + 1,
@@ -330,11 +348,11 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "commit of {} appends failed", group.len());
-                let message = error.to_string();
+                if error.is_storage_failure() && self.broken.is_none() {
+                    self.stop_on(&error);
+                }
                 for command in group {
-                    let _ = command
-                        .reply
-                        .send(Err(LogError::CommitFailed(message.clone())));
+                    let _ = command.reply.send(Err(self.refusal(&error)));
                 }
             }
         }
@@ -346,10 +364,15 @@ impl Writer {
         pending: &mut Pending,
         results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
     ) -> Result<(), LogError> {
-        if let Some(reason) = &self.broken {
-            return Err(LogError::CommitFailed(format!(
-                "the writer stopped after an earlier failure ({reason}); restart the server to recover"
-            )));
+        if let Some(broken) = &self.broken {
+            return Err(match broken.storage_full {
+                true => LogError::StorageFull(broken.reason.clone()),
+                false => LogError::CommitFailed(format!(
+                    "the writer stopped after an earlier failure ({}); it reopens the log \
+                     every second until that succeeds",
+                    broken.reason
+                )),
+            });
         }
         let (txn, holds_groups) = match self.open.take() {
             Some(txn) => (txn, true),
@@ -373,7 +396,10 @@ impl Writer {
             // The transaction goes, and with it what earlier groups wrote
             // into it: acknowledged, and in the WAL, but no longer in redb.
             Err(error) if holds_groups => {
-                self.stop(&format!("a group failed after earlier ones ({error})"));
+                self.stop(
+                    &format!("a group failed after earlier ones ({error})"),
+                    &error,
+                );
                 Err(error)
             }
             // Nothing acknowledged is lost: the group fails alone.
@@ -422,8 +448,8 @@ impl Writer {
         })();
         if let Err(error) = committed {
             let reason = format!("redb refused groups the WAL holds: {error}");
-            self.stop(&reason);
-            return Err(LogError::CommitFailed(reason));
+            self.stop(&reason, &error);
+            return Err(self.refusal(&error));
         }
         self.settled
             .store(self.next_position - 1, Ordering::Release);
@@ -436,10 +462,64 @@ impl Writer {
     }
 
     /// Refuses every append from now on: the writer's state can no longer be
-    /// trusted, and a restart replays the WAL.
-    pub(super) fn stop(&mut self, reason: &str) {
-        tracing::error!("{reason}; refusing appends until restart");
-        self.broken = Some(reason.to_owned());
+    /// trusted, until [`Writer::reopen`] or a restart replays the WAL.
+    pub(super) fn stop(&mut self, reason: &str, cause: &LogError) {
+        tracing::error!("{reason}; refusing appends until the log reopens");
+        if cause.is_storage_failure() {
+            self.metrics.storage_failures.inc();
+        }
+        self.broken = Some(Broken {
+            reason: reason.to_owned(),
+            storage_full: cause.is_storage_full(),
+        });
+    }
+
+    fn stop_on(&mut self, error: &LogError) {
+        self.stop(&format!("the storage failed ({error})"), error);
+    }
+
+    /// What callers are told of `error`: a full disk as such, anything else
+    /// as a failed commit.
+    fn refusal(&self, error: &LogError) -> LogError {
+        match error.is_storage_full() || self.broken.as_ref().is_some_and(|b| b.storage_full) {
+            true => LogError::StorageFull(error.to_string()),
+            false => LogError::CommitFailed(error.to_string()),
+        }
+    }
+
+    /// Why the writer stopped, if it did.
+    pub(super) fn broken(&self) -> Option<&Broken> {
+        self.broken.as_ref()
+    }
+
+    /// Closes the database and opens it again, replaying the WAL, as a
+    /// restart would: the way back from a storage failure
+    /// (`storage.rs`). Readers' handle is taken from `slot` meanwhile and
+    /// given back, the new one, once the database is open. On failure the
+    /// writer stays stopped, to try again later.
+    pub(super) fn reopen(&mut self, slot: &DbSlot) -> Result<(), LogError> {
+        self.open = None;
+        let old = Arc::downgrade(&self.db);
+        slot.clear();
+        // Hold an empty in-memory database meanwhile: the file's must close.
+        let placeholder = Database::builder().create_with_backend(InMemoryBackend::new())?;
+        drop(std::mem::replace(&mut self.db, Arc::new(placeholder)));
+        storage::wait_closed(&old)?;
+        let db = Arc::new(durable::create_database(&self.db_path)?);
+        slot.set(db.clone());
+        let (db_path, wal_path) = (self.db_path.clone(), self.wal_path.clone());
+        let (head, metrics) = (self.head.clone(), self.metrics.clone());
+        let mut fresh = Writer::new(db, &db_path, &wal_path, self.options, head, metrics)?;
+        fresh.settled = self.settled.clone();
+        fresh
+            .settled
+            .store(fresh.next_position - 1, Ordering::Release);
+        *self = fresh;
+        tracing::info!(
+            head = self.next_position - 1,
+            "the log reopened; appends go on"
+        );
+        Ok(())
     }
 
     /// Whether the WAL is full or old enough for a checkpoint.
@@ -747,14 +827,15 @@ mod tests {
     }
 
     fn open_in(dir: tempfile::TempDir, stream_cache_bytes: u64) -> Harness {
-        let db = Arc::new(Database::create(dir.path().join("log.redb")).unwrap());
+        let path = dir.path().join("log.redb");
+        let db = Arc::new(Database::create(&path).unwrap());
         let options = LogOptions {
             stream_cache_bytes,
             ..LogOptions::default()
         };
         let (head, _) = watch::channel(Position(0));
         let wal = dir.path().join("log.wal");
-        let writer = Writer::new(db, &wal, options, head, Metrics::new()).unwrap();
+        let writer = Writer::new(db, &path, &wal, options, head, Metrics::new()).unwrap();
         Harness {
             writer,
             permits: Arc::new(Semaphore::new(1 << 20)),
