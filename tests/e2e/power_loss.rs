@@ -20,8 +20,7 @@
 //!
 //! Needs root and /dev/fuse, as the LazyFS crate's own tests do.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +33,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, data_dir, wait_until};
+
+mod checks;
 
 /// The cuts, in order.
 const CUTS: [CutMode; 5] = [
@@ -70,17 +71,42 @@ struct Ledger {
     shipped: BTreeSet<String>,
     /// Plugins whose deploy was answered 201.
     deployed: BTreeSet<String>,
+    /// Plugins a remove was sent for (it may have happened, answered or not).
+    removing: BTreeSet<String>,
     /// Plugins whose remove was answered 200.
     removed: BTreeSet<String>,
     /// The generation of `counter`'s last acknowledged replay (202).
     replayed: u64,
     /// The generation `counter` was seen serving once that replay swapped.
     swapped: u64,
+    /// How many replays were acknowledged (a generation number may come
+    /// again after a replay is lost).
+    replays: usize,
+    /// How many swaps were seen.
+    swaps: usize,
     /// Answers that were neither a success nor the server going away.
     refusals: Vec<String>,
 }
 
-type Shared<T> = Arc<Mutex<T>>;
+/// The ledger, and a signal each time it changes: the kill waits on it, so
+/// that it comes the moment an acknowledgement arrives.
+#[derive(Default)]
+struct Book {
+    ledger: Mutex<Ledger>,
+    changed: tokio::sync::Notify,
+}
+
+impl Book {
+    fn update<T>(&self, change: impl FnOnce(&mut Ledger) -> T) -> T {
+        let out = change(&mut self.ledger.lock().unwrap());
+        self.changed.notify_waiters();
+        out
+    }
+
+    fn snapshot(&self) -> Ledger {
+        self.ledger.lock().unwrap().clone()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_work_survives_power_cuts() {
@@ -89,16 +115,16 @@ async fn acknowledged_work_survives_power_cuts() {
     let mut fs = LazyFs::mount(mountpoint.path()).expect("mount LazyFS (root and /dev/fuse)");
     let dir = fs.path().to_owned();
     let receiver = Receiver::start().await;
-    let ledger: Shared<Ledger> = Arc::default();
+    let book = Arc::new(Book::default());
     let mut server = Server::start_in(&dir, &[]).await;
     server
         .deploy_all(&[("counter", COUNTER), ("ship", SHIPMENT_NOTIFIER)])
         .await;
     set_webhook(&server, &receiver.url).await;
-    ledger.lock().unwrap().deployed = ["counter".into(), "ship".into()].into();
+    book.update(|l| l.deployed = ["counter".into(), "ship".into()].into());
 
     for (round, mode) in CUTS.into_iter().enumerate() {
-        load_and_kill(&mut server, round, &ledger).await;
+        load_and_kill(&mut server, round, &book).await;
         let server_log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
         // A delivery the server sent just before it died is still counted
         // in the epoch before the cut.
@@ -108,21 +134,21 @@ async fn acknowledged_work_survives_power_cuts() {
         eprintln!("cut {round} ({mode:?}): {report}");
         let log_start = std::fs::metadata(dir.join("server.log")).map_or(0, |m| m.len());
         server = Server::start_in(&dir, &[]).await;
-        let acknowledged = ledger.lock().unwrap().clone();
-        let problems = check(&server, &acknowledged, &receiver, &dir, log_start).await;
-        ledger.lock().unwrap().refusals.clear();
+        let acknowledged = book.update(|l| {
+            let snapshot = l.clone();
+            l.refusals.clear();
+            snapshot
+        });
+        let problems = checks::check(&server, &acknowledged, &receiver, &dir, log_start).await;
         assert!(
             problems.is_empty(),
             "after cut {round} ({mode:?}; {report}):\n- {}\n\nledger: {}\n\n\
              server log before the cut (tail):\n{}",
             problems.join("\n- "),
-            summary(&ledger.lock().unwrap()),
+            summary(&acknowledged),
             tail(&server_log, 40),
         );
-        eprintln!(
-            "cut {round}: all checks hold ({})",
-            summary(&ledger.lock().unwrap())
-        );
+        eprintln!("cut {round}: all checks hold ({})", summary(&acknowledged));
     }
     drop(server);
     eprintln!("{} cuts in {:.1?}", CUTS.len(), started.elapsed());
@@ -148,7 +174,7 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Runs one round: writers append, the plugin operations start once the
 /// load is on, and the server is killed when the round's moment comes.
-async fn load_and_kill(server: &mut Server, round: usize, ledger: &Shared<Ledger>) {
+async fn load_and_kill(server: &mut Server, round: usize, book: &Arc<Book>) {
     let url = server.url.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicUsize::new(0));
@@ -159,7 +185,7 @@ async fn load_and_kill(server: &mut Server, round: usize, ledger: &Shared<Ledger
                 round,
                 id: w,
             };
-            tokio::spawn(writer.run(stop.clone(), appended.clone(), ledger.clone()))
+            tokio::spawn(writer.run(stop.clone(), appended.clone(), book.clone()))
         })
         .collect();
     let warm = wait_until(Duration::from_secs(20), || async {
@@ -167,8 +193,8 @@ async fn load_and_kill(server: &mut Server, round: usize, ledger: &Shared<Ledger
     })
     .await;
     assert!(warm, "round {round}: the writers got nowhere");
-    let ops = start_operations(&url, round, ledger);
-    let moment = kill_moment(round, ledger).await;
+    let ops = start_operations(&url, round, book);
+    let moment = kill_moment(round, book).await;
     server.kill9();
     stop.store(true, Ordering::SeqCst);
     for task in writers.into_iter().chain(ops) {
@@ -181,32 +207,39 @@ async fn load_and_kill(server: &mut Server, round: usize, ledger: &Shared<Ledger
 }
 
 /// Waits for the moment round `round` kills the server at, so that over
-/// the rounds each operation is both in flight and acknowledged at a cut.
-async fn kill_moment(round: usize, ledger: &Shared<Ledger>) -> &'static str {
-    let before = ledger.lock().unwrap().clone();
+/// the rounds each operation is both in flight and just acknowledged at a
+/// cut: the kill comes as soon as the acknowledgement is in.
+async fn kill_moment(round: usize, book: &Book) -> &'static str {
+    let before = book.snapshot();
     let what = match round % 5 {
         0 => "with the operations just sent",
-        1 => "once the deploy was acknowledged",
-        2 => "once the replay was acknowledged",
-        3 => "once the swap was acknowledged",
-        _ => "once the remove was acknowledged",
+        1 => "as the deploy was acknowledged",
+        2 => "as the replay was acknowledged",
+        3 => "as the swap was seen",
+        _ => "as the remove was acknowledged",
     };
     let reached = |now: &Ledger| match round % 5 {
         0 => true,
         1 => now.deployed.contains(&extra(round)),
-        2 => now.replayed > before.replayed,
-        3 => now.swapped > before.swapped,
+        2 => now.replays > before.replays,
+        3 => now.swaps > before.swaps,
         _ => now.removed.contains(&extra(round - 1)),
     };
-    let hit = wait_until(Duration::from_secs(20), || async {
-        reached(&ledger.lock().unwrap())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    if hit {
-        what
-    } else {
-        "after 20 s: the moment never came"
+    if round.is_multiple_of(5) {
+        // Long enough for the requests to reach the server.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let changed = book.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if reached(&book.ledger.lock().unwrap()) {
+            return what;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return "after 20 s: the moment never came";
+        }
     }
 }
 
@@ -224,7 +257,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, stop: Arc<AtomicBool>, appended: Arc<AtomicUsize>, ledger: Shared<Ledger>) {
+    async fn run(self, stop: Arc<AtomicBool>, appended: Arc<AtomicUsize>, book: Arc<Book>) {
         let client = reqwest::Client::new();
         for n in 0.. {
             if stop.load(Ordering::SeqCst) {
@@ -246,14 +279,12 @@ impl Writer {
             let Ok(body) = response.json::<Value>().await else {
                 return;
             };
-            let mut ledger = ledger.lock().unwrap();
             if status != StatusCode::CREATED {
-                ledger
-                    .refusals
-                    .push(format!("append to {stream}: {status} {body}"));
+                let refusal = format!("append to {stream}: {status} {body}");
+                book.update(|l| l.refusals.push(refusal));
                 return;
             }
-            record(&mut ledger, &stream, &ids, &body);
+            book.update(|l| record(l, &stream, &ids, &body));
             appended.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -261,7 +292,7 @@ impl Writer {
     /// The `n`th append of this writer: its stream and events.
     fn append(&self, n: usize) -> (String, Vec<Value>) {
         let id = || uuid::Uuid::now_v7().to_string();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let events = (0..1 + n % 3)
                 .map(|i| json!({"type": "Written", "id": id(), "data": {"n": n, "i": i}}))
                 .collect();
@@ -296,14 +327,10 @@ fn record(ledger: &mut Ledger, stream: &str, ids: &[String], body: &Value) {
 
 /// Starts the round's plugin operations: deploy `extra-<round>`, remove
 /// the previous round's, replay `counter` and follow it to its swap.
-fn start_operations(
-    url: &str,
-    round: usize,
-    ledger: &Shared<Ledger>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_operations(url: &str, round: usize, book: &Arc<Book>) -> Vec<tokio::task::JoinHandle<()>> {
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
-    let (c, u, l) = (client.clone(), url.to_owned(), ledger.clone());
+    let (c, u, b) = (client.clone(), url.to_owned(), book.clone());
     tasks.push(tokio::spawn(async move {
         let wasm = std::fs::read(COUNTER).expect("counter.wasm");
         let sent = c
@@ -312,66 +339,76 @@ fn start_operations(
             .body(wasm)
             .send()
             .await;
-        answered(&l, "deploy", sent, StatusCode::CREATED, |l| {
+        answered(&b, "deploy", sent, StatusCode::CREATED, |l, _| {
             l.deployed.insert(extra(round));
         })
         .await;
     }));
     if round > 0 {
-        let (c, u, l) = (client.clone(), url.to_owned(), ledger.clone());
+        let (c, u, b) = (client.clone(), url.to_owned(), book.clone());
         tasks.push(tokio::spawn(async move {
             let name = extra(round - 1);
+            b.update(|l| l.removing.insert(name.clone()));
             let sent = c.delete(format!("{u}/plugins/{name}")).send().await;
             // 404 is the answer when its deploy never finished before a cut.
             if let Ok(response) = &sent
                 && response.status() == StatusCode::NOT_FOUND
-                && !l.lock().unwrap().deployed.contains(&name)
+                && !b.snapshot().deployed.contains(&name)
             {
                 return;
             }
-            answered(&l, "remove", sent, StatusCode::OK, |l| {
+            answered(&b, "remove", sent, StatusCode::OK, |l, _| {
                 l.removed.insert(name.clone());
             })
             .await;
         }));
     }
-    let (u, l) = (url.to_owned(), ledger.clone());
-    tasks.push(tokio::spawn(replay_and_swap(client, u, l)));
+    tasks.push(tokio::spawn(replay_and_swap(
+        client,
+        url.to_owned(),
+        book.clone(),
+    )));
     tasks
 }
 
 /// Records a success with `on_success`; an answer other than `expected`
 /// (not the server going away) is a refusal. The answer's body, if any.
 async fn answered(
-    ledger: &Shared<Ledger>,
+    book: &Arc<Book>,
     what: &str,
     sent: reqwest::Result<reqwest::Response>,
     expected: StatusCode,
-    on_success: impl FnOnce(&mut Ledger),
+    on_success: impl FnOnce(&mut Ledger, &Value),
 ) -> Option<Value> {
     let response = sent.ok()?;
     let status = response.status();
     let body: Value = response.json().await.ok()?;
-    let mut ledger = ledger.lock().unwrap();
-    if status == expected {
-        on_success(&mut ledger);
-        Some(body)
-    } else {
-        ledger.refusals.push(format!("{what}: {status} {body}"));
-        None
-    }
+    book.update(|ledger| {
+        if status == expected {
+            on_success(ledger, &body);
+            Some(body)
+        } else {
+            ledger.refusals.push(format!("{what}: {status} {body}"));
+            None
+        }
+    })
 }
 
-async fn replay_and_swap(client: reqwest::Client, url: String, ledger: Shared<Ledger>) {
+/// Replays `counter`, then follows its status until the new generation serves.
+async fn replay_and_swap(client: reqwest::Client, url: String, book: Arc<Book>) {
     let sent = client
         .post(format!("{url}/plugins/counter/replay"))
         .send()
         .await;
-    let Some(body) = answered(&ledger, "replay", sent, StatusCode::ACCEPTED, |_| {}).await else {
+    let generation = |body: &Value| body["replay"]["generation"].as_u64().unwrap_or(0);
+    let replayed = answered(&book, "replay", sent, StatusCode::ACCEPTED, |l, body| {
+        l.replayed = generation(body);
+        l.replays += 1;
+    });
+    let Some(body) = replayed.await else {
         return;
     };
-    let target = body["replay"]["generation"].as_u64().unwrap_or(0);
-    ledger.lock().unwrap().replayed = target;
+    let target = generation(&body);
     loop {
         let Ok(response) = client.get(format!("{url}/plugins/counter")).send().await else {
             return;
@@ -380,7 +417,10 @@ async fn replay_and_swap(client: reqwest::Client, url: String, ledger: Shared<Le
             return;
         };
         if status["generation"].as_u64() >= Some(target) && status["rebuild"].is_null() {
-            ledger.lock().unwrap().swapped = target;
+            book.update(|l| {
+                l.swapped = target;
+                l.swaps += 1;
+            });
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -403,7 +443,7 @@ async fn set_webhook(server: &Server, url: &str) {
 struct Receiver {
     url: String,
     epoch: Arc<AtomicUsize>,
-    deliveries: Shared<Vec<(String, usize)>>,
+    deliveries: Arc<Mutex<Vec<(String, usize)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -414,7 +454,7 @@ impl Receiver {
             .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("address"));
         let epoch = Arc::new(AtomicUsize::new(0));
-        let deliveries: Shared<Vec<(String, usize)>> = Arc::default();
+        let deliveries: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
         let (e, d) = (epoch.clone(), deliveries.clone());
         let app = axum::Router::new().route(
             "/hook",
@@ -453,326 +493,4 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Every check after a restart; the problems found (empty: all hold).
-/// `log_start` is where this start's lines begin in `server.log`.
-async fn check(
-    server: &Server,
-    ledger: &Ledger,
-    receiver: &Receiver,
-    dir: &Path,
-    log_start: u64,
-) -> Vec<String> {
-    let mut problems = ledger.refusals.clone();
-    let log = server.read_all().await;
-    problems.extend(check_log(server, &log, ledger).await);
-    problems.extend(check_plugins(server, ledger).await);
-    problems.extend(check_projections(server, &log, ledger).await);
-    problems.extend(check_notifications(server, &log, ledger, receiver).await);
-    let server_log = std::fs::read(dir.join("server.log")).unwrap_or_default();
-    let since_start = server_log.get(log_start as usize..).unwrap_or_default();
-    for line in String::from_utf8_lossy(since_start).lines() {
-        if line.contains("cannot restore plugin") || line.contains("panicked") {
-            problems.push(format!("server log: {line}"));
-        }
-    }
-    problems
-}
-
-/// The log: gapless, every acknowledged event where it was acknowledged,
-/// each stream's versions 0..n, and the stream index agreeing.
-async fn check_log(server: &Server, log: &[Value], ledger: &Ledger) -> Vec<String> {
-    let mut problems = Vec::new();
-    let positions: Vec<u64> = log
-        .iter()
-        .map(|e| e["position"].as_u64().unwrap_or(0))
-        .collect();
-    if positions != (1..=log.len() as u64).collect::<Vec<_>>() {
-        problems.push(format!(
-            "the log's {} positions are not 1..={}",
-            log.len(),
-            log.len()
-        ));
-    }
-    let by_position: HashMap<u64, &Value> = log
-        .iter()
-        .map(|e| (e["position"].as_u64().unwrap_or(0), e))
-        .collect();
-    let lost: Vec<&Ack> = ledger
-        .acks
-        .iter()
-        .filter(|ack| {
-            by_position.get(&ack.position).is_none_or(|e| {
-                e["stream"] != ack.stream.as_str()
-                    || e["version"] != ack.version
-                    || e["id"] != ack.id.as_str()
-            })
-        })
-        .collect();
-    if !lost.is_empty() {
-        problems.push(format!(
-            "{} of {} acknowledged events are not at their position (head {}), e.g. {:?}",
-            lost.len(),
-            ledger.acks.len(),
-            log.len(),
-            &lost[..lost.len().min(3)]
-        ));
-    }
-    let mut versions: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for event in log {
-        let stream = event["stream"].as_str().unwrap_or("");
-        versions
-            .entry(stream)
-            .or_default()
-            .push(event["version"].as_u64().unwrap_or(u64::MAX));
-    }
-    for (stream, versions) in &versions {
-        if *versions != (0..versions.len() as u64).collect::<Vec<_>>() {
-            problems.push(format!("stream {stream} has versions {versions:?}"));
-        }
-    }
-    for w in 0..WRITERS {
-        let stream = format!("pl-{w}");
-        let page = server
-            .get_ok(&format!("/streams/{stream}?limit=10000"))
-            .await;
-        let read: Vec<u64> = page["events"].as_array().map_or(vec![], |events| {
-            events
-                .iter()
-                .map(|e| e["position"].as_u64().unwrap_or(0))
-                .collect()
-        });
-        let logged: Vec<u64> = log
-            .iter()
-            .filter(|e| e["stream"] == stream.as_str())
-            .map(|e| e["position"].as_u64().unwrap_or(0))
-            .collect();
-        if read != logged {
-            problems.push(format!(
-                "reading {stream} gives positions {read:?}, the log {logged:?}"
-            ));
-        }
-    }
-    problems
-}
-
-/// Plugins: every acknowledged deploy present unless removed after, every
-/// acknowledged remove absent, every plugin present loaded and not failed.
-async fn check_plugins(server: &Server, ledger: &Ledger) -> Vec<String> {
-    let mut problems = Vec::new();
-    let loaded = wait_until(Duration::from_secs(60), || async {
-        let list = server.get_ok("/plugins").await;
-        list["plugins"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["state"] != "compiling"))
-    })
-    .await;
-    if !loaded {
-        problems.push("some plugins were still compiling after 60 s".into());
-    }
-    let list = server.get_ok("/plugins").await;
-    let present: BTreeMap<String, Value> = list["plugins"]
-        .as_array()
-        .map_or(vec![], |p| p.clone())
-        .into_iter()
-        .map(|p| (p["name"].as_str().unwrap_or("").to_owned(), p))
-        .collect();
-    for name in ledger.deployed.difference(&ledger.removed) {
-        if !present.contains_key(name) {
-            problems.push(format!("plugin {name} was deployed (201) but is gone"));
-        }
-    }
-    for name in &ledger.removed {
-        if present.contains_key(name) {
-            problems.push(format!("plugin {name} was removed (200) but is back"));
-        }
-    }
-    for (name, status) in &present {
-        if status["state"] == "failed" {
-            problems.push(format!("plugin {name} failed: {}", status["last_error"]));
-        }
-    }
-    if let Some(counter) = present.get("counter")
-        && counter["generation"].as_u64() < Some(ledger.swapped)
-    {
-        // Not a failure by itself: the swap shows before its manifest is
-        // written (docs/design.md#rebuild-and-swap); it must be back once
-        // the rebuild resumed and caught up (check_projections).
-        eprintln!(
-            "note: counter restarted at generation {} (rebuild {}), {} was seen serving",
-            counter["generation"], counter["rebuild"], ledger.swapped
-        );
-    }
-    problems
-}
-
-/// Every projection present, once caught up, counted each event once, and
-/// `counter` serves at least the generation its last acknowledged replay
-/// (and swap) made.
-async fn check_projections(server: &Server, log: &[Value], ledger: &Ledger) -> Vec<String> {
-    let mut problems = Vec::new();
-    let list = server.get_ok("/plugins").await;
-    let names: Vec<String> = list["plugins"].as_array().map_or(vec![], |p| {
-        p.iter()
-            .filter(|p| p["kind"] == "projection")
-            .filter_map(|p| p["name"].as_str().map(str::to_owned))
-            .collect()
-    });
-    for name in names {
-        let status = match caught_up(server, &name).await {
-            Ok(status) => status,
-            Err(status) => {
-                problems.push(format!("projection {name} did not catch up: {status}"));
-                continue;
-            }
-        };
-        let generation = status["generation"].as_u64().unwrap_or(0);
-        if name == "counter" && generation < ledger.replayed.max(ledger.swapped) {
-            problems.push(format!(
-                "counter serves generation {generation} once caught up, but its replay as \
-                 generation {} was acknowledged (202) and {} was seen serving",
-                ledger.replayed, ledger.swapped
-            ));
-        }
-        let (status, count) = server.get(&format!("/plugins/{name}/state/count")).await;
-        if status != StatusCode::OK || count.as_u64() != Some(log.len() as u64) {
-            problems.push(format!(
-                "projection {name} counted {count} ({status}) of {} events",
-                log.len()
-            ));
-        }
-    }
-    problems
-}
-
-/// Waits until `name` has handled the whole log with no rebuild running.
-async fn caught_up(server: &Server, name: &str) -> Result<Value, Value> {
-    let head = server.head().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, status) = server.get(&format!("/plugins/{name}")).await;
-        if code == StatusCode::NOT_FOUND {
-            return Err(status);
-        }
-        let done = status["checkpoint"].as_u64() >= Some(head)
-            && status["rebuild"].is_null()
-            && status["state"] == "running";
-        if done {
-            return Ok(status);
-        }
-        if Instant::now() > deadline || status["state"] == "failed" {
-            return Err(status);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Notifications: each key accepted once, every acknowledged order
-/// delivered, nothing delivered that the log does not hold, and
-/// deliveries repeated only within the window a cut allows.
-async fn check_notifications(
-    server: &Server,
-    log: &[Value],
-    ledger: &Ledger,
-    receiver: &Receiver,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let webhook = server.get("/plugins/ship/webhook").await.1;
-    if webhook["webhook"]["url"] != receiver.url.as_str() {
-        problems.push(format!("ship's webhook is {webhook}"));
-    }
-    let shipped_in_log: BTreeSet<String> = log
-        .iter()
-        .filter(|e| e["type"] == "OrderShipped")
-        .filter_map(|e| e["stream"].as_str().and_then(|s| s.strip_prefix("order-")))
-        .map(|order| format!("order-{order}-shipped"))
-        .collect();
-    match caught_up(server, "ship").await {
-        Ok(_) => {
-            let delivered = wait_until(Duration::from_secs(30), || async {
-                let status = server.get_ok("/plugins/ship").await;
-                status["notifications"]["pending"] == 0
-                    && ledger
-                        .shipped
-                        .iter()
-                        .all(|k| receiver.by_key().contains_key(k))
-            })
-            .await;
-            let status = server.get_ok("/plugins/ship").await;
-            let emitted = status["notifications"]["emitted"].as_u64().unwrap_or(0);
-            if emitted != shipped_in_log.len() as u64 {
-                problems.push(format!(
-                    "ship accepted {emitted} notifications for {} orders shipped in the log",
-                    shipped_in_log.len()
-                ));
-            }
-            if !delivered {
-                problems.push(format!(
-                    "deliveries did not finish in 30 s: {}",
-                    status["notifications"]
-                ));
-            }
-        }
-        Err(status) => problems.push(format!("ship did not catch up: {status}")),
-    }
-    problems.extend(check_deliveries(
-        &receiver.by_key(),
-        ledger,
-        &shipped_in_log,
-        receiver.epoch.load(Ordering::SeqCst),
-    ));
-    problems
-}
-
-/// Compares what the receiver got with what was acknowledged and logged.
-fn check_deliveries(
-    by_key: &BTreeMap<String, Vec<usize>>,
-    ledger: &Ledger,
-    shipped_in_log: &BTreeSet<String>,
-    epoch: usize,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let undelivered: Vec<&String> = ledger
-        .shipped
-        .iter()
-        .filter(|k| !by_key.contains_key(*k))
-        .collect();
-    if !undelivered.is_empty() {
-        problems.push(format!(
-            "{} of {} acknowledged orders were never notified, e.g. {:?}",
-            undelivered.len(),
-            ledger.shipped.len(),
-            &undelivered[..undelivered.len().min(5)]
-        ));
-    }
-    let phantoms: Vec<&String> = by_key
-        .keys()
-        .filter(|k| !shipped_in_log.contains(*k))
-        .collect();
-    if !phantoms.is_empty() {
-        problems.push(format!(
-            "{} notifications for orders the log does not hold, e.g. {:?}",
-            phantoms.len(),
-            &phantoms[..phantoms.len().min(5)]
-        ));
-    }
-    let mut again_now = 0;
-    for (key, epochs) in by_key {
-        for pair in epochs.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                problems.push(format!("{key} was delivered in epochs {epochs:?}: again without a cut just after its delivery"));
-                break;
-            }
-        }
-        again_now += usize::from(epochs.len() > 1 && epochs.last() == Some(&epoch));
-    }
-    if again_now > REDELIVERY_WINDOW {
-        problems.push(format!("{again_now} notifications were sent again after this cut (the window is {REDELIVERY_WINDOW})"));
-    }
-    eprintln!(
-        "deliveries: {} keys, {again_now} sent again after this cut",
-        by_key.len()
-    );
-    problems
 }
