@@ -14,7 +14,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 /// How temporary files end; nothing else in the data directory does.
 pub const TMP_SUFFIX: &str = ".tmp";
@@ -114,9 +116,54 @@ pub fn create_database(path: &Path) -> Result<redb::Database, redb::DatabaseErro
     Ok(db)
 }
 
+/// A redb database that can be closed and opened again: after an I/O error
+/// (a full disk) redb refuses every later write until then. Plugin state
+/// files and notifier mailboxes are these; the log has its own reopen, as
+/// its writer replays the WAL (`log/storage.rs`).
+pub struct ReopenableDb {
+    /// `None` after a reopen that failed, until one succeeds.
+    db: RwLock<Option<redb::Database>>,
+    path: PathBuf,
+}
+
+impl ReopenableDb {
+    /// Opens (or creates) the database at `path` ([`create_database`]).
+    pub fn open(path: &Path) -> Result<Self, redb::DatabaseError> {
+        Ok(Self {
+            db: RwLock::new(Some(create_database(path)?)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The open database; `None` while a reopen has not succeeded.
+    pub fn get(&self) -> Option<MappedRwLockReadGuard<'_, redb::Database>> {
+        RwLockReadGuard::try_map(self.db.read(), Option::as_ref).ok()
+    }
+
+    /// Closes the file and opens it again. It then holds its last durable
+    /// commit (redb rolls back commits made without durability).
+    pub fn reopen(&self) -> Result<(), redb::DatabaseError> {
+        let mut db = self.db.write();
+        // Closed first: redb refuses a second handle on an open file.
+        drop(db.take());
+        *db = Some(create_database(&self.path)?);
+        Ok(())
+    }
+
+    /// Whether the database is open (not after a failed reopen).
+    pub fn is_open(&self) -> bool {
+        self.db.read().is_some()
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A temporary name beside `path`, unique to this call: two writers of the
 /// same file never share one.
-fn tmp_path(path: &Path) -> std::path::PathBuf {
+fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{:016x}{TMP_SUFFIX}", fastrand::u64(..)));
     path.with_file_name(name)

@@ -66,8 +66,11 @@ impl ApiError {
     /// The status and the JSON body, `{"error": {"code", "message", …}}`;
     /// a server error is logged on the way out.
     pub fn into_body(self) -> (StatusCode, Value) {
-        // 503 (compiling, shutting down) is expected and passes: not an error of the server.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // 503 (compiling, shutting down, overloaded) is expected and passes,
+        // and a full disk (507) was logged once when the log stopped.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::INSUFFICIENT_STORAGE
+        {
             tracing::debug!(code = self.code, "{}", self.message);
         } else if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
@@ -182,6 +185,12 @@ impl From<PluginError> for ApiError {
             | PluginError::Notify(
                 NotifyError::Corrupt(_) | NotifyError::Storage(_) | NotifyError::Internal(_),
             ) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+            PluginError::Notify(NotifyError::Reopening) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "mailbox_unavailable",
+                message,
+            )
+            .retry_after(1),
         }
     }
 }

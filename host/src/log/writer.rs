@@ -347,7 +347,10 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "commit of {} appends failed", group.len());
+                // A stopped writer's refusals were logged once, when it stopped.
+                if self.broken.is_none() {
+                    tracing::error!(%error, "commit of {} appends failed", group.len());
+                }
                 if error.is_storage_failure() && self.broken.is_none() {
                     self.stop_on(&error);
                 }
@@ -481,9 +484,15 @@ impl Writer {
     /// What callers are told of `error`: a full disk as such, anything else
     /// as a failed commit.
     fn refusal(&self, error: &LogError) -> LogError {
-        match error.is_storage_full() || self.broken.as_ref().is_some_and(|b| b.storage_full) {
-            true => LogError::StorageFull(error.to_string()),
-            false => LogError::CommitFailed(error.to_string()),
+        match error {
+            LogError::StorageFull(reason) => LogError::StorageFull(reason.clone()),
+            LogError::CommitFailed(reason) => LogError::CommitFailed(reason.clone()),
+            _ if error.is_storage_full()
+                || self.broken.as_ref().is_some_and(|b| b.storage_full) =>
+            {
+                LogError::StorageFull(error.to_string())
+            }
+            _ => LogError::CommitFailed(error.to_string()),
         }
     }
 

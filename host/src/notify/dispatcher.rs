@@ -35,6 +35,11 @@ pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: Cance
             Ok(false) => {}
             Err(error) => {
                 tracing::error!(plugin = %mailbox.plugin(), %error, "notification delivery stalled");
+                if error.is_storage_failure()
+                    && let Err(error) = on_mailbox(&mailbox, Mailbox::reopen).await
+                {
+                    tracing::warn!(plugin = %mailbox.plugin(), %error, "cannot reopen the mailbox yet");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(STORAGE_RETRY) => continue,
                     () = shutdown.cancelled() => break,

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::MappedRwLockReadGuard;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -17,7 +18,7 @@ use tokio::sync::Notify;
 use super::feed::NotificationFeed;
 use super::webhook::WebhookConfig;
 use super::{NotifyError, StoredNotification};
-use crate::durable;
+use crate::durable::ReopenableDb;
 use crate::runtime::Notification;
 
 /// Sequence → (channel, key, payload, emitted at µs). Gapless from 1.
@@ -96,7 +97,7 @@ pub struct MailboxStats {
 /// dispatcher (which delivers from it) and the API (which reads it).
 pub struct Mailbox {
     plugin: Arc<str>,
-    db: Database,
+    db: ReopenableDb,
     /// Woken when there is something new to deliver or the settings changed.
     pub wake: Notify,
     feed: NotificationFeed,
@@ -105,8 +106,8 @@ pub struct Mailbox {
 impl Mailbox {
     /// Opens (or creates) the mailbox file at `path` of plugin `plugin`.
     pub fn open(path: &Path, plugin: &str, feed: NotificationFeed) -> Result<Self, NotifyError> {
-        let db = durable::create_database(path)?;
-        let txn = db.begin_write()?;
+        let db = ReopenableDb::open(path)?;
+        let txn = db.get().ok_or_else(closed)?.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(KEYS)?;
         txn.open_table(META)?;
@@ -122,6 +123,19 @@ impl Mailbox {
         })
     }
 
+    /// The open database, or an error while it reopens.
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, Database>, NotifyError> {
+        self.db.get().ok_or_else(closed)
+    }
+
+    /// Closes the file and opens it again, after a storage failure (a full
+    /// disk): redb refuses every write until then. It holds its last durable
+    /// commit afterwards; what went since (accepted keys, a cursor moved
+    /// without an fsync) is accepted or delivered again, at least once.
+    pub fn reopen(&self) -> Result<(), NotifyError> {
+        Ok(self.db.reopen()?)
+    }
+
     /// The plugin's name.
     pub fn plugin(&self) -> &Arc<str> {
         &self.plugin
@@ -133,7 +147,7 @@ impl Mailbox {
         if emitted.is_empty() {
             return Ok(emitted);
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let keys = txn.open_table(KEYS)?;
         let mut fresh = Vec::with_capacity(emitted.len());
         for n in emitted {
@@ -153,7 +167,7 @@ impl Mailbox {
         }
         let at = now_micros();
         let mut accepted = Vec::new();
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
             let mut keys = txn.open_table(KEYS)?;
@@ -193,7 +207,7 @@ impl Mailbox {
 
     /// Up to `limit` notifications after sequence `after`, in order.
     pub fn read(&self, after: u64, limit: usize) -> Result<Vec<StoredNotification>, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let log = txn.open_table(LOG)?;
         let mut out = Vec::new();
         for entry in log.range(after.saturating_add(1)..)?.take(limit) {
@@ -205,14 +219,14 @@ impl Mailbox {
 
     /// The notification with this sequence.
     pub fn get(&self, sequence: u64) -> Result<Option<StoredNotification>, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let log = txn.open_table(LOG)?;
         Ok(log.get(sequence)?.map(|v| stored(sequence, v.value())))
     }
 
     /// The webhook's settings, if one is set.
     pub fn webhook(&self) -> Result<Option<WebhookConfig>, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let sink = txn.open_table(SINK)?;
         match sink.get("webhook")? {
             None => Ok(None),
@@ -224,7 +238,7 @@ impl Mailbox {
 
     /// Sets (or with `None` removes) the webhook, durably, and wakes the dispatcher.
     pub fn set_webhook(&self, config: Option<&WebhookConfig>) -> Result<(), NotifyError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut sink = txn.open_table(SINK)?;
             match config {
@@ -245,7 +259,7 @@ impl Mailbox {
 
     /// The last sequence delivered (or dead-lettered) in order.
     pub fn cursor(&self) -> Result<u64, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         meta(&txn, META_CURSOR)
     }
 
@@ -255,7 +269,7 @@ impl Mailbox {
     /// what was delivered just before (at least once; receivers dedupe by
     /// `webhook-id`), never less.
     pub fn record(&self, outcomes: &[(u64, bool, Outcome)]) -> Result<(), NotifyError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::None)
             .map_err(|e| NotifyError::Corrupt(format!("cannot defer durability: {e}")))?;
         {
@@ -304,13 +318,13 @@ impl Mailbox {
 
     /// Makes every recorded outcome durable.
     pub fn sync(&self) -> Result<(), NotifyError> {
-        self.db.begin_write()?.commit()?;
+        self.db()?.begin_write()?.commit()?;
         Ok(())
     }
 
     /// Up to `limit` dead letters after sequence `after`.
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let dead = txn.open_table(DEAD)?;
         let log = txn.open_table(LOG)?;
         let retry = txn.open_table(RETRY)?;
@@ -336,7 +350,7 @@ impl Mailbox {
     /// Puts dead letter `sequence` on the retry list (it stays a dead letter
     /// until the retry delivers it); false if there is no such dead letter.
     pub fn retry_dead_letter(&self, sequence: u64) -> Result<bool, NotifyError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let found = {
             let found = txn.open_table(DEAD)?.get(sequence)?.is_some();
             if found {
@@ -353,7 +367,7 @@ impl Mailbox {
 
     /// The dead letters waiting to be sent again, oldest first.
     pub fn retries(&self) -> Result<Vec<u64>, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let retry = txn.open_table(RETRY)?;
         let mut out = Vec::new();
         for entry in retry.iter()? {
@@ -364,7 +378,7 @@ impl Mailbox {
 
     /// The mailbox's counters.
     pub fn stats(&self) -> Result<MailboxStats, NotifyError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let emitted = meta(&txn, META_LAST)?;
         let cursor = meta(&txn, META_CURSOR)?;
         let log = txn.open_table(LOG)?;
@@ -409,4 +423,9 @@ pub(super) fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The error of a mailbox whose reopen has not succeeded yet.
+fn closed() -> NotifyError {
+    NotifyError::Reopening
 }

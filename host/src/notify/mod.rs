@@ -38,12 +38,29 @@ pub enum NotifyError {
     /// The mailbox file failed.
     #[error("mailbox storage: {0}")]
     Storage(#[from] redb::Error),
+    /// The mailbox file is closed: a reopen after a storage failure has not
+    /// succeeded yet.
+    #[error("the mailbox is reopening after a storage failure")]
+    Reopening,
     /// A blocking task could not run to completion.
     #[error("internal: {0}")]
     Internal(String),
 }
 
 from_redb_errors!(NotifyError);
+
+impl NotifyError {
+    /// Whether the storage failed under the mailbox (an I/O error such as a
+    /// full disk, redb refusing writes after one, or a reopen not yet
+    /// done): the mailbox must be reopened.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            NotifyError::Reopening
+                | NotifyError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+}
 
 impl From<tokio::task::JoinError> for NotifyError {
     fn from(error: tokio::task::JoinError) -> Self {

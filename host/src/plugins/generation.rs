@@ -128,7 +128,13 @@ enum Attempt {
     /// A wide batch is being narrowed down before anyone is blamed: it does
     /// not count, and the retry is at once.
     Narrowing,
+    /// The storage failed (a full disk), not the plugin: it does not count,
+    /// and the retry comes every [`STORAGE_RETRY`] until a commit succeeds.
+    Storage,
 }
+
+/// How often a generation whose state file failed retries.
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// Events per second over the last second or so.
 #[derive(Default)]
@@ -245,6 +251,10 @@ impl Generation {
         }
         if self.failure.as_ref().is_some_and(Failure::waiting) {
             return false;
+        }
+        if !self.store.is_open() {
+            self.reopen_store(cx.name, "the state file is closed after a storage failure");
+            return true;
         }
         let limit = if self.checkpoint < self.narrow_until {
             1
@@ -467,12 +477,32 @@ impl Generation {
                     self.dirty = true;
                 }
             }
+            Err(error) if error.is_storage_failure() => {
+                self.reopen_store(name, &format!("committing state: {error}"));
+            }
             Err(error) => {
                 let position = self.checkpoint + 1;
                 let message = format!("committing state: {error}");
                 self.fail(name, position, message, Attempt::Counts);
             }
         }
+    }
+
+    /// After a storage failure: reopens the state file and retries a second
+    /// later, the attempt not counted. Reopened, the file holds its last
+    /// durable commit: state and checkpoint went back together, and the
+    /// events since are done again (their notifications' keys are accepted
+    /// once).
+    fn reopen_store(&mut self, name: &PluginName, failure: &str) {
+        let reopened = self.store.reopen().and_then(|()| self.store.checkpoint());
+        match reopened {
+            Ok(durable) => self.checkpoint = durable,
+            Err(error) => {
+                tracing::warn!(plugin = %name, %error, "cannot reopen the state file yet")
+            }
+        }
+        let message = format!("{failure}; retrying every second");
+        self.fail(name, self.checkpoint + 1, message, Attempt::Storage);
     }
 
     /// Records a failed attempt at `position` and when to retry it.
@@ -490,6 +520,7 @@ impl Generation {
             let backoff = match attempt {
                 Attempt::Counts => FIRST_BACKOFF * 4u32.pow(attempts.saturating_sub(1)),
                 Attempt::Narrowing => Duration::ZERO,
+                Attempt::Storage => STORAGE_RETRY,
             };
             Some(Instant::now() + backoff)
         };
@@ -525,6 +556,12 @@ impl Generation {
                 Err(error) => {
                     // Left pending: the next step tries again.
                     tracing::error!(plugin = %name, %error, "cannot post notifications to the mailbox");
+                    if let PluginError::Notify(failure) = &error
+                        && failure.is_storage_failure()
+                        && let Err(error) = mailbox.reopen()
+                    {
+                        tracing::warn!(plugin = %name, %error, "cannot reopen the mailbox yet");
+                    }
                     return;
                 }
             }

@@ -117,6 +117,18 @@ pub enum PluginError {
 
 from_redb_errors!(PluginError);
 
+impl PluginError {
+    /// Whether the storage failed under the plugin (an I/O error such as a
+    /// full disk, or redb refusing writes after one): its state file must
+    /// be reopened, and the event is retried without counting an attempt.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Io(_) | PluginError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+}
+
 impl From<tokio::task::JoinError> for PluginError {
     fn from(error: tokio::task::JoinError) -> Self {
         PluginError::Internal(format!("blocking task failed: {error}"))

@@ -4,13 +4,14 @@
 //! fold over the same storage as a plugin.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::MappedRwLockReadGuard;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::PluginError;
-use crate::durable;
+use crate::durable::ReopenableDb;
 use crate::runtime::{Notification, StateView};
 
 /// Key → value, as the plugin wrote it.
@@ -25,41 +26,54 @@ const OUTBOX: TableDefinition<u64, (&str, &str, &[u8])> = TableDefinition::new("
 
 /// One generation's state file.
 pub struct PluginStore {
-    db: Database,
-    path: PathBuf,
+    db: ReopenableDb,
 }
 
 impl PluginStore {
     /// Opens (or creates) the state file at `path`.
     pub fn open(path: &Path) -> Result<Arc<Self>, PluginError> {
-        let db = durable::create_database(path)?;
-        let txn = db.begin_write()?;
+        let db = ReopenableDb::open(path)?;
+        let txn = db.get().ok_or_else(|| closed(path))?.begin_write()?;
         txn.open_table(STATE)?;
         txn.open_table(META)?;
         txn.open_table(PARKED)?;
         txn.open_table(OUTBOX)?;
         txn.commit()?;
-        Ok(Arc::new(Self {
-            db,
-            path: path.to_path_buf(),
-        }))
+        Ok(Arc::new(Self { db }))
+    }
+
+    /// The open database, or an error while it reopens.
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, Database>, PluginError> {
+        self.db.get().ok_or_else(|| closed(self.db.path()))
+    }
+
+    /// Closes the file and opens it again: after an I/O error (a full disk)
+    /// redb refuses every write until then. It holds its last durable
+    /// commit afterwards.
+    pub fn reopen(&self) -> Result<(), PluginError> {
+        Ok(self.db.reopen()?)
+    }
+
+    /// Whether the file is open (not after a failed [`PluginStore::reopen`]).
+    pub fn is_open(&self) -> bool {
+        self.db.is_open()
     }
 
     /// Where the file is.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// The last position whose effects are in this state (0: none).
     pub fn checkpoint(&self) -> Result<u64, PluginError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get("checkpoint")?.map_or(0, |v| v.value()))
     }
 
     /// A snapshot of the committed state for one batch (or query) to read.
     pub fn view(&self) -> Result<StateView, PluginError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(StateView::new(Some(txn.open_table(STATE)?)))
     }
 
@@ -75,7 +89,7 @@ impl PluginStore {
         checkpoint: u64,
         durable: bool,
     ) -> Result<(), PluginError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| PluginError::Internal(format!("cannot defer durability: {e}")))?;
@@ -107,7 +121,7 @@ impl PluginStore {
 
     /// Up to `limit` notifications of the outbox, oldest first, with their numbers.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, Notification)>, PluginError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(OUTBOX)?;
         let mut out = Vec::new();
         for entry in table.iter()?.take(limit) {
@@ -129,7 +143,7 @@ impl PluginStore {
     /// mailbox holds them durably. Not fsynced: if a crash brings them back,
     /// the mailbox accepts each key only once.
     pub fn clear_outbox(&self, through: u64) -> Result<(), PluginError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::None)
             .map_err(|e| PluginError::Internal(format!("cannot defer durability: {e}")))?;
         txn.open_table(OUTBOX)?
@@ -141,7 +155,7 @@ impl PluginStore {
     /// Records that the event at `position` was skipped because of `error`,
     /// and moves the checkpoint past it. Durable.
     pub fn park(&self, position: u64, error: &str) -> Result<(), PluginError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             txn.open_table(PARKED)?.insert(position, error)?;
             txn.open_table(META)?.insert("checkpoint", position)?;
@@ -152,7 +166,7 @@ impl PluginStore {
 
     /// The skipped events, oldest first.
     pub fn parked(&self) -> Result<Vec<(u64, String)>, PluginError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(PARKED)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -164,7 +178,7 @@ impl PluginStore {
 
     /// The committed value under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(STATE)?;
         Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
@@ -183,7 +197,15 @@ impl PluginStore {
 
     /// Makes every earlier commit durable.
     pub fn sync(&self) -> Result<(), PluginError> {
-        self.db.begin_write()?.commit()?;
+        self.db()?.begin_write()?.commit()?;
         Ok(())
     }
+}
+
+/// The error of a state file whose reopen has not succeeded yet.
+fn closed(path: &Path) -> PluginError {
+    PluginError::Internal(format!(
+        "{} is reopening after a storage failure",
+        path.display()
+    ))
 }
