@@ -128,6 +128,12 @@ impl<'a> Iterator for Packed<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
+            // Bytes left over mean a count or a length that is wrong, and
+            // then the events read may be wrong too.
+            if !self.rest.is_empty() {
+                self.rest = &[];
+                return Some(Err(Error::msg("packed batch: bytes after its last event")));
+            }
             return None;
         }
         self.remaining -= 1;
@@ -135,6 +141,7 @@ impl<'a> Iterator for Packed<'a> {
         if event.is_err() {
             // Nothing after a damaged event can be found.
             self.remaining = 0;
+            self.rest = &[];
         }
         Some(event)
     }
@@ -190,5 +197,181 @@ mod tests {
         let mut not_utf8 = bytes.clone();
         not_utf8[4 + HEADER] = 0xff;
         assert!(Packed::new(&not_utf8).unwrap().next().unwrap().is_err());
+    }
+
+    /// Cases of each fuzz test below. The SDK does not depend on proptest,
+    /// not even for its tests: a seeded generator makes the inputs, and a
+    /// failure names its case, which reruns alike.
+    const CASES: u64 = 2000;
+
+    /// xorshift64*: enough randomness to fuzz a decoder, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn new(case: u64) -> Self {
+            Rng(case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            let len = self.below(max + 1);
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+
+        fn text(&mut self, max: usize) -> String {
+            let chars = ['a', 'Z', '-', '"', '\0', 'é', '€', '😀'];
+            let len = self.below(max + 1);
+            (0..len).map(|_| chars[self.below(chars.len())]).collect()
+        }
+    }
+
+    /// An event's fields, owned.
+    type Fields = (u64, String, u64, String, String, Vec<u8>, Vec<u8>, u64);
+
+    fn any_fields(rng: &mut Rng) -> Fields {
+        (
+            rng.next(),
+            rng.text(8),
+            rng.next(),
+            rng.text(8),
+            rng.text(36),
+            rng.bytes(24),
+            rng.bytes(12),
+            rng.next(),
+        )
+    }
+
+    fn fields(e: &Event) -> Fields {
+        (
+            e.position,
+            e.stream.to_owned(),
+            e.version,
+            e.event_type.to_owned(),
+            e.id.to_owned(),
+            e.data.to_vec(),
+            e.metadata.to_vec(),
+            e.recorded_at,
+        )
+    }
+
+    /// The batch as the host packs it (`host/src/runtime/batch.rs`), and
+    /// where each event's five lengths are.
+    fn pack_fields(events: &[Fields]) -> (Vec<u8>, Vec<usize>) {
+        let mut out = (events.len() as u32).to_le_bytes().to_vec();
+        let mut lengths = Vec::new();
+        for (position, stream, version, event_type, id, data, metadata, recorded_at) in events {
+            for n in [position, version, recorded_at] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            lengths.push(out.len());
+            let fields: [&[u8]; 5] = [
+                stream.as_bytes(),
+                event_type.as_bytes(),
+                id.as_bytes(),
+                data,
+                metadata,
+            ];
+            for f in fields {
+                out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            }
+            for f in fields {
+                out.extend_from_slice(f);
+            }
+        }
+        (out, lengths)
+    }
+
+    /// The whole batch read, or its first error; after an error the reader
+    /// must yield nothing more.
+    fn read_all(bytes: &[u8]) -> Result<Vec<Fields>, Error> {
+        let mut reader = Packed::new(bytes)?;
+        let mut events = Vec::new();
+        for event in reader.by_ref() {
+            match event {
+                Ok(event) => events.push(fields(&event)),
+                Err(error) => {
+                    assert!(reader.next().is_none(), "an event after an error");
+                    return Err(error);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn arbitrary_bytes_read_as_events_or_fail_cleanly() {
+        for case in 0..CASES {
+            let mut rng = Rng::new(case);
+            let mut bytes = match case % 3 {
+                0 => rng.bytes(128),
+                // A small count, so that the reader goes on to the events.
+                1 => [(rng.below(4) as u32).to_le_bytes().to_vec(), rng.bytes(128)].concat(),
+                _ => {
+                    let events: Vec<Fields> =
+                        (0..rng.below(4)).map(|_| any_fields(&mut rng)).collect();
+                    pack_fields(&events).0
+                }
+            };
+            for _ in 0..rng.below(4) {
+                if !bytes.is_empty() {
+                    let at = rng.below(bytes.len());
+                    bytes[at] = rng.next() as u8;
+                }
+            }
+            let _ = read_all(&bytes);
+        }
+    }
+
+    #[test]
+    fn packed_batches_round_trip() {
+        for case in 0..CASES {
+            let mut rng = Rng::new(case);
+            let events: Vec<Fields> = (0..rng.below(5)).map(|_| any_fields(&mut rng)).collect();
+            let (bytes, _) = pack_fields(&events);
+            assert_eq!(read_all(&bytes).unwrap(), events, "case {case}");
+        }
+    }
+
+    /// Every cut is an error. The batch has no checksum: a changed count,
+    /// or a changed length of the last event, is always caught (an event
+    /// cut short, or bytes left over); other changes never panic.
+    #[test]
+    fn a_cut_or_changed_batch_is_an_error_not_a_panic() {
+        for case in 0..CASES {
+            let mut rng = Rng::new(case);
+            let events: Vec<Fields> = (0..1 + rng.below(4))
+                .map(|_| any_fields(&mut rng))
+                .collect();
+            let (bytes, lengths) = pack_fields(&events);
+            for len in 0..bytes.len() {
+                assert!(
+                    read_all(&bytes[..len]).is_err(),
+                    "case {case}: a cut at {len} read whole"
+                );
+            }
+            let last = lengths[lengths.len() - 1];
+            for at in (0..4).chain(last..last + 20) {
+                let mut changed = bytes.clone();
+                changed[at] ^= 1 + rng.below(255) as u8;
+                assert!(
+                    read_all(&changed).is_err(),
+                    "case {case}: a change at {at} read whole"
+                );
+            }
+            let mut changed = bytes.clone();
+            let at = rng.below(changed.len());
+            changed[at] ^= 1 + rng.below(255) as u8;
+            let _ = read_all(&changed);
+        }
     }
 }

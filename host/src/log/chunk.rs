@@ -303,7 +303,18 @@ impl<'t, T: ReadableTable<u64, &'static [u8]>> ChunkCursor<'t, T> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use redb::{Database, ReadableDatabase, TableDefinition};
+
+    use super::super::RecordedEvent;
+    use super::super::codec::{self, tests::any_event, tests::encode};
     use super::*;
+
+    /// Cases per property test: all of them run in under a second (debug build).
+    const CASES: u32 = 256;
+
+    const CHUNKS: TableDefinition<u64, &'static [u8]> = TableDefinition::new("chunks");
 
     fn builder(first: u64, events: &[&[u8]]) -> ChunkBuilder {
         let mut chunk = ChunkBuilder::default();
@@ -361,5 +372,168 @@ mod tests {
             };
             assert!(failed, "{len} bytes read as a whole chunk");
         }
+    }
+
+    /// The whole chunk read: its events, or the first error.
+    fn read_all(first: u64, bytes: &[u8]) -> Result<Vec<(Position, &[u8])>, LogError> {
+        Chunk::new(first, bytes)?.events_from(first).collect()
+    }
+
+    /// Where a chunk is stored: small keys, and keys whose chunk reaches
+    /// the end of the positions.
+    fn any_first() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..1000u64,
+            (0..8u64).prop_map(|d| u64::MAX - d),
+            any::<u64>()
+        ]
+    }
+
+    /// Random bytes; a small count and random bytes; and valid chunks of
+    /// short events with a few bytes overwritten.
+    fn any_chunk_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let damaged = (
+            vec(vec(any::<u8>(), 0..12), 0..6),
+            vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        )
+            .prop_map(|(events, writes)| {
+                let events: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+                let mut bytes = builder(1, &events).bytes().to_vec();
+                for (at, byte) in writes {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+                bytes
+            });
+        prop_oneof![
+            vec(any::<u8>(), 0..96),
+            (0..6u32, vec(any::<u8>(), 0..96)).prop_map(|(count, rest)| {
+                let mut bytes = count.to_le_bytes().to_vec();
+                bytes.extend(rest);
+                bytes
+            }),
+            damaged,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+        /// Reading any bytes as a chunk, directly or through a stored table
+        /// and a cursor, gives events at consecutive positions and ends at
+        /// the first error; it never panics.
+        #[test]
+        fn arbitrary_bytes_read_as_events_or_fail_cleanly(
+            first in any_first(),
+            bytes in any_chunk_bytes(),
+            probe in any::<u64>(),
+        ) {
+            if let Ok(chunk) = Chunk::new(first, &bytes) {
+                let mut next = first;
+                let mut failed = false;
+                for event in chunk.events_from(first) {
+                    prop_assert!(!failed, "an event after an error");
+                    match event {
+                        Ok((position, event)) => {
+                            prop_assert_eq!(position, Position(next));
+                            let _ = codec::decode(position, event);
+                            next += 1;
+                        }
+                        Err(error) => {
+                            prop_assert!(matches!(error, LogError::Corrupt(_)));
+                            failed = true;
+                        }
+                    }
+                }
+                prop_assert!(failed || next - 1 == chunk.last());
+                for position in [probe, first, chunk.last()] {
+                    let _ = chunk.get(position);
+                }
+            }
+
+            let db = Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(CHUNKS).unwrap().insert(first, bytes.as_slice()).unwrap();
+            txn.commit().unwrap();
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(CHUNKS).unwrap();
+            let _ = last_position(&table);
+            let mut cursor = ChunkCursor::new(&table);
+            for position in (0..6).map(|i| first.wrapping_add(i)).chain([probe]) {
+                let direct = Chunk::new(first, &bytes).and_then(|c| c.get(position));
+                let via_cursor = cursor.get(position);
+                if let Ok(Some(event)) = via_cursor {
+                    prop_assert_eq!(direct.ok().flatten(), Some(event));
+                }
+            }
+        }
+
+        #[test]
+        fn chunks_of_encoded_events_round_trip(
+            first in 1..1u64 << 40,
+            events in vec(any_event(), 1..8),
+        ) {
+            let encoded: Vec<Vec<u8>> = events.iter().map(encode).collect();
+            let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let chunk = builder(first, &slices);
+            let read = read_all(first, chunk.bytes()).unwrap();
+            prop_assert_eq!(read.len(), events.len());
+            for (i, ((position, bytes), event)) in read.into_iter().zip(&events).enumerate() {
+                let position_i = first + i as u64;
+                prop_assert_eq!(position, Position(position_i));
+                let expected = RecordedEvent { position, ..event.clone() };
+                prop_assert_eq!(codec::decode(position, bytes).unwrap(), expected);
+                prop_assert_eq!(chunk.get(position_i).unwrap(), Some(slices[i]));
+                let stored = Chunk::new(first, chunk.bytes()).unwrap();
+                prop_assert_eq!(stored.events_from(position_i).count(), events.len() - i);
+            }
+            let stored = Chunk::new(first, chunk.bytes()).unwrap();
+            prop_assert_eq!(stored.last(), first + events.len() as u64 - 1);
+            prop_assert_eq!(stored.get(first - 1).unwrap(), None);
+            prop_assert_eq!(stored.get(stored.last() + 1).unwrap(), None);
+        }
+
+        /// Every cut of a chunk is an error. A chunk has no checksum: a
+        /// changed count is always caught (an event missing, or bytes left
+        /// over), a changed length almost always, a changed byte inside an
+        /// event not at all; none of them may panic.
+        #[test]
+        fn a_cut_or_changed_chunk_is_an_error_not_a_panic(
+            events in vec(any_event(), 1..6),
+            at in any::<prop::sample::Index>(),
+            flip in 1..=u8::MAX,
+        ) {
+            let encoded: Vec<Vec<u8>> = events.iter().map(encode).collect();
+            let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let chunk = builder(1, &slices);
+            let bytes = chunk.bytes();
+            for len in 0..bytes.len() {
+                prop_assert!(read_all(1, &bytes[..len]).is_err(), "a cut at {} read whole", len);
+            }
+            let mut changed = bytes.to_vec();
+            let at = at.index(changed.len());
+            changed[at] ^= flip;
+            let read = read_all(1, &changed);
+            if at < COUNT {
+                prop_assert!(read.is_err(), "a changed count read whole");
+            }
+            for (position, event) in read.into_iter().flatten() {
+                let _ = codec::decode(position, event);
+            }
+        }
+    }
+
+    #[test]
+    fn a_count_of_four_billion_allocates_nothing() {
+        let mut bytes = u32::MAX.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 0, 0, 0, 7]);
+        let chunk = Chunk::new(1, &bytes).unwrap();
+        assert_eq!(chunk.last(), u64::from(u32::MAX));
+        let mut events = chunk.events_from(1);
+        assert_eq!(events.next().unwrap().unwrap(), (Position(1), &[7][..]));
+        assert!(events.next().unwrap().is_err());
+        assert!(events.next().is_none());
     }
 }

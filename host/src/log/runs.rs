@@ -156,15 +156,24 @@ pub fn forward(
             out.push((version, r.position_of(version)));
         }
     };
+    // The version the next run must start at: runs tile the versions, so
+    // a gap or an overlap is a damaged index, not events to return.
+    let mut next = Some(from);
     if let Some(r) = holding {
         push(r, &mut out);
+        next = r.last_version().checked_add(1);
     }
     if from < u64::MAX {
         for entry in table.range((stream, from + 1)..=(stream, u64::MAX))? {
             if out.len() >= limit {
                 break;
             }
-            push(run(entry?)?, &mut out);
+            let r = run(entry?)?;
+            if next != Some(r.version) {
+                return Err(not_tiled(stream, r.version));
+            }
+            push(r, &mut out);
+            next = r.last_version().checked_add(1);
         }
     }
     Ok(out)
@@ -179,8 +188,15 @@ pub fn backward(
     limit: usize,
 ) -> Result<Vec<(u64, u64)>, LogError> {
     let mut out = Vec::new();
+    // The first version of the run walked last: the next one must end just
+    // below it, and the stream's first run must start at 0.
+    let mut above: Option<u64> = None;
     for entry in table.range((stream, 0)..=(stream, from))?.rev() {
         let r = run(entry?)?;
+        if above.is_some_and(|above| r.last_version().checked_add(1) != Some(above)) {
+            return Err(not_tiled(stream, r.version));
+        }
+        above = Some(r.version);
         let mut version = from.min(r.last_version());
         loop {
             if out.len() >= limit {
@@ -193,14 +209,28 @@ pub fn backward(
             version -= 1;
         }
     }
+    if let Some(first) = above.filter(|&first| first != 0) {
+        return Err(not_tiled(stream, first));
+    }
     Ok(out)
+}
+
+fn not_tiled(stream: u64, version: u64) -> LogError {
+    LogError::Corrupt(format!(
+        "stream {stream} has a run at version {version} that does not follow on from the one before"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
     use redb::{Database, ReadableDatabase, TableDefinition};
 
     use super::*;
+
+    /// Cases per property test: all of them run in about a second (debug build).
+    const CASES: u32 = 256;
 
     const RUNS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("runs");
 
@@ -324,5 +354,221 @@ mod tests {
             Err(LogError::Corrupt(_))
         ));
         assert!(matches!(head(&table, 9, "s"), Err(LogError::Corrupt(_))));
+    }
+
+    /// A stored entry: (stream id, first version) → (first position, count).
+    type Stored = ((u64, u64), (u64, u64));
+
+    /// A runs table in memory holding `entries`.
+    fn table_of(entries: &[Stored]) -> Database {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(RUNS).unwrap();
+            for &(key, value) in entries {
+                table.insert(key, value).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        db
+    }
+
+    /// Small numbers, numbers at the top of the range, and any.
+    fn edgy() -> impl Strategy<Value = u64> {
+        prop_oneof![0..8u64, (0..4u64).prop_map(|d| u64::MAX - d), any::<u64>()]
+    }
+
+    /// Whether `stored` has a run of `stream` that puts `version` at `position`.
+    fn stored_at(stored: &[Stored], stream: u64, version: u64, position: u64) -> bool {
+        stored.iter().any(|&((s, v), (p, count))| {
+            s == stream
+                && version >= v
+                && version - v < count
+                && p.checked_add(version - v) == Some(position)
+        })
+    }
+
+    /// The runs of streams 0–3 after `appends` ((stream, count) each, in
+    /// order from position 1), one run per append as the writer stores
+    /// them, and each stream's positions by version.
+    fn written(appends: &[(u64, u64)]) -> (Vec<Stored>, Vec<Vec<u64>>) {
+        let mut positions = vec![Vec::new(); 4];
+        let mut entries = Vec::new();
+        let mut next = 1;
+        for &(stream, count) in appends {
+            let stream_positions = &mut positions[stream as usize];
+            entries.push(((stream, stream_positions.len() as u64), (next, count)));
+            stream_positions.extend(next..next + count);
+            next += count;
+        }
+        (entries, positions)
+    }
+
+    fn any_appends() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        vec((0..4u64, 1..4u64), 1..16)
+    }
+
+    /// What `forward` and `backward` must answer for a stream whose
+    /// version `v` is at `positions[v]`.
+    fn model(positions: &[u64], from: u64, limit: usize, forward: bool) -> Vec<(u64, u64)> {
+        let all = positions.iter().enumerate().map(|(v, &p)| (v as u64, p));
+        if forward {
+            all.filter(|&(v, _)| v >= from).take(limit).collect()
+        } else {
+            all.rev().filter(|&(v, _)| v <= from).take(limit).collect()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+        /// Any entries: reads never panic, and what they return follows on
+        /// version by version from where they start, each pair as a stored
+        /// run says.
+        #[test]
+        fn arbitrary_runs_read_consistently_or_fail_cleanly(
+            entries in vec(((0..3u64, edgy()), (edgy(), edgy())), 0..8),
+            from in edgy(),
+            limit in 0..6usize,
+        ) {
+            let db = table_of(&entries);
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(RUNS).unwrap();
+            for stream in 0..3 {
+                let _ = head(&table, stream, "s");
+                let reads = [
+                    (forward(&table, stream, from, limit), true),
+                    (backward(&table, stream, from, limit), false),
+                ];
+                for (read, forward) in reads {
+                    let Ok(read) = read else { continue };
+                    prop_assert!(read.len() <= limit);
+                    if let Some(&(start, _)) = read.first() {
+                        let starts_right = if forward { start == from } else { start <= from };
+                        prop_assert!(starts_right, "{:?} from {}", read, from);
+                    }
+                    for pair in read.windows(2) {
+                        let step = if forward {
+                            pair[0].0.checked_add(1)
+                        } else {
+                            pair[0].0.checked_sub(1)
+                        };
+                        prop_assert_eq!(step, Some(pair[1].0), "{:?}", read);
+                    }
+                    for &(version, position) in &read {
+                        prop_assert!(stored_at(&entries, stream, version, position));
+                    }
+                }
+            }
+        }
+
+        /// Runs as the writer stores them (one per append) and as recovery
+        /// gathers them (`RunBuilder`) read back every version at its
+        /// position, from every starting version, both ways.
+        #[test]
+        fn written_runs_read_back_exactly(appends in any_appends(), limit in 1..5usize) {
+            let (entries, positions) = written(&appends);
+            let gathered = {
+                let db = table_of(&[]);
+                let txn = db.begin_write().unwrap();
+                {
+                    let mut table = txn.open_table(RUNS).unwrap();
+                    let mut builder = RunBuilder::default();
+                    let mut version = [0u64; 4];
+                    for (position, stream) in appends
+                        .iter()
+                        .flat_map(|&(stream, count)| (0..count).map(move |_| stream))
+                        .enumerate()
+                    {
+                        let v = &mut version[stream as usize];
+                        builder.push(&mut table, stream, *v, position as u64 + 1).unwrap();
+                        *v += 1;
+                    }
+                    builder.finish(&mut table).unwrap();
+                }
+                txn.commit().unwrap();
+                db
+            };
+            for db in [table_of(&entries), gathered] {
+                let txn = db.begin_read().unwrap();
+                let table = txn.open_table(RUNS).unwrap();
+                for (stream, positions) in positions.iter().enumerate() {
+                    let stream = stream as u64;
+                    let len = positions.len() as u64;
+                    if len == 0 {
+                        prop_assert!(head(&table, stream, "s").is_err());
+                    } else {
+                        prop_assert_eq!(head(&table, stream, "s").unwrap(), len - 1);
+                    }
+                    for from in (0..=len + 1).chain([u64::MAX]) {
+                        for limit in [limit, usize::MAX] {
+                            prop_assert_eq!(
+                                forward(&table, stream, from, limit).unwrap(),
+                                model(positions, from, limit, true)
+                            );
+                            prop_assert_eq!(
+                                backward(&table, stream, from, limit).unwrap(),
+                                model(positions, from, limit, false)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Runs carry no checksum. A run moved to another version, a run
+        /// lost or a wrong count anywhere but in the stream's last run
+        /// leaves a gap or an overlap, which a whole read reports; a wrong
+        /// position, or a wrong count or a loss at the end, reads as what
+        /// is stored (nothing in the index can tell), without a panic.
+        #[test]
+        fn a_damaged_run_is_an_error_when_runs_no_longer_tile(
+            appends in any_appends(),
+            pick in any::<prop::sample::Index>(),
+            damage in 0..4u8,
+            delta in 1..4u64,
+            up in any::<bool>(),
+        ) {
+            let (mut entries, _) = written(&appends);
+            let at = pick.index(entries.len());
+            let ((stream, version), (position, count)) = entries[at];
+            let last = !entries.iter().any(|&((s, v), _)| s == stream && v > version);
+            let shift = |n: u64| if up { n.checked_add(delta) } else { n.checked_sub(delta) };
+            let detectable = match damage {
+                0 => {
+                    let moved = shift(version);
+                    let free = |m: u64| !entries.iter().any(|&(key, _)| key == (stream, m));
+                    prop_assume!(moved.is_some_and(free));
+                    entries[at].0.1 = moved.unwrap_or_default();
+                    true
+                }
+                1 => {
+                    entries.remove(at);
+                    !last
+                }
+                2 => {
+                    entries[at].1.1 = shift(count).unwrap_or_default();
+                    !last
+                }
+                _ => {
+                    entries[at].1.0 = shift(position).unwrap_or_default();
+                    false
+                }
+            };
+            let db = table_of(&entries);
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(RUNS).unwrap();
+            // More than any stream written here holds: a whole read.
+            let limit = 64;
+            let forward = forward(&table, stream, 0, limit);
+            let backward = backward(&table, stream, u64::MAX, limit);
+            let _ = head(&table, stream, "s");
+            if detectable {
+                prop_assert!(forward.is_err(), "forward read {:?} from {:?}", forward, entries);
+                prop_assert!(backward.is_err(), "backward read {:?} from {:?}", backward, entries);
+            }
+        }
     }
 }
