@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     let elapsed = started.elapsed();
-                    plugins.remove(&name).await?;
+                    plugins.remove(&name, true).await?;
                     elapsed
                 }
             };

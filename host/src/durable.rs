@@ -73,6 +73,14 @@ pub fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
+/// Renames `from` to `to`, durably: both directories are synced (the new
+/// name first, so that a cut leaves the file under one name at least).
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    sync_parent(to)?;
+    sync_parent(from)
+}
+
 /// Removes the file at `path`, durably. A file already gone is not an error.
 pub fn remove_file(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {

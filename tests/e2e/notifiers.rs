@@ -614,3 +614,54 @@ async fn an_https_webhook_checks_the_receivers_certificate() {
     // TLS was spoken, and a self-signed certificate is not trusted.
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
+
+#[tokio::test]
+async fn a_removed_notifier_deployed_again_sends_nothing_twice_unless_purged() {
+    let dir = data_dir();
+    let server = Server::start_in(dir.path(), &[]).await;
+    deploy_notifier(&server).await;
+    let receiver = Receiver::start(0).await;
+    set_webhook(
+        &server,
+        "ship",
+        json!({"url": receiver.url, "secret": SECRET}),
+    )
+    .await;
+    ship_orders(&server, 0..5).await;
+    receiver.wait_for(5).await;
+
+    // Removed and deployed again: the kept mailbox knows every key, and
+    // its webhook setting, so only the new order is sent.
+    let removed = server.request(reqwest::Method::DELETE, "/plugins/ship");
+    let (status, body) = crate::harness::into_json(removed.send().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["purged"], false);
+    deploy_notifier(&server).await;
+    server.wait_caught_up("ship").await;
+    ship_orders(&server, 5..6).await;
+    receiver.wait_for(6).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(receiver.accepted().len(), 6, "history was sent again");
+
+    // Purged: a notifier deployed again starts from nothing (and has no
+    // webhook until one is set), so history goes out again.
+    let purged = server.request(reqwest::Method::DELETE, "/plugins/ship?purge=true");
+    let (status, body) = crate::harness::into_json(purged.send().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["purged"], true);
+    deploy_notifier(&server).await;
+    let view = server.get_ok("/plugins/ship/webhook").await;
+    assert!(view["webhook"].is_null(), "{view}");
+    set_webhook(
+        &server,
+        "ship",
+        json!({"url": receiver.url, "secret": SECRET}),
+    )
+    .await;
+    // The same keys, so the same webhook ids: counted as deliveries.
+    let resent = wait_until(Duration::from_secs(60), || async {
+        receiver.accepted().len() >= 12
+    })
+    .await;
+    assert!(resent, "history was not sent again after the purge");
+}

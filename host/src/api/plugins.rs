@@ -81,10 +81,21 @@ pub async fn status(
 pub async fn remove(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    Query(query): Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    state.plugins.remove(&name).await?;
-    Ok(axum::Json(json!({ "deleted": name.as_str() })).into_response())
+    let purge = query.purge.unwrap_or(false);
+    state.plugins.remove(&name, purge).await?;
+    Ok(axum::Json(json!({ "deleted": name.as_str(), "purged": purge })).into_response())
+}
+
+/// `DELETE /plugins/{name}?purge=true` also deletes a notifier's mailbox,
+/// which a remove otherwise keeps for a notifier deployed again under the
+/// name (so that it sends nothing twice).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    purge: Option<bool>,
 }
 
 /// Rebuilds a plugin from position 0 beside its serving version.

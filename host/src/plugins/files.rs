@@ -48,22 +48,53 @@ impl PluginDir {
 
     /// Creates the directory for a first deploy. Files without a manifest
     /// are a deploy that never finished, or a remove that did not (the
-    /// process died, or the power): this one starts from nothing.
+    /// process died, or the power): this one starts from nothing, but for a
+    /// notifier's mailbox, which is kept aside ([`PluginDir::remove`]).
     pub fn create(&self) -> Result<(), PluginError> {
         if self.path.exists() && !self.is_deployed() {
-            durable::remove_dir_all(&self.path)?;
+            self.delete_undeployed()?;
         }
         durable::create_dir_all(&self.path)?;
         Ok(())
     }
 
-    /// Deletes the directory and everything in it. The manifest goes first
-    /// and durably: that is the moment the plugin is gone, and a cut after
-    /// it leaves only files that [`PluginDir::create`] or
-    /// [`PluginDir::clear_unfinished`] clears.
-    pub fn remove(&self) -> Result<(), PluginError> {
+    /// Deletes the plugin. The manifest goes first and durably: that is the
+    /// moment the plugin is gone, and a cut after it leaves only files that
+    /// [`PluginDir::create`] or [`PluginDir::clear_unfinished`] clears. A
+    /// notifier's mailbox (the keys it accepted, what it delivered, its
+    /// webhook settings) is kept aside, so that a notifier deployed again
+    /// under the name sends nothing twice; with `purge` it is deleted too.
+    pub fn remove(&self, purge: bool) -> Result<(), PluginError> {
         durable::remove_file(&self.path.join(Self::MANIFEST))?;
+        if purge {
+            durable::remove_dir_all(&self.path)?;
+            durable::remove_file(&self.kept_mailbox_path())?;
+            return Ok(());
+        }
+        self.delete_undeployed()
+    }
+
+    /// Deletes a directory without a manifest, keeping its mailbox aside.
+    fn delete_undeployed(&self) -> Result<(), PluginError> {
+        let mailbox = self.mailbox_path();
+        if mailbox.exists() {
+            let kept = self.kept_mailbox_path();
+            if let Some(dir) = kept.parent() {
+                durable::create_dir_all(dir)?;
+            }
+            durable::rename(&mailbox, &kept)?;
+        }
         durable::remove_dir_all(&self.path)?;
+        Ok(())
+    }
+
+    /// Takes back the mailbox a removed notifier of this name left aside,
+    /// unless the plugin has one. Before the mailbox is opened.
+    pub fn take_kept_mailbox(&self) -> Result<(), PluginError> {
+        let kept = self.kept_mailbox_path();
+        if kept.exists() && !self.mailbox_path().exists() {
+            durable::rename(&kept, &self.mailbox_path())?;
+        }
         Ok(())
     }
 
@@ -74,7 +105,7 @@ impl PluginDir {
     /// temporary file goes. Answers whether the plugin is deployed.
     pub fn clear_unfinished(&self) -> Result<bool, PluginError> {
         if !self.is_deployed() {
-            durable::remove_dir_all(&self.path)?;
+            self.delete_undeployed()?;
             return Ok(false);
         }
         durable::remove_leftovers(&self.path)?;
@@ -160,6 +191,17 @@ impl PluginDir {
     /// A notifier's mailbox.
     pub fn mailbox_path(&self) -> PathBuf {
         self.path.join("mailbox.redb")
+    }
+
+    /// Where a removed notifier's mailbox waits for a notifier of the same
+    /// name: `plugins/.removed/<name>.mailbox.redb` (no plugin name starts
+    /// with a dot).
+    fn kept_mailbox_path(&self) -> PathBuf {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let plugins = self.path.parent().unwrap_or(&self.path);
+        plugins
+            .join(".removed")
+            .join(format!("{name}.mailbox.redb"))
     }
 
     fn wasm_path(&self, hash: &str) -> PathBuf {

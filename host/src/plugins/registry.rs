@@ -218,6 +218,9 @@ impl Plugins {
         live: Generation,
         rebuild: Option<Generation>,
     ) -> Result<(), PluginError> {
+        if live.plugin.is_notifier() {
+            dir.take_kept_mailbox()?;
+        }
         let mailbox = match live.plugin.is_notifier() {
             true => Some(Arc::new(Mailbox::open(
                 &dir.mailbox_path(),
@@ -376,7 +379,7 @@ impl Plugins {
             if let Some(entry) = self.take_entry(name) {
                 entry.stop().await;
             }
-            let _ = blocking::run(move || dir.remove()).await;
+            let _ = blocking::run(move || dir.remove(false)).await;
             return Err(error);
         }
         Ok(DeployOutcome::Created)
@@ -441,7 +444,9 @@ impl Plugins {
     }
 
     /// Stops the plugin and deletes its directory (state, code, checkpoint).
-    pub async fn remove(&self, name: &PluginName) -> Result<(), PluginError> {
+    /// A notifier's mailbox is kept aside for a notifier deployed again
+    /// under the name, unless `purge` ([`PluginDir::remove`]).
+    pub async fn remove(&self, name: &PluginName, purge: bool) -> Result<(), PluginError> {
         let _lifecycle = self.lifecycle(name).await;
         self.shared(name)?;
         let entry = self
@@ -449,7 +454,7 @@ impl Plugins {
             .ok_or_else(|| PluginError::NotFound(name.to_string()))?;
         entry.stop().await;
         let dir = self.plugin_dir(name);
-        blocking::run(move || dir.remove()).await
+        blocking::run(move || dir.remove(purge)).await
     }
 
     /// Pauses the plugin.
