@@ -453,7 +453,7 @@ mod tests {
         let everything = EventFilter::default();
         let in_redb = |log: &EventLog| {
             reader::read_log(
-                &*log.inner.db.get().unwrap(),
+                &log.inner.db.get().unwrap(),
                 Position(1),
                 usize::MAX,
                 &everything,
