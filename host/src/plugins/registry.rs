@@ -428,7 +428,10 @@ impl Plugins {
             Generation::new(number, plugin, store)
         })
         .await?;
-        self.send(name, Control::Rebuild(Box::new(generation)))?;
+        let (saved, manifest) = oneshot::channel();
+        let generation = Box::new(generation);
+        self.send(name, Control::Rebuild { generation, saved })?;
+        manifest.await.map_err(|_| PluginError::ShuttingDown)??;
         // Shown at once, before the runner picks the rebuild up.
         shared.status.write().state = RunState::Replaying;
         Ok(number)

@@ -29,8 +29,13 @@ pub(super) enum Control {
     Skip {
         reply: oneshot::Sender<Result<u64, PluginError>>,
     },
-    /// Build this generation from position 0 beside the serving one, then swap.
-    Rebuild(Box<Generation>),
+    /// Build this generation from position 0 beside the serving one, then
+    /// swap; `saved` is answered once the manifest naming it is durable (a
+    /// replay or a deploy of new code is acknowledged then, not before).
+    Rebuild {
+        generation: Box<Generation>,
+        saved: oneshot::Sender<Result<(), PluginError>>,
+    },
     /// Make everything durable and stop.
     Stop,
 }
@@ -154,11 +159,11 @@ impl Runner {
             Control::Skip { reply } => {
                 let _ = reply.send(self.skip());
             }
-            Control::Rebuild(generation) => {
+            Control::Rebuild { generation, saved } => {
                 if let Some(old) = self.rebuild.replace(*generation) {
                     remove_generation(old);
                 }
-                self.save_manifest();
+                let _ = saved.send(self.save_manifest());
             }
             Control::Stop => return false,
         }
@@ -230,11 +235,12 @@ impl Runner {
         let old = std::mem::replace(&mut self.live, next);
         // The new version's outbox holds only keys never sent before.
         self.post_outbox();
+        // Durable before it shows: a cut never takes back a swap seen.
+        let _ = self.save_manifest();
         *self.shared.serving.write() = Serving {
             plugin: self.live.plugin.clone(),
             store: self.live.store.clone(),
         };
-        self.save_manifest();
         tracing::info!(plugin = %self.shared.name, generation = self.live.number, checkpoint = self.live.checkpoint, "rebuild caught up; swapped in");
         let old_hash = old.plugin.hash.clone();
         remove_generation(old);
@@ -243,7 +249,9 @@ impl Runner {
         }
     }
 
-    fn save_manifest(&self) {
+    /// Writes the manifest for the generations held now; a failure is
+    /// logged, and answered.
+    fn save_manifest(&self) -> Result<(), PluginError> {
         let manifest = Manifest {
             generation: self.live.number,
             hash: self.live.plugin.hash.clone(),
@@ -252,9 +260,11 @@ impl Runner {
                 .as_ref()
                 .map(|r| (r.number, r.plugin.hash.clone())),
         };
-        if let Err(error) = self.dir.save_manifest(&manifest) {
+        let saved = self.dir.save_manifest(&manifest);
+        if let Err(error) = &saved {
             tracing::error!(plugin = %self.shared.name, %error, "cannot save the plugin's manifest");
         }
+        saved
     }
 
     fn run_state(&self, head: u64) -> RunState {
