@@ -116,6 +116,18 @@ impl Target {
             .ok()?;
         Some(kib / 1024.0)
     }
+
+    /// The server's CPU time so far in seconds (user and system, every
+    /// thread), from `/proc/<pid>/stat` in `USER_HZ` ticks: 100 a second.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        // Counted from the state, after `pid (comm) `: utime is the 12th
+        // field, stime the 13th.
+        let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+        let utime: f64 = fields.nth(11)?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
 }
 
 /// The URL of a server `Eventfold::start` started: it passes `--addr` on
@@ -314,7 +326,10 @@ fn summarize(start_rss: Option<f64>, samples: &[Sample]) {
         // once the caches are full means the second half's is near zero.
         let half = end.streams / 2;
         let at = |n: u64| rss.iter().find(|(s, _)| *s >= n).copied();
-        if let (Some(a), Some(b), Some(c)) = (rss.first().copied(), at(half), rss.last().copied()) {
+        let a = (0, start);
+        if let (Some(b), Some(c)) = (at(half).filter(|b| b.0 > 0), rss.last().copied())
+            && c.0 > b.0
+        {
             let per_million = |(s0, r0): (u64, f64), (s1, r1): (u64, f64)| {
                 (r1 - r0) / ((s1 - s0).max(1) as f64 / 1e6)
             };
@@ -381,6 +396,7 @@ async fn compare(args: &Args, target: &Target) -> anyhow::Result<()> {
     // The 1,000 streams' versions, carried from round to round.
     let mut few: Vec<Option<u64>> = vec![None; FEW_STREAMS as usize];
     let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..args.rounds {
         let mut order = [Workload::Few, Workload::New, Workload::Again];
         if round % 2 == 1 {
@@ -389,35 +405,43 @@ async fn compare(args: &Args, target: &Target) -> anyhow::Result<()> {
         }
         for workload in order {
             let started = Instant::now();
+            let cpu_before = target.cpu_seconds();
             drive(args, target, workload, round, &mut few).await?;
             let rate = args.appends as f64 / started.elapsed().as_secs_f64();
+            let us = cpu_before
+                .zip(target.cpu_seconds())
+                .map(|(a, b)| (b - a) * 1e6 / args.appends as f64);
             println!(
-                "round {} {:<20} {:>10.0} appends/s   RSS {} MiB",
+                "round {} {:<20} {:>10.0} appends/s {:>6} server µs/append   RSS {} MiB",
                 round + 1,
                 workload.name(),
                 rate,
+                us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
                 mib(target.rss_mib())
             );
             rates[workload as usize].push(rate);
+            cpu[workload as usize].extend(us);
         }
     }
     let median = |r: &mut Vec<f64>| {
         r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        r.get(r.len() / 2).copied()
     };
-    let few_rate = median(&mut rates[0]);
+    let few_rate = median(&mut rates[0]).unwrap_or(f64::NAN);
     println!();
     println!(
-        "{:<20} {:>12} {:>16}",
-        "workload", "appends/s", "÷ 1,000 streams"
+        "{:<20} {:>12} {:>16} {:>18}",
+        "workload", "appends/s", "÷ 1,000 streams", "server µs/append"
     );
     for workload in [Workload::Few, Workload::New, Workload::Again] {
-        let rate = median(&mut rates[workload as usize]);
+        let rate = median(&mut rates[workload as usize]).unwrap_or(f64::NAN);
+        let us = median(&mut cpu[workload as usize]);
         println!(
-            "{:<20} {:>12.0} {:>16.2}",
+            "{:<20} {:>12.0} {:>16.2} {:>18}",
             workload.name(),
             rate,
-            rate / few_rate
+            rate / few_rate,
+            us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"))
         );
     }
     println!(
