@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
 use super::storage::DbSlot;
-use super::writer::{Command, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, Writer};
+use super::writer::{Broken, Command, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, Writer};
 use super::{AppendOutcome, LogError, StreamAppend};
 
 /// The writer, and the requests waiting for it.
@@ -58,7 +58,7 @@ pub(super) struct Queue {
     /// The readers' database, which a reopen replaces.
     db: Arc<DbSlot>,
     /// Why the writer stopped, as `/health` shows it (`None`: it runs).
-    failure: RwLock<Option<String>>,
+    failure: RwLock<Option<Broken>>,
     /// When the writer thread last tried to reopen a stopped writer.
     reopened_at: Mutex<Instant>,
 }
@@ -133,6 +133,7 @@ impl Queue {
 
     /// Appends, and answers once the appends are durable.
     pub async fn submit(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendOutcome>, LogError> {
+        self.refuse_if_stopped()?;
         let permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
         let command = Command {
@@ -202,13 +203,22 @@ impl Queue {
     fn note_failure(&self, writer: &Writer) {
         let stopped = writer.broken().is_some();
         if stopped != self.failure.read().is_some() {
-            *self.failure.write() = writer.broken().map(|b| b.reason.clone());
+            *self.failure.write() = writer.broken().cloned();
         }
     }
 
     /// Why the writer stopped, if it did.
     pub fn storage_failure(&self) -> Option<String> {
-        self.failure.read().clone()
+        self.failure.read().as_ref().map(|b| b.reason.clone())
+    }
+
+    /// The refusal of a stopped writer, told without waiting for it (a
+    /// reopen may hold it for a while).
+    fn refuse_if_stopped(&self) -> Result<(), LogError> {
+        match self.failure.read().as_ref() {
+            None => Ok(()),
+            Some(broken) => Err(broken.refusal()),
+        }
     }
 
     /// A stopped writer reopens the log, once a second, until that works.
@@ -220,7 +230,6 @@ impl Queue {
         if reopened_at.elapsed() < REOPEN_INTERVAL {
             return;
         }
-        *reopened_at = Instant::now();
         let mut writer = self.writer();
         if writer.broken().is_none() {
             return;
@@ -232,6 +241,8 @@ impl Queue {
             Ok(Err(error)) => tracing::warn!(%error, "the log cannot reopen yet"),
             Err(_) => tracing::error!("reopening the log panicked"),
         }
+        // A second from the end of this attempt: appends get their answer meanwhile.
+        *reopened_at = Instant::now();
         self.note_failure(&writer);
     }
 
@@ -239,7 +250,9 @@ impl Queue {
     /// writer's open transaction if it holds any of them. Blocking: it may
     /// wait for a commit in progress. A panic stops the writer, as in a commit.
     pub fn settle(&self, head: u64) -> Result<(), LogError> {
-        if self.settled.load(Ordering::Acquire) >= head {
+        // A stopped writer holds no open transaction: nothing to settle, and
+        // no need to wait for a reopen in progress.
+        if self.settled.load(Ordering::Acquire) >= head || self.failure.read().is_some() {
             return Ok(());
         }
         let mut writer = self.writer();

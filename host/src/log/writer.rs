@@ -167,6 +167,20 @@ pub(super) struct Broken {
     pub storage_full: bool,
 }
 
+impl Broken {
+    /// What an append is told while the writer is stopped.
+    pub fn refusal(&self) -> LogError {
+        match self.storage_full {
+            true => LogError::StorageFull(self.reason.clone()),
+            false => LogError::CommitFailed(format!(
+                "the writer stopped after an earlier failure ({}); it reopens the log \
+                 every second until that succeeds",
+                self.reason
+            )),
+        }
+    }
+}
+
 /// What a group (or one request within it) has changed, not yet committed.
 struct Pending {
     heads: HashMap<String, StreamHead>,
@@ -368,14 +382,7 @@ impl Writer {
         results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
     ) -> Result<(), LogError> {
         if let Some(broken) = &self.broken {
-            return Err(match broken.storage_full {
-                true => LogError::StorageFull(broken.reason.clone()),
-                false => LogError::CommitFailed(format!(
-                    "the writer stopped after an earlier failure ({}); it reopens the log \
-                     every second until that succeeds",
-                    broken.reason
-                )),
-            });
+            return Err(broken.refusal());
         }
         let (txn, holds_groups) = match self.open.take() {
             Some(txn) => (txn, true),

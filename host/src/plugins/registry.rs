@@ -546,15 +546,15 @@ impl Plugins {
         }
     }
 
-    /// Waits for the plugin's lifecycle lock.
+    /// Waits for the plugin's lifecycle lock. Locks nobody holds or waits
+    /// for are dropped on the way, so names that clients make up (a remove
+    /// of a plugin that does not exist) leave nothing behind.
     async fn lifecycle(&self, name: &PluginName) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .inner
-            .lifecycles
-            .lock()
-            .entry(name.clone())
-            .or_default()
-            .clone();
+        let lock = {
+            let mut lifecycles = self.inner.lifecycles.lock();
+            lifecycles.retain(|_, lock| Arc::strong_count(lock) > 1);
+            lifecycles.entry(name.clone()).or_default().clone()
+        };
         lock.lock_owned().await
     }
 
