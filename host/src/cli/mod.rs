@@ -187,6 +187,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (stderr on a full disk) is dropped:
+        // reporting it would `eprintln!`, which panics when stderr fails,
+        // and take down the thread that logged (the writer's, a plugin's).
+        .log_internal_errors(false)
         .init();
     let addr = args.addr;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
