@@ -98,7 +98,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::log::codec::EncodeEvent;
+    use crate::log::codec;
     use crate::log::tables::STREAMS;
     use crate::log::{
         Direction, EventFilter, EventLog, EventType, ExpectedVersion, LOG_FILE, NewEvent, Position,
@@ -135,17 +135,7 @@ mod tests {
                         metadata: b"{}".to_vec(),
                         recorded_at: position,
                     };
-                    let mut buf = Vec::new();
-                    EncodeEvent {
-                        stream: &event.stream,
-                        version: event.version,
-                        recorded_at: event.recorded_at,
-                        id: event.id,
-                        event_type: &event.event_type,
-                        metadata: &event.metadata,
-                        data: &event.data,
-                    }
-                    .encode(&mut buf);
+                    let buf = codec::tests::encode(&event);
                     events.insert(position, buf.as_slice()).unwrap();
                     index
                         .insert((stream as u64, versions[stream]), position)
