@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::portable_json;
 use crate::config::Limits;
 use crate::log::{EventType, ExpectedVersion, NewEvent, StreamAppend, StreamName};
 
@@ -110,8 +111,8 @@ fn to_event(event: EventBody<'_>, limits: &Limits) -> Result<NewEvent, ApiError>
             ));
         }
     };
-    check_depth("data", data, limits.max_json_depth)?;
-    check_depth("metadata", metadata, limits.max_json_depth)?;
+    portable_json::check("data", data, limits.max_json_depth)?;
+    portable_json::check("metadata", metadata, limits.max_json_depth)?;
     let size = event_type.as_str().len() + data.len() + metadata.len();
     if size > limits.max_event_bytes {
         return Err(ApiError::new(
@@ -129,57 +130,6 @@ fn to_event(event: EventBody<'_>, limits: &Limits) -> Result<NewEvent, ApiError>
         data: data.to_vec(),
         metadata: metadata.to_vec(),
     })
-}
-
-/// Refuses `json` (valid JSON) nested deeper than `limit` arrays and objects.
-fn check_depth(field: &str, json: &[u8], limit: usize) -> Result<(), ApiError> {
-    let depth = json_depth(json, limit);
-    if depth <= limit {
-        return Ok(());
-    }
-    Err(ApiError::bad_request(
-        "invalid_body",
-        format!(
-            "`{field}` nests arrays and objects more than {limit} deep (the limit, --max-json-depth)"
-        ),
-    ))
-}
-
-/// How deep arrays and objects nest in `json` (valid JSON), counted up to
-/// `limit + 1`. Each level takes a bracket, so JSON with no more than
-/// `limit` brackets is not scanned further: the common case costs one
-/// vectorised count.
-fn json_depth(json: &[u8], limit: usize) -> usize {
-    let brackets = json.iter().filter(|&&b| b == b'[' || b == b'{').count();
-    if brackets <= limit {
-        return brackets;
-    }
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-                if deepest > limit {
-                    return deepest;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// `"any"` (also when absent), `"no_stream"`, `"exists"`, or the integer
@@ -241,19 +191,6 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 "{bad}"
             );
-        }
-    }
-
-    #[test]
-    fn json_depth_counts_nesting_outside_strings() {
-        for (json, limit, depth) in [
-            ("1", 4, 0),
-            ("[[1],[2]]", 1, 2),
-            (r#"{"a":[{"b":1}]}"#, 2, 3),
-            (r#"["[[[[","\\\"[[[["]"#, 1, 1),
-            (r#"[[[[[]]]]]"#, 2, 3),
-        ] {
-            assert_eq!(json_depth(json.as_bytes(), limit), depth, "{json}");
         }
     }
 

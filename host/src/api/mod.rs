@@ -13,6 +13,7 @@ mod health;
 mod intake;
 mod notifications;
 mod plugins;
+mod portable_json;
 mod render;
 mod slots;
 mod streams;
