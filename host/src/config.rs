@@ -29,6 +29,8 @@ pub struct Config {
     /// Most events a second one plugin's rebuild reads; `None`: as fast as
     /// it can.
     pub replay_rate: Option<u64>,
+    /// How long notifiers keep delivered notifications.
+    pub notification_retention: crate::notify::Retention,
     /// A directory whose `.wasm` files are deployed at start and whenever
     /// they appear or change (the plugin is named after the file).
     pub plugins_dir: Option<PathBuf>,
@@ -49,6 +51,7 @@ impl Config {
             plugin_limits: crate::runtime::SandboxLimits::default(),
             max_plugin_bytes: 64 << 20,
             replay_rate: None,
+            notification_retention: crate::notify::Retention::default(),
             plugins_dir: None,
         }
     }

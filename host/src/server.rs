@@ -55,6 +55,7 @@ impl Server {
         let plugins_config = PluginsConfig {
             limits: config.plugin_limits,
             replay_rate: config.replay_rate,
+            retention: config.notification_retention,
         };
         let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;
         Ok(Self {

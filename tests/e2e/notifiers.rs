@@ -399,7 +399,9 @@ async fn a_receiver_down_for_good_fills_dead_letters_and_a_retry_delivers() {
 #[tokio::test]
 async fn replaying_a_notifier_sends_nothing_new() {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    // Delivered notifications are deleted past the newest 3: their keys
+    // stay, so the replay still sends none of them again.
+    let server = Server::start_in(dir.path(), &["--keep-delivered", "3"]).await;
     deploy_notifier(&server).await;
     let receiver = Receiver::start(0).await;
     set_webhook(
@@ -447,6 +449,20 @@ async fn replaying_a_notifier_sends_nothing_new() {
     );
     let status = server.get_ok("/plugins/ship").await;
     assert_eq!(status["notifications"]["emitted"], 11);
+    let kept = || async {
+        let page = server.get_ok("/plugins/ship/notifications").await;
+        let sequences: Vec<u64> = page["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["sequence"].as_u64())
+            .collect();
+        sequences == [9, 10, 11]
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), kept).await,
+        "the mailbox keeps the newest 3 delivered notifications"
+    );
 }
 
 #[tokio::test]

@@ -112,6 +112,15 @@ struct ServeArgs {
     /// plugins (default: no limit).
     #[arg(long, env = "EVENTFOLD_REPLAY_RATE", value_parser = clap::value_parser!(u64).range(1..))]
     replay_rate: Option<u64>,
+    /// Delete a delivered notification once it was emitted this long ago
+    /// (e.g. 7d, 12h; "forever" keeps them). Its key is kept regardless, so
+    /// it is never sent again.
+    #[arg(long, env = "EVENTFOLD_KEEP_DELIVERED_FOR", default_value = "7d", value_parser = parse_age)]
+    keep_delivered_for: Unbounded<Duration>,
+    /// Keep at most this many delivered notifications per notifier, the
+    /// newest ("all" keeps every one).
+    #[arg(long, env = "EVENTFOLD_KEEP_DELIVERED", default_value = "1000000", value_parser = parse_count)]
+    keep_delivered: Unbounded<u64>,
     /// Deploy every .wasm in this directory at start, and hot-load files
     /// that appear or change (the plugin is named after the file).
     #[arg(long, env = "EVENTFOLD_PLUGINS_DIR")]
@@ -153,7 +162,36 @@ impl ServeArgs {
         config.plugin_limits.deadline = self.plugin_deadline;
         config.max_plugin_bytes = self.max_plugin_bytes;
         config.replay_rate = self.replay_rate;
+        config.notification_retention = crate::notify::Retention {
+            max_age: self.keep_delivered_for.0,
+            max_count: self.keep_delivered.0,
+        };
         config
+    }
+}
+
+/// A limit that can be switched off (`None`).
+#[derive(Debug, Clone, Copy)]
+struct Unbounded<T>(Option<T>);
+
+/// A duration such as `7d`, or `forever`.
+fn parse_age(text: &str) -> Result<Unbounded<Duration>, String> {
+    match text {
+        "forever" => Ok(Unbounded(None)),
+        _ => humantime::parse_duration(text)
+            .map(|age| Unbounded(Some(age)))
+            .map_err(|e| format!("{e} (a duration such as 7d or 12h, or \"forever\")")),
+    }
+}
+
+/// A count, or `all`.
+fn parse_count(text: &str) -> Result<Unbounded<u64>, String> {
+    match text {
+        "all" => Ok(Unbounded(None)),
+        _ => text
+            .parse()
+            .map(|count| Unbounded(Some(count)))
+            .map_err(|e| format!("{e} (a count, or \"all\")")),
     }
 }
 

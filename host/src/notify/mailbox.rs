@@ -4,15 +4,21 @@
 //!
 //! It belongs to the plugin, not to a generation: a replay rebuilds state
 //! beside the serving version, but what was sent stays sent.
+//!
+//! Delivered notifications are deleted once past the [`Retention`]; their
+//! keys stay for ever as 16-byte digests, because a replay from position 0
+//! can always emit them again.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::MappedRwLockReadGuard;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    TableDefinition, TableHandle, WriteTransaction,
 };
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::feed::NotificationFeed;
@@ -23,8 +29,12 @@ use crate::runtime::Notification;
 
 /// Sequence → (channel, key, payload, emitted at µs). Gapless from 1.
 const LOG: TableDefinition<u64, (&str, &str, &[u8], u64)> = TableDefinition::new("notifications");
-/// Key → sequence: a key here is never accepted (so never sent) again.
-const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
+/// The digest of every key accepted (see [`key_digest`]): a key here is
+/// never accepted (so never sent) again.
+const KEY_DIGESTS: TableDefinition<u128, ()> = TableDefinition::new("key_digests");
+/// Key → sequence, as mailboxes kept keys before digests; moved into
+/// [`KEY_DIGESTS`] when such a mailbox is opened.
+const LEGACY_KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
 /// Counters and the webhook's cursor (see the `META_*` names).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Dead letters: sequence → (attempts, last error, when µs).
@@ -39,6 +49,33 @@ const META_CURSOR: &str = "webhook_cursor";
 const META_DELIVERED: &str = "delivered";
 const META_FAILED: &str = "failed_attempts";
 const META_DEAD: &str = "dead_lettered";
+/// Every delivered notification up to this sequence has been looked at by
+/// [`prune`]: those past the retention are gone, dead letters stay.
+const META_PRUNED: &str = "pruned_through";
+/// Most notifications one [`prune`] deletes, so that no transaction is long.
+const PRUNE_BATCH: usize = 4096;
+
+/// How long delivered notifications stay readable (`GET
+/// /plugins/{name}/notifications`): a delivered one goes once it is older
+/// than `max_age` or more than `max_count` delivered ones follow it.
+/// Notifications not yet delivered and dead letters are never deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete delivered notifications emitted longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many delivered notifications.
+    pub max_count: Option<u64>,
+}
+
+impl Default for Retention {
+    /// A week, and a million notifications.
+    fn default() -> Self {
+        Self {
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_count: Some(1_000_000),
+        }
+    }
+}
 
 /// How one delivery ended.
 #[derive(Debug, Clone)]
@@ -98,26 +135,40 @@ pub struct MailboxStats {
 pub struct Mailbox {
     plugin: Arc<str>,
     db: ReopenableDb,
+    retention: Retention,
     /// Woken when there is something new to deliver or the settings changed.
     pub wake: Notify,
     feed: NotificationFeed,
 }
 
 impl Mailbox {
-    /// Opens (or creates) the mailbox file at `path` of plugin `plugin`.
-    pub fn open(path: &Path, plugin: &str, feed: NotificationFeed) -> Result<Self, NotifyError> {
+    /// Opens (or creates) the mailbox file at `path` of plugin `plugin`,
+    /// and deletes the delivered notifications past `retention`.
+    pub fn open(
+        path: &Path,
+        plugin: &str,
+        feed: NotificationFeed,
+        retention: Retention,
+    ) -> Result<Self, NotifyError> {
         let db = ReopenableDb::open(path)?;
         let txn = db.get().ok_or_else(closed)?.begin_write()?;
         txn.open_table(LOG)?;
-        txn.open_table(KEYS)?;
+        txn.open_table(KEY_DIGESTS)?;
         txn.open_table(META)?;
         txn.open_table(DEAD)?;
         txn.open_table(RETRY)?;
         txn.open_table(SINK)?;
+        migrate_legacy_keys(&txn)?;
+        let cursor = txn
+            .open_table(META)?
+            .get(META_CURSOR)?
+            .map_or(0, |v| v.value());
+        prune(&txn, &retention, cursor)?;
         txn.commit()?;
         Ok(Self {
             plugin: plugin.into(),
             db,
+            retention,
             wake: Notify::new(),
             feed,
         })
@@ -148,10 +199,10 @@ impl Mailbox {
             return Ok(emitted);
         }
         let txn = self.db()?.begin_read()?;
-        let keys = txn.open_table(KEYS)?;
+        let keys = txn.open_table(KEY_DIGESTS)?;
         let mut fresh = Vec::with_capacity(emitted.len());
         for n in emitted {
-            if keys.get(n.key.as_str())?.is_none() {
+            if keys.get(key_digest(&n.key))?.is_none() {
                 fresh.push(n);
             }
         }
@@ -170,11 +221,11 @@ impl Mailbox {
         let txn = self.db()?.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
-            let mut keys = txn.open_table(KEYS)?;
+            let mut keys = txn.open_table(KEY_DIGESTS)?;
             let mut meta = txn.open_table(META)?;
             let mut last = meta.get(META_LAST)?.map_or(0, |v| v.value());
             for n in notifications {
-                if keys.get(n.key.as_str())?.is_some() {
+                if keys.insert(key_digest(&n.key), ())?.is_some() {
                     continue;
                 }
                 last += 1;
@@ -182,7 +233,6 @@ impl Mailbox {
                     last,
                     (n.channel.as_str(), n.key.as_str(), &n.payload[..], at),
                 )?;
-                keys.insert(n.key.as_str(), last)?;
                 accepted.push(StoredNotification {
                     sequence: last,
                     channel: n.channel.clone(),
@@ -265,17 +315,20 @@ impl Mailbox {
 
     /// Records how deliveries ended: `(sequence, retry, outcome)` each, in
     /// one transaction. In-order deliveries move the cursor; retried dead
-    /// letters leave the retry list. Not fsynced: a crash may deliver again
-    /// what was delivered just before (at least once; receivers dedupe by
-    /// `webhook-id`), never less.
+    /// letters leave the retry list. Delivered notifications past the
+    /// retention are deleted in the same transaction. Not fsynced: a crash
+    /// may deliver again what was delivered just before (at least once;
+    /// receivers dedupe by `webhook-id`), never less.
     pub fn record(&self, outcomes: &[(u64, bool, Outcome)]) -> Result<(), NotifyError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::None)
             .map_err(|e| NotifyError::Corrupt(format!("cannot defer durability: {e}")))?;
-        {
+        let cursor = {
             let mut meta = txn.open_table(META)?;
             let mut dead = txn.open_table(DEAD)?;
             let mut retry_list = txn.open_table(RETRY)?;
+            let mut log = txn.open_table(LOG)?;
+            let pruned = meta.get(META_PRUNED)?.map_or(0, |v| v.value());
             let counter = |name: &str| -> Result<u64, NotifyError> {
                 Ok(meta.get(name)?.map_or(0, |v| v.value()))
             };
@@ -302,6 +355,10 @@ impl Mailbox {
                     retry_list.remove(*sequence)?;
                     if !matches!(outcome, Outcome::Dead { .. }) {
                         dead.remove(*sequence)?;
+                        // Its neighbours are gone already: it goes too.
+                        if *sequence <= pruned {
+                            log.remove(*sequence)?;
+                        }
                     }
                 } else {
                     cursor = cursor.max(*sequence);
@@ -311,7 +368,9 @@ impl Mailbox {
             meta.insert(META_FAILED, failed)?;
             meta.insert(META_DEAD, dead_lettered)?;
             meta.insert(META_CURSOR, cursor)?;
-        }
+            cursor
+        };
+        prune(&txn, &self.retention, cursor)?;
         txn.commit()?;
         Ok(())
     }
@@ -401,6 +460,77 @@ impl Mailbox {
     }
 }
 
+/// Deletes up to [`PRUNE_BATCH`] delivered notifications (at or below
+/// `cursor`) past `retention`, oldest first; dead letters stay.
+fn prune(txn: &WriteTransaction, retention: &Retention, cursor: u64) -> Result<(), NotifyError> {
+    let mut meta = txn.open_table(META)?;
+    let mut log = txn.open_table(LOG)?;
+    let dead = txn.open_table(DEAD)?;
+    let pruned = meta.get(META_PRUNED)?.map_or(0, |v| v.value());
+    if cursor <= pruned {
+        return Ok(());
+    }
+    let beyond_count = retention
+        .max_count
+        .map_or(0, |count| cursor.saturating_sub(count));
+    let emitted_before = retention
+        .max_age
+        .map_or(0, |age| now_micros().saturating_sub(age.as_micros() as u64));
+    let mut through = pruned;
+    let mut doomed = Vec::new();
+    for entry in log
+        .range(pruned.saturating_add(1)..=cursor)?
+        .take(PRUNE_BATCH)
+    {
+        let (sequence, record) = entry?;
+        let (sequence, (_, _, _, emitted_at)) = (sequence.value(), record.value());
+        if sequence > beyond_count && emitted_at >= emitted_before {
+            break;
+        }
+        through = sequence;
+        if dead.get(sequence)?.is_none() {
+            doomed.push(sequence);
+        }
+    }
+    if through == pruned {
+        return Ok(());
+    }
+    for sequence in doomed {
+        log.remove(sequence)?;
+    }
+    meta.insert(META_PRUNED, through)?;
+    Ok(())
+}
+
+/// The compact form of a notification key: the first 16 bytes of its
+/// SHA-256. A cryptographic digest, so that keys built from input nobody
+/// trusts cannot be made to collide (one key would then hide another).
+fn key_digest(key: &str) -> u128 {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(head)
+}
+
+/// Moves the keys of a mailbox written before digests into [`KEY_DIGESTS`].
+fn migrate_legacy_keys(txn: &WriteTransaction) -> Result<(), NotifyError> {
+    if !txn
+        .list_tables()?
+        .any(|table| table.name() == LEGACY_KEYS.name())
+    {
+        return Ok(());
+    }
+    {
+        let legacy = txn.open_table(LEGACY_KEYS)?;
+        let mut digests = txn.open_table(KEY_DIGESTS)?;
+        for entry in legacy.iter()? {
+            digests.insert(key_digest(entry?.0.value()), ())?;
+        }
+    }
+    txn.delete_table(LEGACY_KEYS)?;
+    Ok(())
+}
+
 fn meta(txn: &ReadTransaction, name: &str) -> Result<u64, NotifyError> {
     Ok(txn.open_table(META)?.get(name)?.map_or(0, |v| v.value()))
 }
@@ -428,4 +558,109 @@ pub(super) fn now_micros() -> u64 {
 /// The error of a mailbox whose reopen has not succeeded yet.
 fn closed() -> NotifyError {
     NotifyError::Reopening
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(key: &str) -> Notification {
+        Notification {
+            channel: "webhook".into(),
+            key: key.into(),
+            payload: b"{}".to_vec(),
+        }
+    }
+
+    fn keys(mailbox: &Mailbox) -> Vec<String> {
+        let read = mailbox.read(0, 100).unwrap();
+        read.into_iter().map(|n| n.key).collect()
+    }
+
+    fn open(dir: &tempfile::TempDir, retention: Retention) -> Mailbox {
+        let path = dir.path().join("mailbox.redb");
+        Mailbox::open(&path, "n", NotificationFeed::new(), retention).unwrap()
+    }
+
+    fn deliver(mailbox: &Mailbox, sequences: std::ops::RangeInclusive<u64>) {
+        let outcomes: Vec<_> = sequences
+            .map(|s| (s, false, Outcome::Delivered { failed: 0 }))
+            .collect();
+        mailbox.record(&outcomes).unwrap();
+    }
+
+    #[test]
+    fn delivered_notifications_past_the_count_go_and_their_keys_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_age: None,
+            max_count: Some(3),
+        };
+        let mailbox = open(&dir, retention);
+        let all: Vec<_> = (1..=10).map(|i| notification(&format!("k{i}"))).collect();
+        assert_eq!(mailbox.accept(&all).unwrap(), 10);
+        deliver(&mailbox, 1..=6);
+        // Delivered 1..=6, of which the newest 3 stay; 7..=10 are pending.
+        assert_eq!(keys(&mailbox), ["k4", "k5", "k6", "k7", "k8", "k9", "k10"]);
+        // A replay emits all of them again: nothing is accepted twice.
+        assert!(mailbox.drop_known(all.clone()).unwrap().is_empty());
+        assert_eq!(mailbox.accept(&all).unwrap(), 0);
+        let stats = mailbox.stats().unwrap();
+        assert_eq!((stats.emitted, stats.pending, stats.delivered), (10, 4, 6));
+    }
+
+    #[test]
+    fn dead_letters_and_pending_notifications_outlive_the_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_age: Some(Duration::ZERO),
+            max_count: None,
+        };
+        let mailbox = open(&dir, retention);
+        let all: Vec<_> = (1..=4).map(|i| notification(&format!("k{i}"))).collect();
+        mailbox.accept(&all).unwrap();
+        let dead = Outcome::Dead {
+            attempts: 3,
+            error: "refused".into(),
+        };
+        let delivered = Outcome::Delivered { failed: 0 };
+        mailbox
+            .record(&[(1, false, delivered.clone()), (2, false, dead)])
+            .unwrap();
+        mailbox.record(&[(3, false, delivered.clone())]).unwrap();
+        assert_eq!(keys(&mailbox), ["k2", "k4"]);
+        assert_eq!(mailbox.dead_letters(0, 10).unwrap().len(), 1);
+        // The dead letter, retried and delivered, goes like its neighbours.
+        assert!(mailbox.retry_dead_letter(2).unwrap());
+        mailbox.record(&[(2, true, delivered)]).unwrap();
+        assert_eq!(keys(&mailbox), ["k4"]);
+        assert!(mailbox.dead_letters(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_mailbox_with_the_old_key_table_keeps_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbox.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(LEGACY_KEYS)
+                .unwrap()
+                .insert("k1", 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let mailbox = open(&dir, Retention::default());
+        let fresh = mailbox
+            .drop_known(vec![notification("k1"), notification("k2")])
+            .unwrap();
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].key, "k2");
+        let txn = mailbox.db().unwrap().begin_read().unwrap();
+        assert!(
+            !txn.list_tables()
+                .unwrap()
+                .any(|t| t.name() == LEGACY_KEYS.name())
+        );
+    }
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use feed::{FeedItem, NotificationFeed};
-pub use mailbox::{DeadLetter, Mailbox, MailboxStats, Outcome};
+pub use mailbox::{DeadLetter, Mailbox, MailboxStats, Outcome, Retention};
 pub use webhook::{WebhookConfig, WebhookRequest};
 
 use crate::log::format_timestamp;

@@ -26,7 +26,7 @@ use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::durable;
 use crate::log::EventLog;
-use crate::notify::{Mailbox, NotificationFeed, dispatcher};
+use crate::notify::{Mailbox, NotificationFeed, Retention, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
 
 /// Settings of the plugin host.
@@ -36,6 +36,8 @@ pub struct PluginsConfig {
     pub limits: SandboxLimits,
     /// Most events a second one plugin's rebuild reads; none: no limit.
     pub replay_rate: Option<u64>,
+    /// How long notifiers keep delivered notifications.
+    pub retention: Retention,
 }
 
 /// What a deploy did.
@@ -110,6 +112,8 @@ pub(super) struct Inner {
     lifecycles: Mutex<HashMap<PluginName, Arc<tokio::sync::Mutex<()>>>>,
     /// Where every notifier's accepted notifications are published live.
     pub feed: NotificationFeed,
+    /// How long notifiers keep delivered notifications.
+    retention: Retention,
     /// The HTTP client of every webhook delivery.
     webhooks: reqwest::Client,
 }
@@ -147,6 +151,7 @@ impl Plugins {
                 }),
                 lifecycles: Mutex::new(HashMap::new()),
                 feed: NotificationFeed::new(),
+                retention: config.retention,
                 webhooks: reqwest::Client::builder()
                     .user_agent(concat!("eventfold/", env!("CARGO_PKG_VERSION")))
                     .build()
@@ -226,6 +231,7 @@ impl Plugins {
                 &dir.mailbox_path(),
                 name.as_str(),
                 self.inner.feed.clone(),
+                self.inner.retention,
             )?)),
             false => None,
         };
