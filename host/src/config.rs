@@ -20,7 +20,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_grace: Duration,
-    /// Tuning of the event log.
+    /// Where the event log lives.
+    pub backend: LogBackend,
+    /// Tuning of the embedded event log.
     pub log: crate::log::LogOptions,
     /// Limits applied to every plugin.
     pub plugin_limits: crate::runtime::SandboxLimits,
@@ -47,6 +49,7 @@ impl Config {
             sse_keep_alive: Duration::from_secs(15),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            backend: LogBackend::Embedded,
             log: crate::log::LogOptions::default(),
             plugin_limits: crate::runtime::SandboxLimits::default(),
             max_plugin_bytes: 64 << 20,
@@ -55,6 +58,15 @@ impl Config {
             plugins_dir: None,
         }
     }
+}
+
+/// Where the event log lives.
+#[derive(Debug, Clone)]
+pub enum LogBackend {
+    /// In the data directory, in redb (the default).
+    Embedded,
+    /// In a NATS JetStream stream.
+    JetStream(crate::log::JetStreamOptions),
 }
 
 /// Size limits.

@@ -7,9 +7,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Slots};
-use crate::config::Config;
+use crate::config::{Config, LogBackend};
 use crate::connections;
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, JetStreamLog, LogError};
 use crate::metrics::Metrics;
 use crate::plugins::{PluginError, Plugins, PluginsConfig};
 
@@ -45,13 +45,18 @@ pub struct Server {
 impl Server {
     /// Opens the log in the configured data directory. Refuses a listener on
     /// a non-loopback address unless a token is configured.
-    pub fn open(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
+    pub async fn open(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() && config.token.is_none() {
             return Err(ServerError::UnprotectedBind(addr));
         }
         let metrics = Metrics::new();
-        let log = EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?;
+        let log = match &config.backend {
+            LogBackend::Embedded => {
+                EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?
+            }
+            LogBackend::JetStream(options) => JetStreamLog::connect(options.clone()).await?.into(),
+        };
         let plugins_config = PluginsConfig {
             limits: config.plugin_limits,
             replay_rate: config.replay_rate,
@@ -144,5 +149,5 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    Server::open(config, listener)?.run(shutdown).await
+    Server::open(config, listener).await?.run(shutdown).await
 }

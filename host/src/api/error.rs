@@ -128,6 +128,10 @@ impl From<LogError> for ApiError {
                     .with("id", id.to_string())
             }
             LogError::NoEvents(_) => ApiError::bad_request("no_events", message),
+            LogError::TooManyEvents { limit, .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", message)
+                    .with("limit", limit)
+            }
             LogError::StorageFull(_) => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",

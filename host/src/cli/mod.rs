@@ -15,8 +15,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, LogBackend};
 use crate::connections::ConnectionLimits;
+use crate::log::JetStreamOptions;
 use crate::runtime::SandboxLimits;
 
 /// eventfold: an append-only event log that runs WebAssembly plugins against it.
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Append one event to a stream.
     Append(client::AppendArgs),
     /// Read one stream, or the global log.
@@ -96,6 +97,41 @@ struct ServeArgs {
     /// redb itself is fsynced (a checkpoint).
     #[arg(long, env = "EVENTFOLD_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     checkpoint_interval: Duration,
+    /// Where the log lives: `embedded` (redb in the data directory) or
+    /// `jetstream` (a NATS JetStream stream; plugin state stays in the data
+    /// directory).
+    #[arg(
+        long = "log",
+        env = "EVENTFOLD_LOG",
+        value_enum,
+        default_value = "embedded"
+    )]
+    log_backend: LogBackendArg,
+    /// NATS servers of the JetStream cluster, comma-separated.
+    #[arg(
+        long,
+        env = "EVENTFOLD_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: Vec<String>,
+    /// The JetStream stream that holds the log (created when missing); also
+    /// the first token of its subjects.
+    #[arg(long, env = "EVENTFOLD_NATS_STREAM", default_value = "eventfold")]
+    nats_stream: String,
+    /// Replicas of the stream when eventfold creates it (3 for production).
+    #[arg(long, env = "EVENTFOLD_NATS_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
+    /// A NATS credentials file.
+    #[arg(long, env = "EVENTFOLD_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// A NATS token.
+    #[arg(long, env = "EVENTFOLD_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// How long JetStream remembers event ids, so that a retried append
+    /// with expected_version "any" is not appended twice.
+    #[arg(long, env = "EVENTFOLD_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    nats_duplicate_window: Duration,
     /// Most memory the writer's cache of stream heads may take (e.g. 64MiB,
     /// 1GiB; a head not cached is read from the stream index on disk).
     #[arg(long, env = "EVENTFOLD_STREAM_CACHE", default_value = "64MiB")]
@@ -153,6 +189,17 @@ impl ServeArgs {
         config.connections.header_timeout = self.header_timeout;
         config.sse_keep_alive = self.sse_keep_alive;
         config.shutdown_grace = self.shutdown_grace;
+        config.backend = match self.log_backend {
+            LogBackendArg::Embedded => LogBackend::Embedded,
+            LogBackendArg::Jetstream => LogBackend::JetStream(JetStreamOptions {
+                stream: self.nats_stream,
+                replicas: self.nats_replicas.into(),
+                credentials: self.nats_creds,
+                token: self.nats_token.filter(|t| !t.is_empty()),
+                duplicate_window: self.nats_duplicate_window,
+                ..JetStreamOptions::new(self.nats_url)
+            }),
+        };
         config.log.checkpoint_interval = self.checkpoint_interval;
         config.log.stream_cache_bytes = self.stream_cache.as_u64();
         config.log.queue_depth = self.append_queue as usize;
@@ -168,6 +215,15 @@ impl ServeArgs {
         };
         config
     }
+}
+
+/// Where the log lives (`--log`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogBackendArg {
+    /// redb in the data directory.
+    Embedded,
+    /// A NATS JetStream stream.
+    Jetstream,
 }
 
 /// A limit that can be switched off (`None`).
@@ -199,7 +255,7 @@ fn parse_count(text: &str) -> Result<Unbounded<u64>, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Append(args) => client::run(client::append(args)),
         Command::Read(args) => client::run(client::read(args)),
         Command::Tail(args) => client::run(client::tail(args)),
@@ -244,7 +300,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let server = crate::server::Server::open(config, listener)?;
+        let server = crate::server::Server::open(config, listener).await?;
         // Scripts and tests read this line to learn the address (port 0 picks one).
         println!("eventfold listening on http://{}", server.local_addr());
         std::io::stdout().flush()?;

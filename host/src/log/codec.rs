@@ -109,6 +109,13 @@ pub struct EventHeader<'a> {
     pub event_type: &'a str,
 }
 
+/// Reads the version of an encoded event.
+pub fn decode_version(position: Position, bytes: &[u8]) -> Result<u64, LogError> {
+    let mut cursor = Cursor { bytes, position };
+    check_format(&mut cursor)?;
+    Ok(u64::from_le_bytes(cursor.array()?))
+}
+
 /// Reads the stream and type of an encoded event.
 pub fn decode_header(position: Position, bytes: &[u8]) -> Result<EventHeader<'_>, LogError> {
     let mut cursor = Cursor { bytes, position };

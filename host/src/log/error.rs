@@ -45,6 +45,17 @@ pub enum LogError {
     /// An append without events.
     #[error("the append to stream {0} has no events: an append holds at least one")]
     NoEvents(String),
+    /// A request holds more events than the backend appends in one atomic
+    /// step (JetStream's atomic batches hold at most 1,000 messages).
+    #[error(
+        "the request holds {events} events; this log appends at most {limit} in one atomic step: split it"
+    )]
+    TooManyEvents {
+        /// Events in the request.
+        events: usize,
+        /// The most one request may hold.
+        limit: usize,
+    },
     /// One request names the same event id twice.
     #[error("event id {0} appears more than once in the request")]
     DuplicateId(uuid::Uuid),

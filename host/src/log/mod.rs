@@ -1,152 +1,88 @@
-//! The event log: an append-only sequence of events in one redb database.
+//! The event log: an append-only sequence of events, gapless positions from
+//! 1 and 0-based versions per stream, behind one handle ([`EventLog`]) with
+//! two backends:
+//! - [`embedded`]: one redb database in the data directory (the default);
+//! - [`jetstream`]: a NATS JetStream stream, replicated by its cluster.
 //!
-//! Owns the tables (`tables`, and `migrate` for older logs), the on-disk
-//! form of an event (`codec`), of a chunk of events (`chunk`) and of a
-//! stream's runs (`runs`), the ids it generates (`ids`), the writer that
-//! commits one group at a time (`writer`, fed by `queue`) with its
-//! write-ahead log (`wal`), and the readers (`reader`). It knows nothing of
-//! HTTP or plugins: the API and the plugin runners use [`EventLog`].
+//! Shared by both: the types of appends and events (`types`), of reads
+//! (`read`), the errors (`error`), and the binary form of one event
+//! (`codec`). It knows nothing of HTTP or plugins: the API and the plugin
+//! runners use [`EventLog`].
 
-mod chunk;
 mod codec;
+pub mod embedded;
 mod error;
-mod ids;
-mod migrate;
-mod queue;
-mod reader;
-mod runs;
-mod storage;
-mod tables;
+pub mod jetstream;
+mod read;
 mod types;
-mod wal;
-mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
+pub use embedded::{EmbeddedLog, LOG_FILE, LogOptions, WAL_FILE};
 pub use error::LogError;
-pub use reader::{Direction, EventFilter, LogPage, StreamPage};
+pub use jetstream::{JetStreamLog, JetStreamOptions};
+pub use read::{Direction, EventFilter, LogPage, StreamPage};
 pub use types::{
     AppendOutcome, EventType, ExpectedVersion, MAX_NAME_BYTES, NewEvent, Position, RecordedEvent,
     StreamAppend, StreamName, category_of, format_timestamp,
 };
 
-use crate::durable;
 use crate::metrics::Metrics;
-use queue::Queue;
-use storage::DbSlot;
-use writer::Writer;
 
-/// Name of the log's database file inside the data directory.
-pub const LOG_FILE: &str = "log.redb";
-/// Name of the log's write-ahead log inside the data directory.
-pub const WAL_FILE: &str = "log.wal";
-/// Tuning of the log.
-#[derive(Debug, Clone, Copy)]
-pub struct LogOptions {
-    /// How long appends may sit only in the write-ahead log before redb is
-    /// made durable (a checkpoint); longer means fewer, larger fsyncs of redb
-    /// and a longer replay after a crash.
-    pub checkpoint_interval: std::time::Duration,
-    /// Most bytes the writer's cache of stream heads may take (each entry is
-    /// counted as its name plus about 112 bytes). A head not cached is read
-    /// from the stream index, so this bounds memory, not the number of
-    /// streams.
-    pub stream_cache_bytes: u64,
-    /// Most appends queued for the writer (or being committed) at once.
-    pub queue_depth: usize,
-    /// Longest an append waits for a place in a full queue before it is
-    /// refused as overloaded: the bound on latency under overload.
-    pub queue_wait: std::time::Duration,
+/// A handle on the event log, whichever backend holds it; cheap to clone,
+/// shared by every task. Each call is one `match` on the backend: static
+/// dispatch, nothing the embedded log's hot path pays for.
+#[derive(Clone)]
+pub struct EventLog {
+    backend: Backend,
 }
 
-impl Default for LogOptions {
-    fn default() -> Self {
+#[derive(Clone)]
+enum Backend {
+    Embedded(EmbeddedLog),
+    JetStream(JetStreamLog),
+}
+
+impl From<EmbeddedLog> for EventLog {
+    fn from(log: EmbeddedLog) -> Self {
         Self {
-            checkpoint_interval: std::time::Duration::from_secs(2),
-            stream_cache_bytes: 64 << 20,
-            queue_depth: 8192,
-            queue_wait: std::time::Duration::from_secs(2),
+            backend: Backend::Embedded(log),
         }
     }
 }
 
-/// A handle on the event log; cheap to clone, shared by every task.
-#[derive(Clone)]
-pub struct EventLog {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    db: Arc<DbSlot>,
-    queue: Arc<Queue>,
-    head: watch::Receiver<Position>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Inner {
-    /// Before a read: makes every acknowledged append visible in redb (the
-    /// writer commits its open transaction when it holds any).
-    fn settle(&self) -> Result<(), LogError> {
-        // Not under the head's borrow: the writer publishes the head while
-        // it holds what a settle waits for.
-        let head = self.head.borrow().0;
-        self.queue.settle(head)
-    }
-}
-
-impl Drop for Inner {
-    /// The last handle gone without a shutdown: the writer thread still
-    /// commits what is queued, checkpoints and stops.
-    fn drop(&mut self) {
-        self.queue.close();
+impl From<JetStreamLog> for EventLog {
+    fn from(log: JetStreamLog) -> Self {
+        Self {
+            backend: Backend::JetStream(log),
+        }
     }
 }
 
 impl EventLog {
-    /// Opens (or creates) the log in `data_dir` with default options.
+    /// Opens (or creates) the embedded log in `data_dir` with default options.
     pub fn open(data_dir: &Path, metrics: Metrics) -> Result<Self, LogError> {
         Self::open_with(data_dir, metrics, LogOptions::default())
     }
 
-    /// Opens (or creates) the log in `data_dir`, recovers what the write-ahead
-    /// log holds, and starts the writer thread.
+    /// Opens (or creates) the embedded log in `data_dir`.
     pub fn open_with(
         data_dir: &Path,
         metrics: Metrics,
         options: LogOptions,
     ) -> Result<Self, LogError> {
-        durable::create_dir_all(data_dir)?;
-        let db_path = data_dir.join(LOG_FILE);
-        let db = Arc::new(durable::create_database(&db_path)?);
-        let (head_tx, head) = watch::channel(Position(0));
-        let wal_path = data_dir.join(WAL_FILE);
-        let writer = Writer::new(db.clone(), &db_path, &wal_path, options, head_tx, metrics)?;
-        let db = Arc::new(DbSlot::new(db));
-        let queue = Arc::new(Queue::new(
-            writer,
-            options.queue_depth,
-            options.queue_wait,
-            db.clone(),
-        ));
-        let thread = {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name("eventfold-log-writer".into())
-                .spawn(move || queue.run())?
-        };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                db,
-                queue,
-                head,
-                writer: Mutex::new(Some(thread)),
-            }),
-        })
+        EmbeddedLog::open_with(data_dir, metrics, options).map(Self::from)
+    }
+
+    /// The embedded backend, for its own tests.
+    #[cfg(test)]
+    fn embedded(&self) -> &EmbeddedLog {
+        match &self.backend {
+            Backend::Embedded(log) => log,
+            Backend::JetStream(_) => unreachable!("a test of the embedded log"),
+        }
     }
 
     /// Appends events to one stream, atomically. Returns once they are durable.
@@ -154,7 +90,7 @@ impl EventLog {
         let mut outcomes = self.append_all(vec![append]).await?;
         outcomes
             .pop()
-            .ok_or_else(|| LogError::Internal("writer returned no outcome".into()))
+            .ok_or_else(|| LogError::Internal("the log returned no outcome".into()))
     }
 
     /// Appends to several streams in one atomic step: every append's
@@ -163,31 +99,44 @@ impl EventLog {
         &self,
         appends: Vec<StreamAppend>,
     ) -> Result<Vec<AppendOutcome>, LogError> {
-        writer::check_request(&appends)?;
+        types::check_request(&appends)?;
         if appends.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.queue.submit(appends).await
+        match &self.backend {
+            Backend::Embedded(log) => log.append_all(appends).await,
+            Backend::JetStream(log) => log.append_all(appends).await,
+        }
     }
 
-    /// The last committed position (0 for an empty log).
+    /// The last position this node knows committed (0 for an empty log).
     pub fn head(&self) -> Position {
-        *self.inner.head.borrow()
+        match &self.backend {
+            Backend::Embedded(log) => log.head(),
+            Backend::JetStream(log) => log.head(),
+        }
     }
 
     /// Why appends are refused, when the storage failed under the log and
-    /// it has not reopened yet (`None`: appends are accepted).
+    /// it has not recovered yet (`None`: appends are accepted).
     pub fn storage_failure(&self) -> Option<String> {
-        self.inner.queue.storage_failure()
+        match &self.backend {
+            Backend::Embedded(log) => log.storage_failure(),
+            Backend::JetStream(log) => log.storage_failure(),
+        }
     }
 
-    /// A receiver that changes whenever a commit moves the head: the way to
-    /// wait for new events without polling.
+    /// A receiver that changes whenever the head moves: the way to wait for
+    /// new events without polling.
     pub fn watch_head(&self) -> watch::Receiver<Position> {
-        self.inner.head.clone()
+        match &self.backend {
+            Backend::Embedded(log) => log.watch_head(),
+            Backend::JetStream(log) => log.watch_head(),
+        }
     }
 
-    /// Reads the global log from `from` (inclusive); see [`reader::read_log`].
+    /// Reads up to `limit` events of the global log at or after `from` that
+    /// pass `filter`, examining at most `max_scan` events.
     pub async fn read_log(
         &self,
         from: Position,
@@ -195,15 +144,14 @@ impl EventLog {
         filter: EventFilter,
         max_scan: usize,
     ) -> Result<LogPage, LogError> {
-        let inner = self.inner.clone();
-        crate::blocking::run(move || {
-            inner.settle()?;
-            reader::read_log(&*inner.db.get()?, from, limit, &filter, max_scan)
-        })
-        .await
+        match &self.backend {
+            Backend::Embedded(log) => log.read_log(from, limit, filter, max_scan).await,
+            Backend::JetStream(log) => log.read_log(from, limit, &filter, max_scan).await,
+        }
     }
 
-    /// Reads one stream; `None` when it has no events. See [`reader::read_stream`].
+    /// Reads one stream from version `from` (the start, or the end when
+    /// backward, if `None`); `None` when it has no events.
     pub async fn read_stream(
         &self,
         stream: StreamName,
@@ -211,15 +159,13 @@ impl EventLog {
         limit: usize,
         direction: Direction,
     ) -> Result<Option<StreamPage>, LogError> {
-        let inner = self.inner.clone();
-        crate::blocking::run(move || {
-            inner.settle()?;
-            reader::read_stream(&*inner.db.get()?, stream.as_str(), from, limit, direction)
-        })
-        .await
+        match &self.backend {
+            Backend::Embedded(log) => log.read_stream(stream, from, limit, direction).await,
+            Backend::JetStream(log) => log.read_stream(&stream, from, limit, direction).await,
+        }
     }
 
-    /// Reads synchronously, for callers already off the async runtime (plugin
+    /// Reads synchronously, for callers off the async runtime (plugin
     /// runners, benchmarks).
     pub fn read_log_blocking(
         &self,
@@ -227,26 +173,18 @@ impl EventLog {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<LogPage, LogError> {
-        self.inner.settle()?;
-        reader::read_log(&*self.inner.db.get()?, from, limit, filter, usize::MAX)
+        match &self.backend {
+            Backend::Embedded(log) => log.read_log_blocking(from, limit, filter),
+            Backend::JetStream(log) => log.read_log_blocking(from, limit, filter),
+        }
     }
 
-    /// Commits every append already queued, refuses new ones, and stops the
-    /// writer. Idempotent.
+    /// Commits (or waits for) every append already under way, refuses new
+    /// ones, and stops. Idempotent.
     pub async fn shutdown(&self) {
-        self.inner.queue.close();
-        let thread = self.inner.writer.lock().take();
-        if let Some(thread) = thread {
-            // Joining waits for the final commit: off the runtime's threads.
-            let joined = crate::blocking::run(move || {
-                thread
-                    .join()
-                    .map_err(|_| LogError::Internal("the writer thread panicked".into()))
-            })
-            .await;
-            if let Err(error) = joined {
-                tracing::error!(%error, "stopping the log");
-            }
+        match &self.backend {
+            Backend::Embedded(log) => log.shutdown().await,
+            Backend::JetStream(log) => log.shutdown().await,
         }
     }
 }

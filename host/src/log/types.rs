@@ -1,6 +1,7 @@
 //! Domain types of the event log: positions, stream names, expected versions,
 //! and events as they are appended and as they are read back.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
@@ -228,6 +229,24 @@ impl RecordedEvent {
 pub fn format_timestamp(micros: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
     humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// Rejects a request with an append of no events (which would have no
+/// position to answer with) or that names the same client id twice.
+pub(super) fn check_request(appends: &[StreamAppend]) -> Result<(), LogError> {
+    if let Some(empty) = appends.iter().find(|a| a.events.is_empty()) {
+        return Err(LogError::NoEvents(empty.stream.as_str().to_owned()));
+    }
+    let mut seen = HashSet::new();
+    for id in appends
+        .iter()
+        .flat_map(|a| a.events.iter().filter_map(|e| e.id))
+    {
+        if !seen.insert(id) {
+            return Err(LogError::DuplicateId(id));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ mod tests {
 
     use super::*;
     use crate::log::codec;
-    use crate::log::tables::STREAMS;
+    use crate::log::embedded::tables::STREAMS;
     use crate::log::{
         Direction, EventFilter, EventLog, EventType, ExpectedVersion, LOG_FILE, NewEvent, Position,
         RecordedEvent, StreamAppend, StreamName,

@@ -373,9 +373,10 @@ fn take_group(queued: &mut VecDeque<Command>) -> Vec<Command> {
 mod tests {
     use std::collections::HashSet;
 
+    use crate::log::embedded::reader;
     use crate::log::{
         Direction, EventFilter, EventLog, EventType, ExpectedVersion, LogError, NewEvent, Position,
-        StreamAppend, StreamName, reader,
+        StreamAppend, StreamName,
     };
     use crate::metrics::Metrics;
 
@@ -466,7 +467,7 @@ mod tests {
         let everything = EventFilter::default();
         let in_redb = |log: &EventLog| {
             reader::read_log(
-                &log.inner.db.get().unwrap(),
+                &log.embedded().inner.db.get().unwrap(),
                 Position(1),
                 usize::MAX,
                 &everything,

@@ -307,9 +307,9 @@ mod tests {
     use proptest::prelude::*;
     use redb::{Database, ReadableDatabase, TableDefinition};
 
-    use super::super::RecordedEvent;
-    use super::super::codec::{self, tests::any_event, tests::encode};
     use super::*;
+    use crate::log::RecordedEvent;
+    use crate::log::codec::{self, tests::any_event, tests::encode};
 
     /// Cases per property test: all of them run in under a second (debug build).
     const CASES: u32 = 256;

@@ -215,8 +215,8 @@ mod tests {
     use proptest::collection::vec;
     use proptest::prelude::*;
 
-    use super::super::codec::tests::{any_event, encode};
     use super::*;
+    use crate::log::codec::tests::{any_event, encode};
 
     /// Cases per property test: all of them run in under a second (debug build).
     const CASES: u32 = 256;

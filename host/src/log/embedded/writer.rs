@@ -20,7 +20,7 @@
 //! Positions are gapless because only the one running commit assigns them,
 //! and only a committed group advances them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -808,24 +808,6 @@ impl Writer {
         self.heads.insert(name, head);
         Ok(Some(head))
     }
-}
-
-/// Rejects a request with an append of no events (which would have no
-/// position to answer with) or that names the same client id twice.
-pub(super) fn check_request(appends: &[StreamAppend]) -> Result<(), LogError> {
-    if let Some(empty) = appends.iter().find(|a| a.events.is_empty()) {
-        return Err(LogError::NoEvents(empty.stream.as_str().to_owned()));
-    }
-    let mut seen = HashSet::new();
-    for id in appends
-        .iter()
-        .flat_map(|a| a.events.iter().filter_map(|e| e.id))
-    {
-        if !seen.insert(id) {
-            return Err(LogError::DuplicateId(id));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
