@@ -11,7 +11,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::harness::{Server, data_dir};
+use crate::harness::{Backend, Server, backend_tests, data_dir};
+
+// The appends themselves, on every backend; the socket's own protocol
+// (upgrade, token, shutdown) on the default one.
+backend_tests!(
+    pipelined_appends_are_applied_and_answered_in_order,
+    a_bad_append_gets_an_error_reply_and_the_socket_goes_on,
+    a_message_over_the_limit_closes_the_socket_and_appends_nothing,
+    appends_acknowledged_over_the_socket_survive_kill_9,
+);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -66,10 +75,9 @@ fn append(stream: &str, expected_version: Value, event_type: &str) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn pipelined_appends_are_applied_and_answered_in_order() {
+async fn pipelined_appends_are_applied_and_answered_in_order(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let mut socket = connect(&server, None).await.expect("connect");
     // Three appends sent before any reply: each expects the one before.
     for (i, expected) in [json!("no_stream"), json!(0), json!(1)].iter().enumerate() {
@@ -114,10 +122,9 @@ async fn pipelined_appends_are_applied_and_answered_in_order() {
     assert_eq!(server.head().await, 4);
 }
 
-#[tokio::test]
-async fn a_bad_append_gets_an_error_reply_and_the_socket_goes_on() {
+async fn a_bad_append_gets_an_error_reply_and_the_socket_goes_on(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let mut socket = connect(&server, None).await.expect("connect");
     send(&mut socket, append("user-1", json!("no_stream"), "Created")).await;
     assert_eq!(reply(&mut socket).await["status"], 201);
@@ -173,10 +180,9 @@ async fn a_bad_append_gets_an_error_reply_and_the_socket_goes_on() {
     assert_eq!(server.head().await, 2, "nothing else was appended");
 }
 
-#[tokio::test]
-async fn a_message_over_the_limit_closes_the_socket_and_appends_nothing() {
+async fn a_message_over_the_limit_closes_the_socket_and_appends_nothing(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &["--max-request-bytes", "4096"]).await;
+    let server = Server::start_on(backend, dir.path(), &["--max-request-bytes", "4096"]).await;
     let mut socket = connect(&server, None).await.expect("connect");
     let big = json!({
         "stream": "big-1",
@@ -238,10 +244,9 @@ async fn shutdown_closes_the_socket_going_away() {
     }
 }
 
-#[tokio::test]
-async fn appends_acknowledged_over_the_socket_survive_kill_9() {
+async fn appends_acknowledged_over_the_socket_survive_kill_9(backend: Backend) {
     let dir = data_dir();
-    let mut server = Server::start_in(dir.path(), &[]).await;
+    let mut server = Server::start_on(backend, dir.path(), &[]).await;
     let mut sockets = Vec::new();
     for _ in 0..4 {
         sockets.push(connect(&server, None).await.expect("connect"));
@@ -276,7 +281,7 @@ async fn appends_acknowledged_over_the_socket_survive_kill_9() {
         acknowledged.extend(task.await.expect("task"));
     }
     server.kill9();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let log = server.read_all().await;
     let positions: Vec<u64> = log
         .iter()

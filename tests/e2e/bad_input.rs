@@ -4,12 +4,14 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{Server, data_dir, into_json};
+use crate::harness::{Backend, Server, backend_tests, data_dir, into_json};
 
-#[tokio::test]
-async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
+backend_tests!(bad_input_is_refused_with_a_json_error_and_changes_nothing);
+
+async fn bad_input_is_refused_with_a_json_error_and_changes_nothing(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(
+    let server = Server::start_on(
+        backend,
         dir.path(),
         &["--max-request-bytes", "4096", "--max-event-bytes", "1024"],
     )

@@ -1,4 +1,5 @@
-//! An acknowledged append survives `kill -9`.
+//! An acknowledged append survives `kill -9` of the server, on every
+//! backend; the embedded log's write-ahead log and checkpoints bring it back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, data_dir, wait_until};
+use crate::harness::{Backend, Server, backend_tests, data_dir, wait_until};
+
+backend_tests!(every_acknowledged_event_survives_kill_9);
 
 /// What the server acknowledged: the position, stream, version and id of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +21,9 @@ struct Ack {
     id: String,
 }
 
-#[tokio::test]
-async fn every_acknowledged_event_survives_kill_9() {
+async fn every_acknowledged_event_survives_kill_9(backend: Backend) {
     let dir = data_dir();
-    let mut server = Server::start_in(dir.path(), &[]).await;
+    let mut server = Server::start_on(backend, dir.path(), &[]).await;
     let url = Arc::new(server.url.clone());
     let mut writers = Vec::new();
     for writer in 0..16 {
@@ -82,7 +84,7 @@ async fn every_acknowledged_event_survives_kill_9() {
     }
     assert!(acked.len() >= 1000, "only {} acknowledged", acked.len());
 
-    let restarted = Server::start_in(dir.path(), &[]).await;
+    let restarted = Server::start_on(backend, dir.path(), &[]).await;
     let log = restarted.read_all().await;
     let positions: Vec<u64> = log
         .iter()

@@ -1,5 +1,7 @@
 //! The end-to-end harness: start the real `eventfold` binary on a temporary
-//! data directory and a free port, talk HTTP to it, stop or kill it.
+//! data directory and a free port, talk HTTP to it, stop or kill it. Its log
+//! can be on either backend (`backend`, with the `backend_tests!` macro),
+//! and JetStream clusters for the tests are in `nats`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,6 +11,13 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+pub mod backend;
+pub mod nats;
+
+pub use backend::Backend;
+pub(crate) use backend::backend_tests;
+pub use nats::Cluster;
 
 /// A running server (killed when dropped) and the data directory it uses.
 pub struct Server {

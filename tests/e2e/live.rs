@@ -8,7 +8,14 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, data_dir, events};
+use crate::harness::{Backend, Server, backend_tests, data_dir, events};
+
+backend_tests!(
+    live_feed_catches_up_follows_and_resumes,
+    live_feed_filters_by_category_and_type,
+    an_idle_live_feed_sends_keep_alive_comments,
+    a_live_feed_that_is_not_read_does_not_hold_up_writers,
+);
 
 /// Opens the live feed and yields `(id, event)` pairs.
 async fn open_feed(
@@ -45,10 +52,9 @@ async fn next_n(
     out
 }
 
-#[tokio::test]
-async fn live_feed_catches_up_follows_and_resumes() {
+async fn live_feed_catches_up_follows_and_resumes(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     server
         .append_created("user-1", json!("any"), events("UserCreated", 3))
         .await;
@@ -87,10 +93,9 @@ async fn live_feed_catches_up_follows_and_resumes() {
     );
 }
 
-#[tokio::test]
-async fn live_feed_filters_by_category_and_type() {
+async fn live_feed_filters_by_category_and_type(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let mut feed = open_feed(&server, "?category=order&type=OrderPlaced", None).await;
     server
         .append_created("user-1", json!("any"), events("UserCreated", 3))
@@ -113,10 +118,9 @@ async fn live_feed_filters_by_category_and_type() {
     assert!(got.iter().all(|(_, e)| e["type"] == "OrderPlaced"));
 }
 
-#[tokio::test]
-async fn an_idle_live_feed_sends_keep_alive_comments() {
+async fn an_idle_live_feed_sends_keep_alive_comments(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &["--sse-keep-alive", "200ms"]).await;
+    let server = Server::start_on(backend, dir.path(), &["--sse-keep-alive", "200ms"]).await;
     let response = server
         .request(reqwest::Method::GET, "/events/live")
         .send()
@@ -142,10 +146,9 @@ async fn an_idle_live_feed_sends_keep_alive_comments() {
     );
 }
 
-#[tokio::test]
-async fn a_live_feed_that_is_not_read_does_not_hold_up_writers() {
+async fn a_live_feed_that_is_not_read_does_not_hold_up_writers(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     // Open a feed and never read from it while a lot is appended.
     let response = server
         .request(reqwest::Method::GET, "/events/live?from=1")

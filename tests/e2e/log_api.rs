@@ -6,12 +6,25 @@ use std::collections::{BTreeMap, HashSet};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, data_dir, events};
+use crate::harness::{Backend, Server, backend_tests, data_dir, events};
 
-#[tokio::test]
-async fn classic_user_example_reads_back_in_order() {
+backend_tests!(
+    classic_user_example_reads_back_in_order,
+    data_and_metadata_are_kept_as_sent,
+    every_expected_version_case,
+    retried_appends_with_the_same_ids_are_not_appended_twice,
+    ids_the_log_generates_are_recognised_when_sent_back,
+    racing_writers_on_one_stream_get_one_winner_per_version,
+    concurrent_appends_give_gapless_positions,
+    streams_read_forward_and_backward_in_pages,
+    the_global_log_filters_by_category_and_type,
+    a_batch_appends_to_many_streams_all_or_nothing,
+    a_refused_batch_names_the_append_that_failed_when_a_stream_appears_twice,
+);
+
+async fn classic_user_example_reads_back_in_order(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let steps = [
         (
             "UserCreated",
@@ -55,10 +68,9 @@ async fn classic_user_example_reads_back_in_order() {
     assert_eq!(page["next"], Value::Null);
 }
 
-#[tokio::test]
-async fn data_and_metadata_are_kept_as_sent() {
+async fn data_and_metadata_are_kept_as_sent(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let body = r#"{"events":[{"type":"T","data":{ "b" : [1,  2],"a":"é\u00e9" },"metadata":{"trace": "x"}}]}"#;
     let (status, _) = server
         .post_raw("/streams/raw-1", "application/json", body)
@@ -72,10 +84,9 @@ async fn data_and_metadata_are_kept_as_sent() {
     assert!(text.contains(r#""metadata":{"trace": "x"}"#), "{text}");
 }
 
-#[tokio::test]
-async fn every_expected_version_case() {
+async fn every_expected_version_case(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let one = || events("E", 1);
     // (stream, expected, should succeed, actual version reported on conflict)
     let cases = [
@@ -114,10 +125,9 @@ async fn every_expected_version_case() {
     assert_eq!(versions, vec![0, 1, 2, 3]);
 }
 
-#[tokio::test]
-async fn retried_appends_with_the_same_ids_are_not_appended_twice() {
+async fn retried_appends_with_the_same_ids_are_not_appended_twice(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     server
         .append_created("other-1", json!("any"), events("E", 2))
         .await;
@@ -162,13 +172,15 @@ async fn retried_appends_with_the_same_ids_are_not_appended_twice() {
     assert_eq!(server.head().await, 4);
 }
 
-#[tokio::test]
-async fn ids_the_log_generates_are_recognised_when_sent_back() {
+async fn ids_the_log_generates_are_recognised_when_sent_back(backend: Backend) {
     let dir = data_dir();
-    // No checkpoint on its own, so that the kill -9 below leaves the events
-    // in the write-ahead log alone.
-    let args = ["--checkpoint-interval", "1h"];
-    let mut server = Server::start_in(dir.path(), &args).await;
+    // Embedded: no checkpoint on its own, so that the kill -9 below leaves
+    // the events in the write-ahead log alone.
+    let args: &[&str] = match backend {
+        Backend::Embedded => &["--checkpoint-interval", "1h"],
+        Backend::JetStream => &[],
+    };
+    let mut server = Server::start_on(backend, dir.path(), args).await;
     server
         .append_created("other-1", json!("any"), events("E", 2))
         .await;
@@ -206,16 +218,18 @@ async fn ids_the_log_generates_are_recognised_when_sent_back() {
         assert_eq!(retry["duplicate"], true);
         assert_eq!(server.head().await, 5);
         if round == 0 {
-            // The events are still only in the write-ahead log: the restart
-            // replays them into redb.
+            // Embedded: the events are still only in the write-ahead log,
+            // and the restart replays them into redb.
             server.kill9();
         } else {
             assert!(server.terminate().success());
         }
-        server = Server::start_in(dir.path(), &args).await;
+        server = Server::start_on(backend, dir.path(), args).await;
     }
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
-    assert!(log.contains("recovered events 1 to 5"), "{log}");
+    if backend == Backend::Embedded {
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+        assert!(log.contains("recovered events 1 to 5"), "{log}");
+    }
     // Sent to another stream, or one of them among new events: not a retry.
     let (status, body) = server.append("order-2", json!("any"), resend).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -248,10 +262,9 @@ async fn ids_the_log_generates_are_recognised_when_sent_back() {
     assert_eq!(page["events"][0]["id"], next);
 }
 
-#[tokio::test]
-async fn racing_writers_on_one_stream_get_one_winner_per_version() {
+async fn racing_writers_on_one_stream_get_one_winner_per_version(backend: Backend) {
     let dir = data_dir();
-    let server = std::sync::Arc::new(Server::start_in(dir.path(), &[]).await);
+    let server = std::sync::Arc::new(Server::start_on(backend, dir.path(), &[]).await);
     const WRITERS: usize = 12;
     const EACH: usize = 15;
     let mut tasks = Vec::new();
@@ -313,17 +326,16 @@ async fn racing_writers_on_one_stream_get_one_winner_per_version() {
 /// With one HTTP thread, each group is led by the append that found the
 /// writer idle; with several, appends that arrive while a leader commits go
 /// to the writer thread. Both give gapless positions and versions.
-#[tokio::test]
-async fn concurrent_appends_give_gapless_positions() {
+async fn concurrent_appends_give_gapless_positions(backend: Backend) {
     for threads in ["1", "4"] {
-        concurrent_appends_are_gapless_with(threads).await;
+        concurrent_appends_are_gapless_with(backend, threads).await;
     }
 }
 
-async fn concurrent_appends_are_gapless_with(http_threads: &str) {
+async fn concurrent_appends_are_gapless_with(backend: Backend, http_threads: &str) {
     let dir = data_dir();
     let args = ["--http-threads", http_threads];
-    let server = std::sync::Arc::new(Server::start_in(dir.path(), &args).await);
+    let server = std::sync::Arc::new(Server::start_on(backend, dir.path(), &args).await);
     let mut tasks = Vec::new();
     for writer in 0..16 {
         let server = server.clone();
@@ -375,10 +387,9 @@ async fn concurrent_appends_are_gapless_with(http_threads: &str) {
     }
 }
 
-#[tokio::test]
-async fn streams_read_forward_and_backward_in_pages() {
+async fn streams_read_forward_and_backward_in_pages(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     server
         .append_created("page-1", json!("any"), events("E", 10))
         .await;
@@ -413,10 +424,9 @@ async fn streams_read_forward_and_backward_in_pages() {
     assert_eq!(body["error"]["code"], "stream_not_found");
 }
 
-#[tokio::test]
-async fn the_global_log_filters_by_category_and_type() {
+async fn the_global_log_filters_by_category_and_type(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     server
         .append_created(
             "user-1",
@@ -474,10 +484,9 @@ async fn the_global_log_filters_by_category_and_type() {
     assert_eq!(page["next"], 4, "next is one past the last event examined");
 }
 
-#[tokio::test]
-async fn a_batch_appends_to_many_streams_all_or_nothing() {
+async fn a_batch_appends_to_many_streams_all_or_nothing(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     let (status, body) = server
         .post(
             "/batch",
@@ -518,10 +527,11 @@ async fn a_batch_appends_to_many_streams_all_or_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn a_refused_batch_names_the_append_that_failed_when_a_stream_appears_twice() {
+async fn a_refused_batch_names_the_append_that_failed_when_a_stream_appears_twice(
+    backend: Backend,
+) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     // The first append to `cart-1` passes its check (it creates the stream);
     // the second expects version 5 while the first leaves it at 1.
     let (status, body) = server

@@ -8,6 +8,7 @@ mod connections;
 mod durability;
 mod full_disk;
 mod harness;
+mod jetstream_cluster;
 mod languages;
 mod lifecycle;
 mod live;
