@@ -78,7 +78,7 @@ pub enum LogError {
     )]
     StorageFull(String),
     /// The storage failed and the log is reopening: try again shortly.
-    #[error("the log is unavailable: {0}; it reopens by itself, try again shortly")]
+    #[error("the log is unavailable: {0}; try again shortly")]
     Unavailable(String),
     /// The log is shutting down and accepts no more appends.
     #[error("the log is shutting down")]

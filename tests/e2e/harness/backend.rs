@@ -86,16 +86,11 @@ impl Server {
 /// `appends_read_back::embedded` and `appends_read_back::jetstream`
 /// (`cargo test -p eventfold --test e2e jetstream` picks the latter).
 ///
-/// The backends are listed once, here: each one under `run:` runs every
-/// test; one under `ignored:` gets its tests too, marked `#[ignore]`, so
-/// that they are built and can be run on demand
-/// (`cargo test -p eventfold --test e2e jetstream -- --include-ignored`).
+/// The backends are listed once, here: every test runs on each.
 macro_rules! backend_tests {
     ($($test:ident),* $(,)?) => {
         $crate::harness::backend::each_backend! {
-            run: [embedded: Embedded],
-            // JetStream joins when the backend lands (issue 18): move it to `run`.
-            ignored: [jetstream: JetStream],
+            backends: [embedded: Embedded, jetstream: JetStream],
             tests: [$($test),*]
         }
     };
@@ -104,35 +99,22 @@ pub(crate) use backend_tests;
 
 /// [`backend_tests!`] with the list of backends, one test at a time.
 macro_rules! each_backend {
+    (backends: [$($name:ident: $backend:ident),*], tests: []) => {};
     (
-        run: [$($run:ident: $run_backend:ident),*],
-        ignored: [$($off:ident: $off_backend:ident),*],
-        tests: []
-    ) => {};
-    (
-        run: [$($run:ident: $run_backend:ident),*],
-        ignored: [$($off:ident: $off_backend:ident),*],
+        backends: [$($name:ident: $backend:ident),*],
         tests: [$test:ident $(, $rest:ident)*]
     ) => {
         mod $test {
             $(
                 #[tokio::test]
-                async fn $run() {
-                    super::$test($crate::harness::Backend::$run_backend).await
-                }
-            )*
-            $(
-                #[tokio::test]
-                #[ignore = "this backend does not run the log-contract tests yet (tests/e2e/harness/backend.rs)"]
-                async fn $off() {
-                    super::$test($crate::harness::Backend::$off_backend).await
+                async fn $name() {
+                    super::$test($crate::harness::Backend::$backend).await
                 }
             )*
         }
 
         $crate::harness::backend::each_backend! {
-            run: [$($run: $run_backend),*],
-            ignored: [$($off: $off_backend),*],
+            backends: [$($name: $backend),*],
             tests: [$($rest),*]
         }
     };

@@ -31,7 +31,7 @@ impl DbSlot {
     /// The database, or an error while the log reopens.
     pub fn get(&self) -> Result<Arc<Database>, LogError> {
         self.0.read().clone().ok_or_else(|| {
-            LogError::Unavailable("the log is reopening after a storage failure".into())
+            LogError::Unavailable("the log is reopening after a storage failure, by itself".into())
         })
     }
 

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::api::{BATCH_DUPLICATE, PROPOSAL_IN_FLIGHT, Published, WRONG_LAST_SEQUENCE};
-use super::{Inner, JetStreamLog, read};
+use super::read::{self, Head};
+use super::{Inner, JetStreamLog};
 use crate::log::codec::EncodeEvent;
 use crate::log::{AppendOutcome, LogError, Position, StreamAppend};
 
@@ -24,15 +25,6 @@ pub const MAX_EVENTS: usize = 1000;
 const MAX_ATTEMPTS: u32 = 32;
 /// How far back in a stream a retry's events are looked for.
 const RETRY_LOOKBACK: usize = 1000;
-
-/// A stream's last message.
-#[derive(Debug, Clone, Copy)]
-pub struct Head {
-    /// Its sequence (position).
-    pub sequence: u64,
-    /// Its version.
-    pub version: u64,
-}
 
 /// A request turned into messages.
 struct Plan {
@@ -69,6 +61,7 @@ impl JetStreamLog {
         }
         let inner = &self.inner;
         let mut raced = false;
+        let mut duplicates = 0;
         for attempt in 0..MAX_ATTEMPTS {
             let heads = heads(inner, &appends, raced).await?;
             let plan = plan(inner, &appends, heads, raced).await?;
@@ -93,9 +86,18 @@ impl JetStreamLog {
                     inner.saw(last);
                     return Ok(outcomes(inner, plan, first));
                 }
+                Published::Refused {
+                    code: BATCH_DUPLICATE,
+                    ..
+                } if duplicates > 0 => {
+                    // Planned again from the leader's heads and still holding
+                    // a stored id: not a retry of one append that landed.
+                    return Err(idempotency_conflict(inner, &appends).await);
+                }
                 Published::Refused { code, .. }
                     if code == WRONG_LAST_SEQUENCE || code == BATCH_DUPLICATE =>
                 {
+                    duplicates += u32::from(code == BATCH_DUPLICATE);
                     raced = true;
                     forget(inner, &appends);
                 }
@@ -106,6 +108,7 @@ impl JetStreamLog {
                     tokio::time::sleep(Duration::from_millis(2 << attempt.min(6))).await;
                 }
                 Published::Refused { code, description } => {
+                    tracing::warn!(code, %description, "JetStream refused an append");
                     return Err(LogError::Internal(format!(
                         "JetStream refused the append: {description} (code {code})"
                     )));
@@ -139,10 +142,8 @@ async fn heads(
             Some(head) => Some(head),
             None => read::last_event(inner, &append.stream)
                 .await?
-                .map(|event| Head {
-                    sequence: event.position.0,
-                    version: event.version,
-                }),
+                .as_ref()
+                .map(Head::of),
         };
         heads.insert(name.to_owned(), head);
     }
@@ -287,6 +288,35 @@ async fn retried_publish(
         });
     }
     Ok(outcomes)
+}
+
+/// The conflict of a request holding an event id that is stored already
+/// (JetStream refused the batch for it): the id is looked for among the
+/// last events of the request's streams, else the request's first id is
+/// named.
+async fn idempotency_conflict(inner: &Inner, appends: &[StreamAppend]) -> LogError {
+    let ids: Vec<Uuid> = appends
+        .iter()
+        .flat_map(|a| a.events.iter().filter_map(|e| e.id))
+        .collect();
+    for append in appends {
+        let Ok(Some(last)) = read::last_event(inner, &append.stream).await else {
+            continue;
+        };
+        let head = Head::of(&last);
+        let from = (head.version + 1).saturating_sub(RETRY_LOOKBACK as u64);
+        let Ok(tail) = read::stream_events(inner, &append.stream, head, from, RETRY_LOOKBACK).await
+        else {
+            continue;
+        };
+        if let Some(stored) = tail.iter().find(|e| ids.contains(&e.id)) {
+            return LogError::IdempotencyConflict { id: stored.id };
+        }
+    }
+    match ids.first() {
+        Some(&id) => LogError::IdempotencyConflict { id },
+        None => LogError::Internal("JetStream refused a batch without event ids".into()),
+    }
 }
 
 /// Forgets the remembered heads of the request's streams.

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Direction, EventFilter, LogError, LogPage, Position, StreamName, StreamPage};
 use api::Api;
-use append::Head;
+use read::Head;
 use subjects::Subjects;
 
 /// How to reach the JetStream cluster and which stream holds the log.

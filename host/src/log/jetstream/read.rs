@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use super::Inner;
 use super::api::Stored;
-use super::append::Head;
 use crate::log::codec;
 use crate::log::{
     Direction, EventFilter, LogError, LogPage, Position, RecordedEvent, StreamName, StreamPage,
@@ -23,6 +22,25 @@ const BATCH_BYTES: usize = 8 << 20;
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// The pause between asking a lagging replica again.
 const CATCH_UP_PAUSE: Duration = Duration::from_millis(2);
+
+/// A stream's last message.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    /// Its sequence (position).
+    pub sequence: u64,
+    /// Its version.
+    pub version: u64,
+}
+
+impl Head {
+    /// The head a stream has when `event` is its last.
+    pub fn of(event: &RecordedEvent) -> Self {
+        Self {
+            sequence: event.position.0,
+            version: event.version,
+        }
+    }
+}
 
 /// Reads up to `limit` events at or after `from` that pass `filter`,
 /// examining at most `max_scan`: the same page as the embedded log's.
@@ -84,10 +102,7 @@ pub async fn read_stream(
     let Some(last) = last_event(inner, stream).await? else {
         return Ok(None);
     };
-    let head = Head {
-        sequence: last.position.0,
-        version: last.version,
-    };
+    let head = Head::of(&last);
     let top = head.version;
     let (events, next) = match direction {
         Direction::Forward => {
