@@ -6,7 +6,9 @@ use eventfold_plugin_builds::JS_ENDLESS_LOOP;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, data_dir};
+use crate::harness::{Backend, Server, backend_tests, data_dir};
+
+backend_tests!(rust_python_and_javascript_projections_agree_key_by_key,);
 
 const RUST: &str = eventfold_plugin_builds::USER_DIRECTORY;
 const PYTHON: &str = eventfold_plugin_builds::PYTHON_USER_DIRECTORY;
@@ -68,10 +70,9 @@ async fn assert_same_state(server: &Server, when: &str) {
     }
 }
 
-#[tokio::test]
-async fn rust_python_and_javascript_projections_agree_key_by_key() {
+async fn rust_python_and_javascript_projections_agree_key_by_key(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     // An 18 MB component compiles off the request path: while it does, the
     // plugin shows as compiling and the server answers everything else.
     let upload = reqwest::Client::new()
@@ -114,10 +115,11 @@ async fn rust_python_and_javascript_projections_agree_key_by_key() {
             json!([{"type": "UserCreated", "data": {"userId": 2, "name": "Bob"}}]),
         )
         .await;
-    let (status, body) = server
-        .post("/batch", &json!({ "appends": generated_users() }))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // In batches of 100 streams: at most 1,000 events each, as JetStream takes.
+    for appends in generated_users().chunks(100) {
+        let (status, body) = server.post("/batch", &json!({ "appends": appends })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
     for (name, _) in PLUGINS {
         server.wait_caught_up(name).await;
         let (status, _) = server.get(&format!("/plugins/{name}/state/user/1")).await;

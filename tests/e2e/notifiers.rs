@@ -18,7 +18,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::harness::{Server, data_dir, wait_until};
+use crate::harness::{Backend, Server, backend_tests, data_dir, wait_until};
+
+backend_tests!(every_notification_arrives_signed_and_in_order_despite_failures,);
 
 /// `whsec_` + base64 of 24 bytes, as Standard Webhooks writes secrets.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -167,10 +169,9 @@ async fn deploy_notifier(server: &Server) {
     assert_eq!(body["kind"], "notifier");
 }
 
-#[tokio::test]
-async fn every_notification_arrives_signed_and_in_order_despite_failures() {
+async fn every_notification_arrives_signed_and_in_order_despite_failures(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     deploy_notifier(&server).await;
     let receiver = Receiver::start(3).await;
     let shown = set_webhook(

@@ -9,7 +9,12 @@ use eventfold_plugin_builds::{COUNTER, COUNTER_V2, ORDER_TOTALS, USER_DIRECTORY}
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, data_dir, events};
+use crate::harness::{Backend, Server, backend_tests, data_dir, events};
+
+backend_tests!(
+    the_user_directory_follows_the_classic_example,
+    replay_rebuilds_identical_state_while_reads_and_appends_go_on,
+);
 
 fn user(event_type: &str, id: u64, name: Option<&str>) -> Value {
     match name {
@@ -36,10 +41,9 @@ async fn append_user(
         .await
 }
 
-#[tokio::test]
-async fn the_user_directory_follows_the_classic_example() {
+async fn the_user_directory_follows_the_classic_example(backend: Backend) {
     let dir = data_dir();
-    let server = Server::start_in(dir.path(), &[]).await;
+    let server = Server::start_on(backend, dir.path(), &[]).await;
     append_user(&server, json!("no_stream"), "UserCreated", 1, Some("Alice")).await;
     append_user(&server, json!("no_stream"), "UserCreated", 2, Some("Bob")).await;
     server
@@ -137,10 +141,9 @@ async fn order_totals_answers_queries() {
     assert_eq!(body["error"]["code"], "query_rejected");
 }
 
-#[tokio::test]
-async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on() {
+async fn replay_rebuilds_identical_state_while_reads_and_appends_go_on(backend: Backend) {
     let dir = data_dir();
-    let server = Arc::new(Server::start_in(dir.path(), &[]).await);
+    let server = Arc::new(Server::start_on(backend, dir.path(), &[]).await);
     // 3,000 users, some renamed, some deleted.
     for chunk in 0..30u64 {
         let appends: Vec<Value> = (0..100u64)
