@@ -158,6 +158,12 @@ impl ReopenableDb {
         Ok(())
     }
 
+    /// Closes the database until the next [`ReopenableDb::reopen`]: for a
+    /// reopen that opened the file but could not read it back.
+    pub fn close(&self) {
+        drop(self.db.write().take());
+    }
+
     /// Whether the database is open (not after a failed reopen).
     pub fn is_open(&self) -> bool {
         self.db.read().is_some()

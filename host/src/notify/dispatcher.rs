@@ -25,29 +25,33 @@ const RECORD_CHUNK: usize = 64;
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` is cancelled: delivers whatever the mailbox holds
-/// past the webhook's cursor, then waits to be woken.
+/// past the webhook's cursor, makes that progress durable, then waits to be
+/// woken. A failure of either looks again a second later; a storage failure
+/// (a full disk) reopens the mailbox first, whether a round or the sync of
+/// an idle dispatcher met it: after redb's first I/O error every operation
+/// on the file fails, so which one meets it is a matter of timing.
 pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: CancellationToken) {
     loop {
         // Registered before looking, so that a wake during a round is not lost.
         let woken = mailbox.wake.notified();
-        match round(&mailbox, &client, &shutdown).await {
+        let settled = match round(&mailbox, &client, &shutdown).await {
             Ok(true) => continue,
-            Ok(false) => {}
-            Err(error) => {
-                tracing::error!(plugin = %mailbox.plugin(), %error, "notification delivery stalled");
-                if error.is_storage_failure()
-                    && let Err(error) = on_mailbox(&mailbox, Mailbox::reopen).await
-                {
-                    tracing::warn!(plugin = %mailbox.plugin(), %error, "cannot reopen the mailbox yet");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(STORAGE_RETRY) => continue,
-                    () = shutdown.cancelled() => break,
-                }
+            Ok(false) => on_mailbox(&mailbox, Mailbox::sync).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = settled {
+            tracing::error!(plugin = %mailbox.plugin(), %error, "notification delivery stalled");
+            // Reopened, the mailbox holds its last durable commit: outcomes
+            // recorded since are delivered again (at least once).
+            if error.is_storage_failure()
+                && let Err(error) = on_mailbox(&mailbox, Mailbox::reopen).await
+            {
+                tracing::warn!(plugin = %mailbox.plugin(), %error, "cannot reopen the mailbox yet");
             }
-        }
-        if let Err(error) = on_mailbox(&mailbox, Mailbox::sync).await {
-            tracing::error!(plugin = %mailbox.plugin(), %error, "cannot make delivery progress durable");
+            tokio::select! {
+                () = tokio::time::sleep(STORAGE_RETRY) => continue,
+                () = shutdown.cancelled() => break,
+            }
         }
         tokio::select! {
             () = woken => {}

@@ -2,7 +2,9 @@
 //! file and checkpoint, and the step that moves it: read a batch after the
 //! checkpoint, hand it to the plugin, commit what it wrote with the new
 //! checkpoint. Failures are retried with backoff, then given up on (see
-//! `docs/design.md#failure-policy`).
+//! `docs/design.md#failure-policy`); a failure of the storage under the
+//! plugin (the log, its state file, its mailbox) is not the plugin's, and
+//! is retried every second without counting (`docs/design.md#a-full-disk`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
 use crate::notify::Mailbox;
 use crate::runtime::{
     CallError, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
-    SandboxLimits,
+    SandboxLimits, StateView,
 };
 
 /// Most events handed to a plugin in one call. Large batches matter when
@@ -128,12 +130,13 @@ enum Attempt {
     /// A wide batch is being narrowed down before anyone is blamed: it does
     /// not count, and the retry is at once.
     Narrowing,
-    /// The storage failed (a full disk), not the plugin: it does not count,
-    /// and the retry comes every [`STORAGE_RETRY`] until a commit succeeds.
+    /// The storage under the plugin failed (a full disk): the log, the state
+    /// file or the mailbox, whichever operation met it first. It does not
+    /// count, and the retry comes every [`STORAGE_RETRY`] until one succeeds.
     Storage,
 }
 
-/// How often a generation whose state file failed retries.
+/// How often a generation retries after its storage failed.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// Events per second over the last second or so.
@@ -231,30 +234,35 @@ impl Generation {
         })
     }
 
-    /// Makes the commits since the last durable one durable.
-    pub fn sync(&mut self) {
+    /// Makes the commits since the last durable one durable. A storage
+    /// failure reopens the file, as in a step: the sync of an idle runner
+    /// is as likely as a commit to be the first write a full disk refuses.
+    pub fn sync(&mut self, name: &PluginName) {
         if self.dirty {
             match self.store.sync() {
                 Ok(()) => self.dirty = false,
-                Err(error) => tracing::error!(%error, "cannot make plugin state durable"),
+                Err(error) => self.store_failed(name, "making state durable", error),
             }
             self.last_sync = Instant::now();
         }
     }
 
     /// Takes one batch of at most `most` events if there is work and no
-    /// failure is waiting for its retry; answers whether it did.
+    /// failure is waiting for its retry; answers whether it did. A state
+    /// file closed by a failed reopen is reopened first, work or not.
     pub fn step(&mut self, cx: &StepContext<'_>, head: u64, most: usize) -> bool {
-        if self.checkpoint >= head {
-            self.meter.idle();
-            return false;
-        }
         if self.failure.as_ref().is_some_and(Failure::waiting) {
             return false;
         }
         if !self.store.is_open() {
             self.reopen_store(cx.name, "the state file is closed after a storage failure");
             return true;
+        }
+        if self.checkpoint >= head {
+            // A retry due with nothing to redo: a reopen lost no commit.
+            self.failure = None;
+            self.meter.idle();
+            return false;
         }
         let limit = if self.checkpoint < self.narrow_until {
             1
@@ -293,13 +301,24 @@ impl Generation {
     /// from an operator's skip).
     fn process(&mut self, cx: &StepContext<'_>, limit: usize) {
         let from = self.checkpoint + 1;
-        let batch = match self.next_batch(&cx.host.log, from, limit) {
+        let log = &cx.host.log;
+        let batch = match self.next_batch(log, from, limit) {
             Ok(batch) => batch,
             Err(error) => {
-                let message = format!("reading the log: {error}");
-                return self.fail(cx.name, from, message, Attempt::Counts);
+                let attempt = if log_outage(log, &error) {
+                    Attempt::Storage
+                } else {
+                    Attempt::Counts
+                };
+                return self.fail(cx.name, from, format!("reading the log: {error}"), attempt);
             }
         };
+        if batch.next <= from {
+            // Not one event readable below the head: a stopped log holds
+            // the last groups in its WAL alone until it reopens.
+            let message = format!("the log shows no event at {from} yet");
+            return self.fail(cx.name, from, message, Attempt::Storage);
+        }
         // Events the subscription skips still advance the checkpoint.
         let checkpoint = batch.next.saturating_sub(1).max(self.checkpoint);
         let Batch {
@@ -308,8 +327,12 @@ impl Generation {
         let Some(&first) = positions.first() else {
             return self.commit(cx.name, BTreeMap::new(), Vec::new(), checkpoint, 0);
         };
-        let more = positions.len() >= limit && cx.host.log.head().0 > checkpoint;
-        let (handled, memory_peak) = match self.handle(cx, events, checkpoint, limit, more) {
+        let view = match self.store.view() {
+            Ok(view) => view,
+            Err(error) => return self.store_failed(cx.name, "reading state", error),
+        };
+        let more = positions.len() >= limit && log.head().0 > checkpoint;
+        let (handled, memory_peak) = match self.handle(cx, events, view, checkpoint, limit, more) {
             Ok(handled) => handled,
             Err(message) => return self.fail(cx.name, first, message, Attempt::Counts),
         };
@@ -348,6 +371,7 @@ impl Generation {
         &mut self,
         cx: &StepContext<'_>,
         events: EventBatch,
+        view: StateView,
         checkpoint: u64,
         limit: usize,
         more: bool,
@@ -361,7 +385,6 @@ impl Generation {
                 .map_err(|e| e.to_string())?;
             self.instance = Some(instance);
         }
-        let view = self.store.view().map_err(|e| e.to_string())?;
         let Some(instance) = self.instance.as_mut() else {
             return Err("the plugin has no instance".into());
         };
@@ -408,12 +431,21 @@ impl Generation {
         checkpoint: u64,
         positions: &[u64],
     ) {
-        let emitted = match cx.mailbox.map(|m| m.drop_known(emitted)).transpose() {
-            Ok(emitted) => emitted.unwrap_or_default(),
-            Err(error) => {
-                let message = format!("reading the mailbox: {error}");
-                return self.fail(cx.name, positions[0], message, Attempt::Counts);
-            }
+        let emitted = match cx.mailbox {
+            None => emitted,
+            Some(mailbox) => match mailbox.drop_known(emitted) {
+                Ok(emitted) => emitted,
+                Err(error) => {
+                    let attempt = if error.is_storage_failure() {
+                        reopen_mailbox(cx.name, mailbox);
+                        Attempt::Storage
+                    } else {
+                        Attempt::Counts
+                    };
+                    let message = format!("reading the mailbox: {error}");
+                    return self.fail(cx.name, positions[0], message, attempt);
+                }
+            },
         };
         self.commit(cx.name, writes, emitted, checkpoint, positions.len() as u64);
     }
@@ -477,14 +509,21 @@ impl Generation {
                     self.dirty = true;
                 }
             }
-            Err(error) if error.is_storage_failure() => {
-                self.reopen_store(name, &format!("committing state: {error}"));
-            }
-            Err(error) => {
-                let position = self.checkpoint + 1;
-                let message = format!("committing state: {error}");
-                self.fail(name, position, message, Attempt::Counts);
-            }
+            Err(error) => self.store_failed(name, "committing state", error),
+        }
+    }
+
+    /// Records a failed operation on the state file. After its first I/O
+    /// error redb refuses every operation on the file, reads included, so
+    /// a storage failure may surface in any of them (a commit, the sync of
+    /// an idle runner, the read of the next batch's state), whichever
+    /// comes first: each reopens the file. Any other failure counts.
+    fn store_failed(&mut self, name: &PluginName, what: &str, error: PluginError) {
+        let message = format!("{what}: {error}");
+        if error.is_storage_failure() || !self.store.is_open() {
+            self.reopen_store(name, &message);
+        } else {
+            self.fail(name, self.checkpoint + 1, message, Attempt::Counts);
         }
     }
 
@@ -492,21 +531,31 @@ impl Generation {
     /// later, the attempt not counted. Reopened, the file holds its last
     /// durable commit: state and checkpoint went back together, and the
     /// events since are done again (their notifications' keys are accepted
-    /// once).
+    /// once). Nothing in it then waits for a sync, and its outbox may again
+    /// hold what had been posted.
     fn reopen_store(&mut self, name: &PluginName, failure: &str) {
-        let reopened = self.store.reopen().and_then(|()| self.store.checkpoint());
+        let reopened = self.store.reopen();
+        // Whether or not it opened, the old handle's commits since the last
+        // durable one are gone.
+        self.dirty = false;
+        self.last_sync = Instant::now();
         match reopened {
-            Ok(durable) => self.checkpoint = durable,
+            Ok(durable) => {
+                self.checkpoint = durable;
+                self.outbox_pending = true;
+            }
             Err(error) => {
                 tracing::warn!(plugin = %name, %error, "cannot reopen the state file yet")
             }
         }
-        let message = format!("{failure}; retrying every second");
-        self.fail(name, self.checkpoint + 1, message, Attempt::Storage);
+        self.fail(name, self.checkpoint + 1, failure.into(), Attempt::Storage);
     }
 
     /// Records a failed attempt at `position` and when to retry it.
-    fn fail(&mut self, name: &PluginName, position: u64, message: String, attempt: Attempt) {
+    fn fail(&mut self, name: &PluginName, position: u64, mut message: String, attempt: Attempt) {
+        if attempt == Attempt::Storage {
+            message.push_str("; retrying every second");
+        }
         let counted = u32::from(attempt == Attempt::Counts);
         let attempts = match &self.failure {
             Some(f) if f.position == position => f.attempts + counted,
@@ -554,17 +603,35 @@ impl Generation {
                 Ok(true) => {}
                 Ok(false) => self.outbox_pending = false,
                 Err(error) => {
-                    // Left pending: the next step tries again.
+                    // Left pending: the runner's next round tries again.
                     tracing::error!(plugin = %name, %error, "cannot post notifications to the mailbox");
-                    if let PluginError::Notify(failure) = &error
-                        && failure.is_storage_failure()
-                        && let Err(error) = mailbox.reopen()
-                    {
-                        tracing::warn!(plugin = %name, %error, "cannot reopen the mailbox yet");
+                    match error {
+                        PluginError::Notify(failure) if failure.is_storage_failure() => {
+                            reopen_mailbox(name, mailbox);
+                        }
+                        PluginError::Notify(_) => {}
+                        error => self.store_failed(name, "posting notifications", error),
                     }
                     return;
                 }
             }
         }
+    }
+}
+
+/// Whether a failed read of the log is the log's outage (stopped after a
+/// storage failure, or reopening), not the plugin's doing: the log reopens
+/// by itself.
+fn log_outage(log: &EventLog, error: &LogError) -> bool {
+    error.is_storage_failure()
+        || matches!(error, LogError::Unavailable(_))
+        || log.storage_failure().is_some()
+}
+
+/// Reopens a notifier's mailbox after a storage failure; a reopen that
+/// fails now is tried again at the next failure.
+fn reopen_mailbox(name: &PluginName, mailbox: &Mailbox) {
+    if let Err(error) = mailbox.reopen() {
+        tracing::warn!(plugin = %name, %error, "cannot reopen the mailbox yet");
     }
 }

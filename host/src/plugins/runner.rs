@@ -116,7 +116,15 @@ impl Runner {
     }
 
     fn sync(&mut self) {
-        self.generations().for_each(Generation::sync);
+        let Self {
+            shared,
+            live,
+            rebuild,
+            ..
+        } = self;
+        std::iter::once(live)
+            .chain(rebuild.as_mut())
+            .for_each(|g| g.sync(&shared.name));
     }
 
     /// Blocks until a new event, an operator command, or a due retry.
@@ -231,7 +239,7 @@ impl Runner {
         };
         // What the old version emitted goes out before it is removed.
         self.post_outbox();
-        next.sync();
+        next.sync(&self.shared.name);
         let old = std::mem::replace(&mut self.live, next);
         // The new version's outbox holds only keys never sent before.
         self.post_outbox();

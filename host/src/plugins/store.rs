@@ -48,10 +48,13 @@ impl PluginStore {
     }
 
     /// Closes the file and opens it again: after an I/O error (a full disk)
-    /// redb refuses every write until then. It holds its last durable
-    /// commit afterwards.
-    pub fn reopen(&self) -> Result<(), PluginError> {
-        Ok(self.db.reopen()?)
+    /// redb refuses every operation until then. It holds its last durable
+    /// commit afterwards; answers that commit's checkpoint. A file whose
+    /// checkpoint cannot be read is left closed, to be reopened again: a
+    /// generation never goes on from a checkpoint its state does not hold.
+    pub fn reopen(&self) -> Result<u64, PluginError> {
+        self.db.reopen()?;
+        self.checkpoint().inspect_err(|_| self.db.close())
     }
 
     /// Whether the file is open (not after a failed [`PluginStore::reopen`]).
