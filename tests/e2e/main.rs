@@ -9,6 +9,7 @@ mod durability;
 mod full_disk;
 mod harness;
 mod jetstream_cluster;
+mod jetstream_failover;
 mod languages;
 mod lifecycle;
 mod live;
