@@ -71,16 +71,23 @@ impl JetStreamLog {
             let published = match plan.messages.len() {
                 1 => {
                     let (subject, headers, payload) = plan.messages[0].clone();
-                    inner.api.publish(subject, headers, payload).await?
+                    inner.api.publish(subject, headers, payload).await
                 }
-                _ => inner.api.publish_batch(plan.messages.clone()).await?,
+                _ => inner.api.publish_batch(plan.messages.clone()).await,
             };
+            // An unanswered publish may have landed: the heads are unknown.
+            let published = published.inspect_err(|_| forget(inner, &appends))?;
             match published {
                 Published::Stored {
                     last,
                     duplicate: true,
                     ..
-                } => return retried_publish(inner, plan, last).await,
+                } => {
+                    // On a replicated stream JetStream checks the id before
+                    // the expected sequence: the heads this plan used are stale.
+                    forget(inner, &appends);
+                    return retried_publish(inner, plan, last).await;
+                }
                 Published::Stored { last, count, .. } => {
                     let first = last + 1 - count;
                     inner.saw(last);
