@@ -113,6 +113,11 @@ impl Api {
         }
     }
 
+    /// How long one request waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Publishes one message and waits for JetStream's answer.
     pub async fn publish(
         &self,

@@ -5,6 +5,12 @@
 //! atomic batch. A refused check means someone else appended: the heads
 //! are read again and the request planned again, and a retry of an append
 //! that already landed is recognised by its event ids.
+//!
+//! Every event has its id before the first attempt (the client's, or one
+//! made here), so a request whose publish went unanswered (a leader
+//! election, a slow cluster) is sent again by the node itself, for up to
+//! twice the request timeout: JetStream stores each id once, and the
+//! next plan recognises what landed.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +31,8 @@ pub const MAX_EVENTS: usize = 1000;
 const MAX_ATTEMPTS: u32 = 32;
 /// How far back in a stream a retry's events are looked for.
 const RETRY_LOOKBACK: usize = 1000;
+/// The first pause before asking an unavailable cluster again (doubling).
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(50);
 
 /// A request turned into messages.
 struct Plan {
@@ -60,23 +68,23 @@ impl JetStreamLog {
             });
         }
         let inner = &self.inner;
-        let mut raced = false;
+        let ids = event_ids(&appends);
+        let mut attempts = Attempts::new(inner.api.timeout() * 2);
         let mut duplicates = 0;
-        for attempt in 0..MAX_ATTEMPTS {
-            let heads = heads(inner, &appends, raced).await?;
-            let plan = plan(inner, &appends, heads, raced).await?;
-            if plan.messages.is_empty() {
-                return Ok(outcomes(inner, plan, 0));
-            }
-            let published = match plan.messages.len() {
-                1 => {
-                    let (subject, headers, payload) = plan.messages[0].clone();
-                    inner.api.publish(subject, headers, payload).await
+        while let Some(state) = attempts.next() {
+            let published = match attempt(inner, &appends, &ids, state).await {
+                Ok(published) => published,
+                Err(LogError::Unavailable(why)) => {
+                    forget(inner, &appends);
+                    attempts.unavailable(why).await?;
+                    continue;
                 }
-                _ => inner.api.publish_batch(plan.messages.clone()).await,
+                Err(error) => return Err(error),
             };
-            // An unanswered publish may have landed: the heads are unknown.
-            let published = published.inspect_err(|_| forget(inner, &appends))?;
+            let (plan, published) = match published {
+                Attempted::Done(outcomes) => return Ok(outcomes),
+                Attempted::Published(plan, published) => (plan, published),
+            };
             match published {
                 Published::Stored {
                     last,
@@ -86,7 +94,7 @@ impl JetStreamLog {
                     // On a replicated stream JetStream checks the id before
                     // the expected sequence: the heads this plan used are stale.
                     forget(inner, &appends);
-                    return retried_publish(inner, plan, last).await;
+                    return retried_publish(inner, plan, last, &ids).await;
                 }
                 Published::Stored { last, count, .. } => {
                     let first = last + 1 - count;
@@ -99,21 +107,19 @@ impl JetStreamLog {
                 } if duplicates > 0 => {
                     // Planned again from the leader's heads and still holding
                     // a stored id: not a retry of one append that landed.
-                    return Err(idempotency_conflict(inner, &appends).await);
+                    return Err(idempotency_conflict(inner, &appends, &ids).await);
                 }
                 Published::Refused { code, .. }
                     if code == WRONG_LAST_SEQUENCE || code == BATCH_DUPLICATE =>
                 {
                     duplicates += u32::from(code == BATCH_DUPLICATE);
-                    raced = true;
+                    attempts.raced();
                     forget(inner, &appends);
                 }
                 Published::Refused {
                     code: PROPOSAL_IN_FLIGHT,
                     ..
-                } => {
-                    tokio::time::sleep(Duration::from_millis(2 << attempt.min(6))).await;
-                }
+                } => attempts.early().await,
                 Published::Refused { code, description } => {
                     tracing::warn!(code, %description, "JetStream refused an append");
                     return Err(LogError::Internal(format!(
@@ -125,6 +131,126 @@ impl JetStreamLog {
         Err(LogError::Unavailable(format!(
             "the append lost the race for its streams {MAX_ATTEMPTS} times; try again"
         )))
+    }
+}
+
+/// What one attempt came to.
+enum Attempted {
+    /// Nothing to publish: every append is a retry of one that landed.
+    Done(Vec<AppendOutcome>),
+    /// Published, with JetStream's answer.
+    Published(Plan, Published),
+}
+
+/// Plans the request from the heads and publishes it.
+async fn attempt(
+    inner: &Inner,
+    appends: &[StreamAppend],
+    ids: &EventIds,
+    state: AttemptState,
+) -> Result<Attempted, LogError> {
+    let heads = heads(inner, appends, state.raced).await?;
+    let plan = plan(inner, appends, ids, heads, state).await?;
+    if plan.messages.is_empty() {
+        return Ok(Attempted::Done(outcomes(inner, plan, 0)));
+    }
+    let published = match plan.messages.len() {
+        1 => {
+            let (subject, headers, payload) = plan.messages[0].clone();
+            inner.api.publish(subject, headers, payload).await
+        }
+        _ => inner.api.publish_batch(plan.messages.clone()).await,
+    }?;
+    Ok(Attempted::Published(plan, published))
+}
+
+/// Every event's id, per append: the client's, or one made for it once, so
+/// that every attempt publishes the same ids.
+struct EventIds {
+    ids: Vec<Vec<Uuid>>,
+    /// Per append: whether the client gave the ids (else they were made here).
+    given: Vec<bool>,
+}
+
+fn event_ids(appends: &[StreamAppend]) -> EventIds {
+    EventIds {
+        ids: appends
+            .iter()
+            .map(|a| {
+                a.events
+                    .iter()
+                    .map(|e| e.id.unwrap_or_else(Uuid::now_v7))
+                    .collect()
+            })
+            .collect(),
+        given: appends
+            .iter()
+            .map(|a| a.events.first().is_some_and(|e| e.id.is_some()))
+            .collect(),
+    }
+}
+
+/// What the next attempt knows from the ones before it.
+#[derive(Debug, Clone, Copy, Default)]
+struct AttemptState {
+    /// Someone else appended (or may have): read the heads from the leader.
+    raced: bool,
+    /// An earlier attempt went unanswered and may have landed.
+    uncertain: bool,
+}
+
+/// The attempts of one request: at most [`MAX_ATTEMPTS`] races, and
+/// unavailability retried until `budget` is spent.
+struct Attempts {
+    state: AttemptState,
+    count: u32,
+    started: tokio::time::Instant,
+    budget: Duration,
+    pause: Duration,
+}
+
+impl Attempts {
+    fn new(budget: Duration) -> Self {
+        Self {
+            state: AttemptState::default(),
+            count: 0,
+            started: tokio::time::Instant::now(),
+            budget,
+            pause: UNAVAILABLE_PAUSE,
+        }
+    }
+
+    fn next(&mut self) -> Option<AttemptState> {
+        self.count += 1;
+        (self.count <= MAX_ATTEMPTS).then_some(self.state)
+    }
+
+    fn raced(&mut self) {
+        self.state.raced = true;
+    }
+
+    /// Refused as early (the subject's last write still replicates): waits
+    /// a little longer each time.
+    async fn early(&mut self) {
+        tokio::time::sleep(Duration::from_millis(2 << (self.count - 1).min(6))).await;
+    }
+
+    /// The cluster did not answer: waits and lets the next attempt go, or
+    /// gives up with `why` once the budget is spent.
+    async fn unavailable(&mut self, why: String) -> Result<(), LogError> {
+        if self.started.elapsed() + self.pause > self.budget {
+            return Err(LogError::Unavailable(why));
+        }
+        tracing::debug!(%why, "JetStream unavailable; the append is tried again");
+        self.state = AttemptState {
+            raced: true,
+            uncertain: true,
+        };
+        // Unavailability is not a race: it does not use up the attempts.
+        self.count -= 1;
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }
 
@@ -158,13 +284,15 @@ async fn heads(
 }
 
 /// Checks every append's expectation against `heads` and builds the
-/// messages. After a race (`raced`), an append with event ids may be a
-/// retry of one that landed: its ids are looked for first.
+/// messages. After a race, an append with the client's event ids may be a
+/// retry of one that landed, and after an unanswered attempt any append
+/// may be: its ids are looked for first.
 async fn plan(
     inner: &Inner,
     appends: &[StreamAppend],
+    ids: &EventIds,
     mut heads: HashMap<String, Option<Head>>,
-    raced: bool,
+    state: AttemptState,
 ) -> Result<Plan, LogError> {
     let recorded_at = now_micros();
     let mut plan = Plan {
@@ -177,10 +305,13 @@ async fn plan(
         let head = heads.get(name).copied().flatten();
         let current = head.map(|h| h.version);
         let admitted = append.expected_version.admits(current);
-        if append.events.first().and_then(|e| e.id).is_some()
-            && (raced || !admitted)
-            && let Some(outcome) = find_retry(inner, append, head).await?
+        let event_ids = &ids.ids[index];
+        if (state.raced || !admitted)
+            && (ids.given[index] || state.uncertain)
+            && let Some(mut outcome) = find_retry(inner, append, event_ids, head).await?
         {
+            // Ids made here were never sent before this request.
+            outcome.duplicate = ids.given[index];
             plan.appends.push(Planned::Retry(outcome));
             continue;
         }
@@ -197,8 +328,7 @@ async fn plan(
             .stream(append.stream.category(), append.stream.as_str());
         let first = plan.messages.len();
         let first_version = current.map_or(0, |v| v + 1);
-        for (offset, event) in append.events.iter().enumerate() {
-            let id = event.id.unwrap_or_else(Uuid::now_v7);
+        for (offset, (event, &id)) in append.events.iter().zip(event_ids).enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.hyphenated().to_string().as_str());
             if offset == 0 && expected_set.insert(name.to_owned()) {
@@ -280,6 +410,7 @@ async fn retried_publish(
     inner: &Inner,
     plan: Plan,
     sequence: u64,
+    ids: &EventIds,
 ) -> Result<Vec<AppendOutcome>, LogError> {
     let original = read::event_at(inner, sequence).await?;
     let mut outcomes = Vec::with_capacity(plan.appends.len());
@@ -290,7 +421,8 @@ async fn retried_publish(
                 first_position: Position(sequence),
                 last_position: Position(sequence),
                 next_expected_version: original.version,
-                duplicate: true,
+                // An id made here was sent only by this request's attempts.
+                duplicate: ids.given.iter().all(|&given| given),
             },
         });
     }
@@ -301,11 +433,8 @@ async fn retried_publish(
 /// (JetStream refused the batch for it): the id is looked for among the
 /// last events of the request's streams, else the request's first id is
 /// named.
-async fn idempotency_conflict(inner: &Inner, appends: &[StreamAppend]) -> LogError {
-    let ids: Vec<Uuid> = appends
-        .iter()
-        .flat_map(|a| a.events.iter().filter_map(|e| e.id))
-        .collect();
+async fn idempotency_conflict(inner: &Inner, appends: &[StreamAppend], ids: &EventIds) -> LogError {
+    let ids: Vec<Uuid> = ids.ids.iter().flatten().copied().collect();
     for append in appends {
         let Ok(Some(last)) = read::last_event(inner, &append.stream).await else {
             continue;
@@ -322,7 +451,7 @@ async fn idempotency_conflict(inner: &Inner, appends: &[StreamAppend]) -> LogErr
     }
     match ids.first() {
         Some(&id) => LogError::IdempotencyConflict { id },
-        None => LogError::Internal("JetStream refused a batch without event ids".into()),
+        None => LogError::Internal("JetStream refused an empty batch".into()),
     }
 }
 
@@ -334,15 +463,16 @@ fn forget(inner: &Inner, appends: &[StreamAppend]) {
     }
 }
 
-/// If `append`'s first event id is among the stream's last events, the
-/// append is a retry of the one that wrote them: every event must be there,
-/// in order, and the original positions are the answer.
+/// If the first of `ids` is among the stream's last events, the append is
+/// a retry of the one that wrote them: every event must be there, in
+/// order, and the original positions are the answer.
 async fn find_retry(
     inner: &Inner,
     append: &StreamAppend,
+    ids: &[Uuid],
     head: Option<Head>,
 ) -> Result<Option<AppendOutcome>, LogError> {
-    let (Some(head), Some(first_id)) = (head, append.events.first().and_then(|e| e.id)) else {
+    let (Some(head), Some(&first_id)) = (head, ids.first()) else {
         return Ok(None);
     };
     let from = (head.version + 1).saturating_sub(RETRY_LOOKBACK as u64);
@@ -351,17 +481,12 @@ async fn find_retry(
         return Ok(None);
     };
     let found = &tail[start..];
-    for (offset, event) in append.events.iter().enumerate() {
-        let matches = found
-            .get(offset)
-            .is_some_and(|stored| Some(stored.id) == event.id);
-        if !matches {
-            return Err(LogError::IdempotencyConflict {
-                id: event.id.unwrap_or(first_id),
-            });
+    for (offset, &id) in ids.iter().enumerate() {
+        if found.get(offset).is_none_or(|stored| stored.id != id) {
+            return Err(LogError::IdempotencyConflict { id });
         }
     }
-    let last = &found[append.events.len() - 1];
+    let last = &found[ids.len() - 1];
     Ok(Some(AppendOutcome {
         first_position: found[0].position,
         last_position: last.position,
