@@ -3,6 +3,8 @@
 //! The same load generator and workloads as `peers`, against eventfold alone:
 //! by default a server started in a process of its own on a fresh directory
 //! under `--data-dir`; `--url` drives a server that is already running.
+//! `--versus BINARY` starts that `eventfold` binary too and runs every
+//! workload on both in turn, round after round: an A/B in one run.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::peers::{Eventfold, Measure, Protocol, Round, System, WORKLOADS, drive};
+use crate::peers::{Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive};
 
 /// Options of the append benchmark.
 #[derive(clap::Args)]
@@ -32,6 +34,10 @@ pub struct Args {
     /// (`GET /appends`, a WebSocket).
     #[arg(long, value_enum, default_value = "http")]
     pub protocol: Protocol,
+    /// Another `eventfold` binary (e.g. the previous commit's) to run the
+    /// same workloads on, interleaved, with the ratio of the two.
+    #[arg(long, conflicts_with = "url")]
+    pub versus: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -42,6 +48,7 @@ impl Default for Args {
             seconds: 5.0,
             rounds: 3,
             protocol: Protocol::Http,
+            versus: None,
         }
     }
 }
@@ -56,57 +63,100 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let fsyncs = fdatasync_rate(scratch.path(), Duration::from_secs(2), false)?;
     let overwrites = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
 
-    let system = System::Eventfold(
-        match &args.url {
-            Some(url) => Eventfold::connect(url),
-            None => Eventfold::start(scratch.path()).await?,
-        }
-        .with_protocol(args.protocol),
-    );
+    let mut systems = vec![(
+        "this build".to_owned(),
+        System::Eventfold(
+            match &args.url {
+                Some(url) => Eventfold::connect(url),
+                None => Eventfold::start(&scratch.path().join("this")).await?,
+            }
+            .with_protocol(args.protocol),
+        ),
+    )];
+    if let Some(binary) = &args.versus {
+        let launch = Launch {
+            binary: Some(binary.clone()),
+            args: Vec::new(),
+        };
+        let other = Eventfold::launch(&scratch.path().join("versus"), &launch).await?;
+        systems.push((
+            binary.display().to_string(),
+            System::Eventfold(other.with_protocol(args.protocol)),
+        ));
+    }
     let seconds = Duration::from_secs_f64(args.seconds);
-    let mut results: Vec<Vec<Round>> = WORKLOADS.iter().map(|_| Vec::new()).collect();
+    // Per system, per workload: the rounds.
+    let mut results: Vec<Vec<Vec<Round>>> = systems
+        .iter()
+        .map(|_| WORKLOADS.iter().map(|_| Vec::new()).collect())
+        .collect();
     let measured: anyhow::Result<()> = async {
         for round in 0..args.rounds {
             for (i, workload) in WORKLOADS.iter().enumerate() {
-                let result = drive(&system, *workload, seconds, round).await?;
-                eprintln!(
-                    "round {} {:<24} {:>10.0} events/s",
-                    round + 1,
-                    workload.name,
-                    result.events_per_sec
-                );
-                results[i].push(result);
+                for (s, (name, system)) in systems.iter().enumerate() {
+                    let result = drive(system, *workload, seconds, round).await?;
+                    eprintln!(
+                        "round {} {:<24} {:>10.0} events/s  {name}",
+                        round + 1,
+                        workload.name,
+                        result.events_per_sec
+                    );
+                    results[s][i].push(result);
+                }
             }
         }
         Ok(())
     }
     .await;
-    system.stop().await?;
+    let names: Vec<String> = systems.iter().map(|(name, _)| name.clone()).collect();
+    for (_, system) in systems {
+        system.stop().await?;
+    }
     measured?;
+    let measures: Vec<Vec<Measure>> = results
+        .into_iter()
+        .map(|rounds| rounds.into_iter().map(Measure::from).collect())
+        .collect();
 
     println!();
     println!(
         "disk: {fsyncs:.0} fdatasync/s appending 4 KiB, {overwrites:.0}/s overwriting, in {}",
         args.data_dir.display()
     );
-    println!(
-        "{:<24} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
-        "workload", "events/s", "p50 ms", "p99 ms", "events/fsync", "server µs", "client µs"
-    );
-    for (workload, rounds) in WORKLOADS.iter().zip(results) {
-        let m = Measure::from(rounds);
-        let server = m
-            .server_cpu_us_per_request
-            .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
+    for (s, name) in names.iter().enumerate() {
+        if names.len() > 1 {
+            println!("{name}:");
+        }
         println!(
-            "{:<24} {:>12.0} {:>9.2} {:>9.2} {:>14.2} {server:>10} {:>10.0}",
-            workload.name,
-            m.events_per_sec,
-            m.p50_ms,
-            m.p99_ms,
-            m.events_per_sec / overwrites,
-            m.client_cpu_us_per_request,
+            "{:<24} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
+            "workload", "events/s", "p50 ms", "p99 ms", "events/fsync", "server µs", "client µs"
         );
+        for (workload, m) in WORKLOADS.iter().zip(&measures[s]) {
+            let server = m
+                .server_cpu_us_per_request
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
+            println!(
+                "{:<24} {:>12.0} {:>9.2} {:>9.2} {:>14.2} {server:>10} {:>10.0}",
+                workload.name,
+                m.events_per_sec,
+                m.p50_ms,
+                m.p99_ms,
+                m.events_per_sec / overwrites,
+                m.client_cpu_us_per_request,
+            );
+        }
+    }
+    if let [this, versus] = measures.as_slice() {
+        println!("this build against {}:", names[1]);
+        println!("{:<24} {:>12} {:>12}", "workload", "events/s ×", "p99 ×");
+        for (workload, (a, b)) in WORKLOADS.iter().zip(this.iter().zip(versus)) {
+            println!(
+                "{:<24} {:>12.3} {:>12.3}",
+                workload.name,
+                a.events_per_sec / b.events_per_sec,
+                a.p99_ms / b.p99_ms,
+            );
+        }
     }
     println!(
         "({} rounds of {:.1} s each, median round; ≈200-byte JSON events, every append fsynced; events/fsync against the overwriting rate;",

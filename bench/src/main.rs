@@ -13,13 +13,22 @@
 //! - `storage`: the log's file size for 1 KB events against their payload.
 //! - `streams`: the server's RSS and append rate as appends reach millions
 //!   of distinct streams; `--compare`: 1,000 streams against 1 M.
+//! - `overload`: appends offered open-loop at 4× what the server sustains:
+//!   201s, 503 `overloaded` refusals and their latencies, and every 201
+//!   read back.
+//! - `rebuild`: append latency while a projection rebuilds, with and
+//!   without `--replay-rate`, against no rebuild.
 //! - `all`: `peers`, `languages`, `notify` and `storage`.
 
 mod append;
 mod chart;
+mod http;
 mod languages;
 mod notify;
+mod open_loop;
+mod overload;
 mod peers;
+mod rebuild;
 mod replay;
 mod storage;
 mod streams;
@@ -51,6 +60,12 @@ enum Command {
     Storage(storage::Args),
     /// Server RSS and append rate against the number of streams (10 M by default).
     Streams(streams::Args),
+    /// Appends offered open-loop at 4× what the server sustains: accepted,
+    /// refused (503 overloaded) and their latencies; no 201 lost.
+    Overload(overload::Args),
+    /// Append latency during a projection's rebuild, with and without
+    /// `--replay-rate`, against no rebuild.
+    Rebuild(rebuild::Args),
     /// `peers`, `languages`, `notify` and `storage` with their defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
@@ -95,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Peers(args)) => runtime.block_on(peers::run(args)),
         Some(Command::Storage(args)) => runtime.block_on(storage::run(args)),
         Some(Command::Streams(args)) => runtime.block_on(streams::run(args)),
+        Some(Command::Overload(args)) => runtime.block_on(overload::run(args)),
+        Some(Command::Rebuild(args)) => runtime.block_on(rebuild::run(args)),
         Some(Command::All { data_dir }) => {
             // `peers` covers the append and replay benchmarks.
             runtime.block_on(peers::run(peers::Args {

@@ -3,7 +3,7 @@
 //! HTTP (`POST /streams/{stream}`) or over its append socket (`GET /appends`,
 //! a WebSocket).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,6 +40,16 @@ pub struct Eventfold {
     protocol: Protocol,
 }
 
+/// How to start the server: which binary, with which extra flags.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// An `eventfold` binary to run as `eventfold serve` (default: this
+    /// benchmark re-executed as `serve`, the same code).
+    pub binary: Option<PathBuf>,
+    /// Flags added after `serve --data-dir … --addr …`.
+    pub args: Vec<String>,
+}
+
 /// One client: its own connection and its own stream.
 pub struct Client {
     connection: Connection,
@@ -66,15 +76,26 @@ enum Connection {
 impl Eventfold {
     /// Starts `eventfold serve` on a fresh data directory under `scratch`.
     pub async fn start(scratch: &Path) -> anyhow::Result<Self> {
+        Self::launch(scratch, &Launch::default()).await
+    }
+
+    /// Starts `eventfold serve` as `launch` says, on the data directory
+    /// under `scratch` (fresh the first time; a second launch on the same
+    /// `scratch` opens what the first one left).
+    pub async fn launch(scratch: &Path, launch: &Launch) -> anyhow::Result<Self> {
         let dir = service::service_dir(scratch, "eventfold")?;
         let port = service::free_port()?;
-        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        let mut command = match &launch.binary {
+            Some(binary) => tokio::process::Command::new(binary),
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
         command
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"))
+            .args(&launch.args)
             .env("RUST_LOG", "warn");
         let log = dir.join("server.log");
         let mut service = Service::spawn("eventfold", command, &log, "TERM")?;
@@ -121,6 +142,11 @@ impl Eventfold {
             http: self.http.clone(),
             protocol,
         }
+    }
+
+    /// Its base URL, `http://host:port`.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// How its clients append.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-pub use self::eventfold::{Eventfold, Protocol};
+pub use self::eventfold::{Eventfold, Launch, Protocol};
 use self::postgres::Postgres;
 use self::redis::Redis;
 use self::report::Replay;
@@ -365,7 +365,7 @@ fn log_round(round: usize, what: &str, system: &System, result: &Round) {
 }
 
 /// A tag for this run of the benchmark: its start, in seconds since the epoch.
-fn run_tag() -> u64 {
+pub fn run_tag() -> u64 {
     static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TAG.get_or_init(|| {
         std::time::SystemTime::now()
