@@ -18,11 +18,16 @@
 //!   read back.
 //! - `rebuild`: append latency while a projection rebuilds, with and
 //!   without `--replay-rate`, against no rebuild.
+//! - `jetstream`: eventfold on a JetStream cluster (R1 and R3) against the
+//!   same appends published straight to JetStream, and its replay against
+//!   an ordered consumer of the same stream.
 //! - `all`: `peers`, `languages`, `notify` and `storage`.
 
 mod append;
 mod chart;
+mod control;
 mod http;
+mod jetstream;
 mod languages;
 mod notify;
 mod open_loop;
@@ -66,6 +71,9 @@ enum Command {
     /// Append latency during a projection's rebuild, with and without
     /// `--replay-rate`, against no rebuild.
     Rebuild(rebuild::Args),
+    /// eventfold on JetStream (R1, R3) against JetStream direct: appends
+    /// and replay.
+    Jetstream(jetstream::Args),
     /// `peers`, `languages`, `notify` and `storage` with their defaults.
     All {
         /// Where data and the fsync probe go (the disk measured).
@@ -112,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Streams(args)) => runtime.block_on(streams::run(args)),
         Some(Command::Overload(args)) => runtime.block_on(overload::run(args)),
         Some(Command::Rebuild(args)) => runtime.block_on(rebuild::run(args)),
+        Some(Command::Jetstream(args)) => runtime.block_on(jetstream::run(args)),
         Some(Command::All { data_dir }) => {
             // `peers` covers the append and replay benchmarks.
             runtime.block_on(peers::run(peers::Args {

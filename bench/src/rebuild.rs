@@ -19,12 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use hyper::{Method, StatusCode};
-use serde::Deserialize;
-use std::fmt::Write as _;
+use anyhow::Context;
 
+use crate::control;
 use crate::http::Connection;
 use crate::open_loop::{self, Kind, Load, Outcome};
 use crate::peers::{Eventfold, Launch};
@@ -68,25 +65,6 @@ pub struct Args {
 const WASM: &str = "order_totals.wasm";
 /// Its name on the server.
 const PLUGIN: &str = "totals";
-/// Streams the log is filled over.
-const FILL_STREAMS: u64 = 10_000;
-/// Fill requests in flight.
-const FILL_CLIENTS: usize = 4;
-/// Appends of 100 events per fill request.
-const FILL_APPENDS: u64 = 10;
-/// How often the plugin's status is read while waiting for a swap.
-const POLL: Duration = Duration::from_millis(10);
-
-/// A plugin's status, the fields used here.
-#[derive(Deserialize)]
-struct Status {
-    state: String,
-    generation: u64,
-    checkpoint: u64,
-    head: u64,
-    rebuild: Option<serde_json::Value>,
-    last_error: Option<serde_json::Value>,
-}
 
 /// One configuration's measures.
 struct Measured {
@@ -141,13 +119,13 @@ async fn configurations(
         Ok(server.as_ref().context("no server")?.url().to_owned())
     };
     let started = Instant::now();
-    fill(&url(server)?, args.events, args.customers).await?;
+    control::fill_orders(&url(server)?, args.events, args.customers).await?;
     let head = server.as_ref().context("no server")?.count().await?;
     eprintln!(
         "filled {head} events in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let caught_up = deploy(&url(server)?, wasm).await?;
+    let caught_up = control::deploy(&url(server)?, PLUGIN, wasm).await?;
     eprintln!(
         "deployed {PLUGIN} ({WASM}): caught up with {head} events in {:.2} s, {:.0} events/s",
         caught_up.as_secs_f64(),
@@ -168,7 +146,7 @@ async fn configurations(
             args: vec!["--replay-rate".into(), limit.to_string()],
         };
         *server = Some(Eventfold::launch(scratch, &launch).await?);
-        wait_caught_up(&url(server)?).await?;
+        control::wait_caught_up(&url(server)?, PLUGIN).await?;
         let name = format!("rebuild, --replay-rate {limit}");
         let limited = measure(args, &url(server)?, name, None).await?;
         longest = longest.max(limited.window);
@@ -179,116 +157,6 @@ async fn configurations(
         results.insert(0, baseline);
     }
     Ok((head, caught_up, results))
-}
-
-/// Fills the log with `n` OrderPlaced events (≈170 bytes of JSON, as
-/// `replay` fills its log), over [`FILL_STREAMS`] streams.
-async fn fill(url: &str, n: u64, customers: u64) -> anyhow::Result<()> {
-    let per_request = FILL_APPENDS * 100;
-    let requests = n.div_ceil(per_request);
-    let bodies = futures_util::stream::iter(0..requests).map(|r| {
-        let mut body = String::from(r#"{"appends":["#);
-        for a in 0..FILL_APPENDS {
-            let first = r * per_request + a * 100;
-            if first >= n {
-                break;
-            }
-            if a > 0 {
-                body.push(',');
-            }
-            let _ = write!(
-                body,
-                r#"{{"stream":"order-{}","events":["#,
-                (first / 100) % FILL_STREAMS
-            );
-            for k in first..n.min(first + 100) {
-                if k > first {
-                    body.push(',');
-                }
-                let _ = write!(
-                    body,
-                    r#"{{"type":"OrderPlaced","data":{{"orderId":"ord-{k:010}","customerId":"c{}","currency":"EUR","amount":{}.{:02},"items":[{{"sku":"SKU-{}","qty":2}}],"channel":"web"}}}}"#,
-                    k % customers,
-                    k % 500,
-                    k % 100,
-                    k % 9973
-                );
-            }
-            body.push_str("]}");
-        }
-        body.push_str("]}");
-        body
-    });
-    let mut connections = Vec::new();
-    for _ in 0..FILL_CLIENTS {
-        connections.push(tokio::sync::Mutex::new(Connection::open(url).await?));
-    }
-    let connections = &connections;
-    let sent: Vec<anyhow::Result<()>> = bodies
-        .enumerate()
-        .map(|(i, body)| async move {
-            let mut connection = connections[i % FILL_CLIENTS].lock().await;
-            connection.post_json("/batch", body).await?.success()?;
-            Ok(())
-        })
-        .buffer_unordered(FILL_CLIENTS)
-        .collect()
-        .await;
-    sent.into_iter().collect()
-}
-
-/// The plugin's status.
-async fn status(connection: &mut Connection) -> anyhow::Result<Status> {
-    let status: Status = connection
-        .get(&format!("/plugins/{PLUGIN}"))
-        .await?
-        .success()?
-        .json()?;
-    if status.state == "failed" {
-        bail!("{PLUGIN} failed: {:?}", status.last_error);
-    }
-    Ok(status)
-}
-
-/// Deploys the plugin; the time from the request until it has caught up
-/// with the log.
-async fn deploy(url: &str, wasm: Vec<u8>) -> anyhow::Result<Duration> {
-    let mut connection = Connection::open(url).await?;
-    let started = Instant::now();
-    let answer = connection
-        .send(
-            Method::PUT,
-            &format!("/plugins/{PLUGIN}"),
-            "application/wasm",
-            wasm,
-        )
-        .await?;
-    if answer.status != StatusCode::CREATED {
-        bail!(
-            "deploying {PLUGIN}: {} {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-    }
-    wait_caught_up(url).await?;
-    Ok(started.elapsed())
-}
-
-/// Waits until the plugin runs and its checkpoint is the log's head.
-async fn wait_caught_up(url: &str) -> anyhow::Result<()> {
-    let mut connection = Connection::open(url).await?;
-    let started = Instant::now();
-    loop {
-        // While compiling (after a restart), its figures are all 0.
-        let status = status(&mut connection).await?;
-        if status.state == "running" && status.head > 0 && status.checkpoint >= status.head {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("{PLUGIN} has not caught up after 10 minutes");
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// One configuration: the append load, with a rebuild (`baseline: None`)
@@ -309,12 +177,12 @@ async fn measure(
             Some(duration) => {
                 // The same status reads as during a rebuild.
                 while from.elapsed() < duration {
-                    status(&mut connection).await?;
-                    tokio::time::sleep(POLL).await;
+                    control::status(&mut connection, PLUGIN).await?;
+                    tokio::time::sleep(control::POLL).await;
                 }
                 None
             }
-            None => Some(rebuild(&mut connection).await?),
+            None => Some(control::replay(&mut connection, PLUGIN).await?),
         };
         let to = Instant::now();
         // The load goes on a little past the window.
@@ -382,30 +250,6 @@ async fn measure(
     Ok(measured)
 }
 
-/// Asks for a replay and waits for its swap; the positions it covered.
-async fn rebuild(connection: &mut Connection) -> anyhow::Result<u64> {
-    #[derive(Deserialize)]
-    struct Replay {
-        replay: Generation,
-    }
-    #[derive(Deserialize)]
-    struct Generation {
-        generation: u64,
-    }
-    let answer = connection
-        .post_json(&format!("/plugins/{PLUGIN}/replay"), "")
-        .await?
-        .success()?;
-    let generation = answer.json::<Replay>()?.replay.generation;
-    loop {
-        let status = status(connection).await?;
-        if status.generation >= generation && status.rebuild.is_none() {
-            return Ok(status.checkpoint);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 fn print(args: &Args, head: u64, caught_up: Duration, results: &[Measured]) {
     println!();
     println!(
@@ -457,6 +301,6 @@ fn print(args: &Args, head: u64, caught_up: Duration, results: &[Measured]) {
     println!(
         "(window: from the replay's request to the swap, read every {} ms; the baseline as long as the longest; \
          latencies of the 201s due in it, from when each was due; not sent: every connection was busy)",
-        POLL.as_millis()
+        control::POLL.as_millis()
     );
 }

@@ -8,6 +8,7 @@
 
 mod cpu;
 mod eventfold;
+mod jetstream;
 mod postgres;
 mod redis;
 mod report;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 pub use self::eventfold::{Eventfold, Launch, Protocol};
+pub use self::jetstream::DirectJetStream;
 use self::postgres::Postgres;
 use self::redis::Redis;
 use self::report::Replay;
@@ -101,6 +103,8 @@ pub const EVENTFOLD_SOCKET: &str = "eventfold socket";
 pub const REDIS: &str = "Redis";
 /// How the table names PostgreSQL.
 pub const POSTGRES: &str = "PostgreSQL";
+/// How the table names JetStream published to directly.
+pub const JETSTREAM: &str = "JetStream direct";
 
 /// A running system under test.
 pub enum System {
@@ -110,6 +114,9 @@ pub enum System {
     Redis(Redis),
     /// PostgreSQL with a Message-DB-like table.
     Postgres(Postgres),
+    /// A JetStream stream published to with `async-nats` (the `jetstream`
+    /// benchmark's peer; appends only).
+    JetStream(DirectJetStream),
 }
 
 /// One client of a system, appending to a stream of its own.
@@ -117,6 +124,7 @@ enum Client {
     Eventfold(eventfold::Client),
     Redis(redis::Client),
     Postgres(postgres::Client),
+    JetStream(jetstream::Client),
 }
 
 impl System {
@@ -128,6 +136,7 @@ impl System {
             },
             System::Redis(_) => REDIS,
             System::Postgres(_) => POSTGRES,
+            System::JetStream(_) => JETSTREAM,
         }
     }
 
@@ -136,6 +145,7 @@ impl System {
             System::Eventfold(s) => s.pid(),
             System::Redis(s) => Some(s.pid()),
             System::Postgres(s) => Some(s.pid()),
+            System::JetStream(_) => None,
         }
     }
 
@@ -145,13 +155,18 @@ impl System {
             System::Eventfold(_) => format!("eventfold {}", env!("CARGO_PKG_VERSION")),
             System::Redis(s) => format!("{REDIS} {}", s.version().await?),
             System::Postgres(s) => format!("{POSTGRES} {}", s.version().await?),
+            System::JetStream(s) => format!("{JETSTREAM}, nats-server {}", s.version()),
         })
     }
 
     /// Whether the read is measured through it: eventfold's log is read
     /// once, over HTTP, whatever its appends went over.
     fn reads(&self) -> bool {
-        !matches!(self, System::Eventfold(s) if s.protocol() == Protocol::Socket)
+        match self {
+            System::Eventfold(s) => s.protocol() == Protocol::Http,
+            System::JetStream(_) => false,
+            System::Redis(_) | System::Postgres(_) => true,
+        }
     }
 
     async fn client(&self, stream: &str, batch: usize) -> anyhow::Result<Client> {
@@ -159,6 +174,7 @@ impl System {
             System::Eventfold(s) => Client::Eventfold(s.client(stream, batch).await?),
             System::Redis(s) => Client::Redis(s.client(stream, batch).await?),
             System::Postgres(s) => Client::Postgres(s.client(stream, batch).await?),
+            System::JetStream(s) => Client::JetStream(s.client(stream, batch)),
         })
     }
 
@@ -168,6 +184,7 @@ impl System {
             System::Eventfold(s) => s.count().await?,
             System::Redis(s) => return s.fill_log(n).await,
             System::Postgres(s) => s.count().await?,
+            System::JetStream(_) => anyhow::bail!("{JETSTREAM} is not read here"),
         };
         if have >= n {
             return Ok(());
@@ -195,6 +212,7 @@ impl System {
             System::Eventfold(s) => s.read(n).await,
             System::Redis(s) => s.read(n).await,
             System::Postgres(s) => s.read(n).await,
+            System::JetStream(_) => anyhow::bail!("{JETSTREAM} is not read here"),
         }
     }
 
@@ -204,6 +222,7 @@ impl System {
             System::Eventfold(s) => s.stop().await,
             System::Redis(s) => s.stop().await,
             System::Postgres(s) => s.stop().await,
+            System::JetStream(s) => s.delete().await,
         }
     }
 }
@@ -214,6 +233,7 @@ impl Client {
             Client::Eventfold(c) => c.append().await,
             Client::Redis(c) => c.append().await,
             Client::Postgres(c) => c.append().await,
+            Client::JetStream(c) => c.append().await,
         }
     }
 }

@@ -323,35 +323,19 @@ async fn plan(
                 append_index: index,
             });
         }
-        let subject = inner
-            .subjects
-            .stream(append.stream.category(), append.stream.as_str());
         let first = plan.messages.len();
         let first_version = current.map_or(0, |v| v + 1);
-        for (offset, (event, &id)) in append.events.iter().zip(event_ids).enumerate() {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.hyphenated().to_string().as_str());
-            if offset == 0 && expected_set.insert(name.to_owned()) {
-                let last = head.map_or(0, |h| h.sequence);
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    last.to_string().as_str(),
-                );
-            }
-            let encoded = EncodeEvent {
-                stream: name,
-                version: first_version + offset as u64,
-                recorded_at,
-                id,
-                event_type: event.event_type.as_str(),
-                metadata: &event.metadata,
-                data: &event.data,
-            };
-            let mut payload = Vec::new();
-            encoded.encode(&mut payload);
-            plan.messages
-                .push((subject.clone(), headers, Bytes::from(payload)));
-        }
+        // Only a stream's first message in the request carries the check.
+        let expected = expected_set
+            .insert(name.to_owned())
+            .then(|| head.map_or(0, |h| h.sequence));
+        let message = Message {
+            append,
+            first_version,
+            recorded_at,
+            expected,
+        };
+        plan.messages.extend(message.encode(inner, event_ids));
         let last_version = first_version + append.events.len() as u64 - 1;
         heads.insert(
             name.to_owned(),
@@ -368,6 +352,54 @@ async fn plan(
         });
     }
     Ok(plan)
+}
+
+/// How one append's events become messages.
+struct Message<'a> {
+    append: &'a StreamAppend,
+    first_version: u64,
+    recorded_at: u64,
+    /// The stream's last sequence JetStream must find, on the first message.
+    expected: Option<u64>,
+}
+
+impl Message<'_> {
+    /// The append's events as messages on its stream's subject, with `ids`.
+    fn encode(
+        &self,
+        inner: &Inner,
+        ids: &[Uuid],
+    ) -> impl Iterator<Item = (String, HeaderMap, Bytes)> {
+        let name = self.append.stream.as_str();
+        let subject = inner.subjects.stream(self.append.stream.category(), name);
+        self.append
+            .events
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .map(move |(offset, (event, &id))| {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.hyphenated().to_string().as_str());
+                if let (0, Some(last)) = (offset, self.expected) {
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        last.to_string().as_str(),
+                    );
+                }
+                let encoded = EncodeEvent {
+                    stream: name,
+                    version: self.first_version + offset as u64,
+                    recorded_at: self.recorded_at,
+                    id,
+                    event_type: event.event_type.as_str(),
+                    metadata: &event.metadata,
+                    data: &event.data,
+                };
+                let mut payload = Vec::new();
+                encoded.encode(&mut payload);
+                (subject.clone(), headers, Bytes::from(payload))
+            })
+    }
 }
 
 /// The outcomes of a plan whose messages were stored from sequence `first`;

@@ -1,0 +1,382 @@
+//! eventfold on a JetStream cluster against JetStream itself, in one run.
+//!
+//! Starts a local 3-node cluster (`scripts/nats-cluster`, its own ports and
+//! data under `--data-dir`) unless `--nats-url` names one. For each
+//! replication factor (`--replicas 1,3`):
+//!
+//! - **appends**: eventfold `serve --log jetstream` on a stream of its own,
+//!   appended to over HTTP, against the same load published straight to
+//!   another stream with `async-nats` ([`DirectJetStream`]); the workloads
+//!   of `append`, alternating between the two, round after round;
+//! - **replay**: the log filled with `--events` orders, the trivial
+//!   counter plugin deployed, then replayed from zero (timed from the
+//!   request to the swap), against an ordered pull consumer of `async-nats`
+//!   reading the same stream from its first message, alternating.
+//!
+//! The same replay on the embedded log is the reference row.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures_util::StreamExt;
+
+use crate::control;
+use crate::http::Connection;
+use crate::peers::{
+    DirectJetStream, Eventfold, Launch, Measure, Round, System, WORKLOADS, drive, run_tag,
+};
+
+/// Options of the JetStream benchmark.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where eventfold's data (and the cluster started here) go.
+    #[arg(long, default_value = "target/bench-data")]
+    pub data_dir: PathBuf,
+    /// A running cluster's URLs (comma-separated) instead of starting one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// The first client port of the cluster started here (three in a row).
+    #[arg(long, default_value_t = 14222)]
+    pub base_port: u16,
+    /// Replication factors measured, in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub replicas: Vec<usize>,
+    /// Seconds each append workload runs per system and round.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Rounds of appends and of replays; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Events in the log for the replay (0: no replay).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Where the built Rust plugins are (eventfold-plugin-builds puts them there).
+    #[arg(long, default_value = eventfold_plugin_builds::WASM_DIR)]
+    pub plugins: PathBuf,
+}
+
+/// The plugin replayed: `plugins/counter` (counts events; the log's read
+/// is most of its time).
+const WASM: &str = "counter.wasm";
+/// Its name on the server.
+const PLUGIN: &str = "counter";
+
+/// Replays of one log, eventfold's and the bare reader's, events/s.
+struct Replays {
+    label: String,
+    events: u64,
+    eventfold: Vec<f64>,
+    consumer: Vec<f64>,
+}
+
+/// Runs the benchmark and prints its tables.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("jetstream-")
+        .tempdir_in(&args.data_dir)?;
+    let cluster = match &args.nats_url {
+        Some(_) => None,
+        None => Some(Cluster::start(
+            &scratch.path().join("nats"),
+            args.base_port,
+        )?),
+    };
+    let urls = match (&args.nats_url, &cluster) {
+        (Some(urls), _) => urls.clone(),
+        (None, Some(cluster)) => cluster.urls(),
+        (None, None) => bail!("no cluster"),
+    };
+    let measured = measure(&args, scratch.path(), &urls).await;
+    if let Some(cluster) = cluster {
+        cluster.stop()?;
+    }
+    let (appends, replays) = measured?;
+    print(&args, &appends, &replays);
+    Ok(())
+}
+
+/// Per replication factor, per system (eventfold, direct), per workload.
+type Appends = Vec<(usize, [Vec<Measure>; 2])>;
+
+async fn measure(
+    args: &Args,
+    scratch: &Path,
+    urls: &str,
+) -> anyhow::Result<(Appends, Vec<Replays>)> {
+    let wasm_path = args.plugins.join(WASM);
+    let wasm =
+        std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+    let servers: Vec<&str> = urls.split(',').collect();
+    let client = async_nats::connect(servers.as_slice())
+        .await
+        .with_context(|| format!("connecting to NATS at {urls}"))?;
+    let mut appends = Vec::new();
+    let mut replays = Vec::new();
+    for &replicas in &args.replicas {
+        let stream = format!("efbench-r{replicas}-{}", run_tag());
+        let launch = Launch {
+            binary: None,
+            args: [
+                "--log",
+                "jetstream",
+                "--nats-url",
+                urls,
+                "--nats-stream",
+                &stream,
+                "--nats-replicas",
+                &replicas.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let eventfold = Eventfold::launch(&scratch.join(format!("r{replicas}")), &launch).await?;
+        let url = eventfold.url().to_owned();
+        let direct = format!("direct-r{replicas}-{}", run_tag());
+        let direct = DirectJetStream::create(client.clone(), &direct, replicas).await?;
+        eprintln!(
+            "R{replicas}: eventfold on stream {stream}, JetStream direct on nats-server {}",
+            direct.version()
+        );
+        let systems = [System::Eventfold(eventfold), System::JetStream(direct)];
+        let measured = append_rounds(args, &systems).await;
+        let replayed = match (&measured, args.events) {
+            (Ok(_), 1..) => {
+                let label = format!("JetStream R{replicas}");
+                let consumer = Some((&client, stream.as_str()));
+                Some(replay(args, &url, consumer, wasm.clone(), label).await)
+            }
+            _ => None,
+        };
+        for system in systems {
+            system.stop().await?;
+        }
+        appends.push((replicas, measured?));
+        if let Some(replayed) = replayed {
+            replays.push(replayed?);
+        }
+    }
+    if args.events > 0 {
+        let embedded = Eventfold::launch(&scratch.join("embedded"), &Launch::default()).await?;
+        let url = embedded.url().to_owned();
+        let replayed = replay(args, &url, None, wasm, "embedded (reference)".into()).await;
+        embedded.stop().await?;
+        replays.push(replayed?);
+    }
+    Ok((appends, replays))
+}
+
+/// The append workloads on eventfold and on JetStream direct, alternating.
+async fn append_rounds(args: &Args, systems: &[System; 2]) -> anyhow::Result<[Vec<Measure>; 2]> {
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let mut rounds: [Vec<Vec<Round>>; 2] =
+        std::array::from_fn(|_| WORKLOADS.iter().map(|_| Vec::new()).collect());
+    for round in 0..args.rounds {
+        for (w, workload) in WORKLOADS.iter().enumerate() {
+            for (s, system) in systems.iter().enumerate() {
+                let result = drive(system, *workload, seconds, round).await?;
+                eprintln!(
+                    "round {} {:<24} {:>10.0} events/s  {}",
+                    round + 1,
+                    workload.name,
+                    result.events_per_sec,
+                    ["eventfold", "JetStream direct"][s]
+                );
+                rounds[s][w].push(result);
+            }
+        }
+    }
+    Ok(rounds.map(|per_workload| per_workload.into_iter().map(Measure::from).collect()))
+}
+
+/// Fills the log of the server at `url` with `--events` orders, deploys the
+/// counter and replays it `--rounds` times, each time after reading the same
+/// stream with an ordered consumer if `consumer` names one.
+async fn replay(
+    args: &Args,
+    url: &str,
+    consumer: Option<(&async_nats::Client, &str)>,
+    wasm: Vec<u8>,
+    label: String,
+) -> anyhow::Result<Replays> {
+    let started = Instant::now();
+    control::fill_orders(url, args.events, 1000).await?;
+    eprintln!(
+        "{label}: filled {} events in {:.1} s",
+        args.events,
+        started.elapsed().as_secs_f64()
+    );
+    control::deploy(url, PLUGIN, wasm).await?;
+    let mut connection = Connection::open(url).await?;
+    let head = control::status(&mut connection, PLUGIN).await?.head;
+    let mut replays = Replays {
+        label,
+        events: head,
+        eventfold: Vec::new(),
+        consumer: Vec::new(),
+    };
+    for round in 0..args.rounds {
+        if let Some((client, stream)) = consumer {
+            let rate = read_ordered(client, stream, head).await?;
+            eprintln!("round {} ordered consumer {rate:>10.0} events/s", round + 1);
+            replays.consumer.push(rate);
+        }
+        let started = Instant::now();
+        control::replay(&mut connection, PLUGIN).await?;
+        let rate = head as f64 / started.elapsed().as_secs_f64();
+        eprintln!(
+            "round {} eventfold replay  {rate:>10.0} events/s",
+            round + 1
+        );
+        replays.eventfold.push(rate);
+    }
+    Ok(replays)
+}
+
+/// Reads the first `count` messages of `stream` with an ordered pull
+/// consumer; messages a second.
+async fn read_ordered(
+    client: &async_nats::Client,
+    stream: &str,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let context = async_nats::jetstream::new(client.clone());
+    let started = Instant::now();
+    let consumer = context
+        .get_stream(stream)
+        .await?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut read = 0u64;
+    let mut bytes = 0usize;
+    while read < count {
+        let message = messages
+            .next()
+            .await
+            .with_context(|| format!("the stream ended after {read} messages"))??;
+        bytes += message.payload.len();
+        read += 1;
+    }
+    let elapsed = started.elapsed();
+    std::hint::black_box(bytes);
+    Ok(read as f64 / elapsed.as_secs_f64())
+}
+
+/// A 3-node cluster started here with `scripts/nats-cluster`.
+struct Cluster {
+    dir: PathBuf,
+    base_port: u16,
+}
+
+/// The script that runs a local cluster.
+const NATS_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/nats-cluster");
+
+impl Cluster {
+    fn start(dir: &Path, base_port: u16) -> anyhow::Result<Self> {
+        let status = Command::new(NATS_CLUSTER)
+            .arg("start")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--base-port", &base_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running {NATS_CLUSTER}"))?;
+        if !status.success() {
+            bail!("{NATS_CLUSTER} start failed: {status}");
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            base_port,
+        })
+    }
+
+    fn urls(&self) -> String {
+        (0..3)
+            .map(|i| format!("nats://127.0.0.1:{}", self.base_port + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        let status = Command::new(NATS_CLUSTER)
+            .arg("stop")
+            .arg("--dir")
+            .arg(&self.dir)
+            .status()
+            .with_context(|| format!("running {NATS_CLUSTER}"))?;
+        if !status.success() {
+            bail!("{NATS_CLUSTER} stop failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
+    for (replicas, [eventfold, direct]) in appends {
+        println!();
+        println!(
+            "JetStream R{replicas}: eventfold over HTTP against the same appends published with async-nats"
+        );
+        println!(
+            "{:<24} {:>14} {:>9} {:>14} {:>9} {:>8}",
+            "workload", "eventfold ev/s", "p99 ms", "direct ev/s", "p99 ms", "ratio"
+        );
+        for (workload, (e, d)) in WORKLOADS.iter().zip(eventfold.iter().zip(direct)) {
+            println!(
+                "{:<24} {:>14.0} {:>9.2} {:>14.0} {:>9.2} {:>8.2}",
+                workload.name,
+                e.events_per_sec,
+                e.p99_ms,
+                d.events_per_sec,
+                d.p99_ms,
+                e.events_per_sec / d.events_per_sec
+            );
+        }
+    }
+    if !replays.is_empty() {
+        println!();
+        println!(
+            "replay from zero: the counter plugin rebuilt (request to swap) against an ordered pull consumer of the same stream"
+        );
+        println!(
+            "{:<24} {:>10} {:>16} {:>16} {:>8}",
+            "log", "events", "eventfold ev/s", "consumer ev/s", "ratio"
+        );
+        for replay in replays {
+            let eventfold = median(&replay.eventfold);
+            let (consumer, ratio) = match replay.consumer.is_empty() {
+                true => ("-".to_owned(), "-".to_owned()),
+                false => {
+                    let consumer = median(&replay.consumer);
+                    (
+                        format!("{consumer:.0}"),
+                        format!("{:.2}", eventfold / consumer),
+                    )
+                }
+            };
+            println!(
+                "{:<24} {:>10} {:>16.0} {:>16} {:>8}",
+                replay.label, replay.events, eventfold, consumer, ratio
+            );
+        }
+    }
+    println!(
+        "({} rounds, medians; appends of {:.1} s per workload and system; ≈200-byte JSON events; eventfold's events carry ids and expected sequences, the direct ones neither)",
+        args.rounds, args.seconds
+    );
+}
