@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use super::Inner;
 use super::api::Stored;
 use crate::log::codec;
@@ -16,6 +18,8 @@ use crate::log::{
 
 /// Most messages one direct get asks for.
 const BATCH: usize = 1000;
+/// Direct gets of one page in flight at once.
+const READ_AHEAD: usize = 4;
 /// Most bytes one direct get asks for.
 const BATCH_BYTES: usize = 8 << 20;
 /// How long a read waits for a lagging replica before it says so.
@@ -44,6 +48,12 @@ impl Head {
 
 /// Reads up to `limit` events at or after `from` that pass `filter`,
 /// examining at most `max_scan`: the same page as the embedded log's.
+///
+/// Positions are the stream's sequences, gapless, so the batches a page
+/// needs are known in advance: up to [`READ_AHEAD`] of them are asked for
+/// at once and used in order. A batch that comes back short (a lagging
+/// replica, the byte cap) ends the round, and the next round asks again
+/// from where it ended.
 pub async fn read_log(
     inner: &Inner,
     from: Position,
@@ -57,31 +67,50 @@ pub async fn read_log(
     let mut scanned = 0usize;
     let mut lagging = Lagging::new();
     while events.len() < limit && scanned < max_scan && next <= head {
-        let want = (head - next + 1).min(BATCH as u64) as usize;
-        let want = want.min(max_scan - scanned);
-        let batch = inner.api.read(next, None, want, BATCH_BYTES).await?;
-        let Some(last) = batch.last() else {
-            // This replica does not hold `next` yet.
-            lagging.wait().await?;
-            continue;
+        // Unfiltered, the page needs `limit` positions; filtered, as many
+        // as it may scan.
+        let wanted = match filter.is_empty() {
+            true => (limit - events.len()).min(max_scan - scanned),
+            false => max_scan - scanned,
         };
-        let end = last.sequence;
-        for stored in &batch {
-            if events.len() >= limit {
+        let span = (head - next + 1).min(wanted as u64);
+        let base = next;
+        let starts = (0..span.div_ceil(BATCH as u64)).map(move |k| base + k * BATCH as u64);
+        let mut batches = futures_util::stream::iter(starts)
+            .map(|start| {
+                let want = (base + span - start).min(BATCH as u64) as usize;
+                async move { (want, inner.api.read(start, None, want, BATCH_BYTES).await) }
+            })
+            .buffered(READ_AHEAD);
+        let mut progressed = false;
+        while let Some((want, batch)) = batches.next().await {
+            let batch = batch?;
+            let Some(first) = batch.first() else { break };
+            if first.sequence != next {
+                break; // an earlier batch came back short
+            }
+            progressed = true;
+            for stored in &batch {
+                if events.len() >= limit || scanned >= max_scan {
+                    break;
+                }
+                scanned += 1;
+                next = stored.sequence + 1;
+                if !filter.is_empty() {
+                    let header = codec::decode_header(Position(stored.sequence), &stored.payload)?;
+                    if !filter.matches(header.stream, header.event_type) {
+                        continue;
+                    }
+                }
+                events.push(decode(stored)?);
+            }
+            if batch.len() < want || events.len() >= limit || scanned >= max_scan {
                 break;
             }
-            scanned += 1;
-            next = stored.sequence + 1;
-            if !filter.is_empty() {
-                let header = codec::decode_header(Position(stored.sequence), &stored.payload)?;
-                if !filter.matches(header.stream, header.event_type) {
-                    continue;
-                }
-            }
-            events.push(decode(stored)?);
         }
-        if next <= end {
-            break; // the page is full
+        if !progressed {
+            // This replica does not hold `next` yet.
+            lagging.wait().await?;
         }
     }
     Ok(LogPage {
