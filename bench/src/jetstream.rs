@@ -57,6 +57,10 @@ pub struct Args {
     /// Where the built Rust plugins are (eventfold-plugin-builds puts them there).
     #[arg(long, default_value = eventfold_plugin_builds::WASM_DIR)]
     pub plugins: PathBuf,
+    /// The direct publishes carry a message id and the expected last
+    /// sequence, as eventfold's do (what JetStream's checks cost).
+    #[arg(long)]
+    pub guarded: bool,
 }
 
 /// The plugin replayed: `plugins/counter` (counts events; the log's read
@@ -138,7 +142,8 @@ async fn measure(
         let eventfold = Eventfold::launch(&scratch.join(format!("r{replicas}")), &launch).await?;
         let url = eventfold.url().to_owned();
         let direct = format!("direct-r{replicas}-{}", run_tag());
-        let direct = DirectJetStream::create(client.clone(), &direct, replicas).await?;
+        let direct =
+            DirectJetStream::create(client.clone(), &direct, replicas, args.guarded).await?;
         eprintln!(
             "R{replicas}: eventfold on stream {stream}, JetStream direct on nats-server {}",
             direct.version()

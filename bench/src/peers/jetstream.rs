@@ -3,8 +3,10 @@
 //! the client library eventfold uses. One event is one publish awaited for
 //! its acknowledgement; a request of many is one atomic batch (the headers
 //! eventfold's log sends, `Nats-Batch-Commit` on the last), as eventfold
-//! sends it. Nothing else: no message ids, no expected sequences, no HTTP.
-//! The difference is eventfold's overhead.
+//! sends it. No HTTP, and by default no message ids and no expected
+//! sequences: the difference is eventfold's overhead. Made `guarded`, each
+//! event carries a `Nats-Msg-Id` and each request the subject's expected
+//! last sequence, as eventfold's do: what those guarantees cost JetStream.
 
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
@@ -18,6 +20,7 @@ pub struct DirectJetStream {
     client: async_nats::Client,
     context: async_nats::jetstream::Context,
     stream: String,
+    guarded: bool,
 }
 
 /// One client: the shared connection (as eventfold's server has one) and a
@@ -28,15 +31,19 @@ pub struct Client {
     subject: String,
     batch: usize,
     payload: Bytes,
+    /// With ids and expected sequences: the subject's last sequence.
+    guarded: Option<u64>,
 }
 
 impl DirectJetStream {
     /// Creates stream `stream` with `replicas` replicas, as eventfold's log
-    /// creates its own (file storage, atomic batches allowed).
+    /// creates its own (file storage, atomic batches allowed); `guarded`:
+    /// its messages carry ids and expected sequences.
     pub async fn create(
         client: async_nats::Client,
         stream: &str,
         replicas: usize,
+        guarded: bool,
     ) -> anyhow::Result<Self> {
         let context = async_nats::jetstream::new(client.clone());
         context
@@ -55,6 +62,7 @@ impl DirectJetStream {
             client,
             context,
             stream: stream.to_owned(),
+            guarded,
         })
     }
 
@@ -71,6 +79,7 @@ impl DirectJetStream {
             subject: format!("{}.{token}", self.stream),
             batch,
             payload: Bytes::from_static(EVENT_DATA.as_bytes()),
+            guarded: self.guarded.then_some(0),
         }
     }
 
@@ -92,7 +101,7 @@ impl DirectJetStream {
 impl Client {
     /// Publishes one request's events and waits for JetStream's answer.
     pub async fn append(&mut self) -> anyhow::Result<()> {
-        if self.batch == 1 {
+        if self.batch == 1 && self.guarded.is_none() {
             self.context
                 .publish(self.subject.clone(), self.payload.clone())
                 .await?
@@ -102,22 +111,38 @@ impl Client {
         let id = uuid::Uuid::new_v4().simple().to_string();
         for index in 1..=self.batch {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Batch-Id", id.as_str());
-            headers.insert("Nats-Batch-Sequence", index.to_string().as_str());
+            if let Some(last) = self.guarded {
+                headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                if index == 1 {
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        last.to_string().as_str(),
+                    );
+                }
+            }
+            if self.batch > 1 {
+                headers.insert("Nats-Batch-Id", id.as_str());
+                headers.insert("Nats-Batch-Sequence", index.to_string().as_str());
+            }
             if index < self.batch {
                 self.client
                     .publish_with_headers(self.subject.clone(), headers, self.payload.clone())
                     .await?;
                 continue;
             }
-            headers.insert("Nats-Batch-Commit", "1");
+            if self.batch > 1 {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
             let reply = self
                 .client
                 .request_with_headers(self.subject.clone(), headers, self.payload.clone())
                 .await?;
             let answer: serde_json::Value = serde_json::from_slice(&reply.payload)?;
             if answer.get("error").is_some() {
-                bail!("JetStream refused a batch: {answer}");
+                bail!("JetStream refused a publish: {answer}");
+            }
+            if let Some(last) = &mut self.guarded {
+                *last = answer["seq"].as_u64().context("an ack without seq")?;
             }
         }
         Ok(())

@@ -124,7 +124,7 @@ enum Client {
     Eventfold(eventfold::Client),
     Redis(redis::Client),
     Postgres(postgres::Client),
-    JetStream(jetstream::Client),
+    JetStream(Box<jetstream::Client>),
 }
 
 impl System {
@@ -174,7 +174,7 @@ impl System {
             System::Eventfold(s) => Client::Eventfold(s.client(stream, batch).await?),
             System::Redis(s) => Client::Redis(s.client(stream, batch).await?),
             System::Postgres(s) => Client::Postgres(s.client(stream, batch).await?),
-            System::JetStream(s) => Client::JetStream(s.client(stream, batch)),
+            System::JetStream(s) => Client::JetStream(Box::new(s.client(stream, batch))),
         })
     }
 
