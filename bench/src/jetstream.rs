@@ -380,8 +380,12 @@ fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
             );
         }
     }
+    let direct = match args.guarded {
+        true => "the direct ones too (--guarded)",
+        false => "the direct ones neither",
+    };
     println!(
-        "({} rounds, medians; appends of {:.1} s per workload and system; ≈200-byte JSON events; eventfold's events carry ids and expected sequences, the direct ones neither)",
+        "({} rounds, medians; appends of {:.1} s per workload and system; ≈200-byte JSON events; eventfold's events carry ids and expected sequences, {direct})",
         args.rounds, args.seconds
     );
 }

@@ -133,18 +133,33 @@ impl Client {
             if self.batch > 1 {
                 headers.insert("Nats-Batch-Commit", "1");
             }
-            let reply = self
-                .client
-                .request_with_headers(self.subject.clone(), headers, self.payload.clone())
-                .await?;
-            let answer: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-            if answer.get("error").is_some() {
-                bail!("JetStream refused a publish: {answer}");
-            }
+            let answer = self.commit(headers).await?;
             if let Some(last) = &mut self.guarded {
                 *last = answer["seq"].as_u64().context("an ack without seq")?;
             }
         }
         Ok(())
+    }
+
+    /// Publishes the request's last message and waits for the answer. On
+    /// R3, a check made while the subject's last write still replicates is
+    /// refused as early (10164): asked again, as eventfold does.
+    async fn commit(&self, headers: HeaderMap) -> anyhow::Result<serde_json::Value> {
+        for attempt in 0..32u32 {
+            let reply = self
+                .client
+                .request_with_headers(self.subject.clone(), headers.clone(), self.payload.clone())
+                .await?;
+            let answer: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+            match answer["error"]["err_code"].as_u64() {
+                None => return Ok(answer),
+                Some(10164) if self.batch == 1 => {
+                    let pause = std::time::Duration::from_millis(2 << attempt.min(6));
+                    tokio::time::sleep(pause).await;
+                }
+                Some(_) => bail!("JetStream refused a publish: {answer}"),
+            }
+        }
+        bail!("JetStream refused a publish as early 32 times")
     }
 }
