@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use crate::control;
 use crate::http::Connection;
 use crate::peers::{
-    DirectJetStream, Eventfold, Launch, Measure, Round, System, WORKLOADS, drive, run_tag,
+    DirectJetStream, Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive, run_tag,
 };
 
 /// Options of the JetStream benchmark.
@@ -57,6 +57,9 @@ pub struct Args {
     /// Where the built Rust plugins are (eventfold-plugin-builds puts them there).
     #[arg(long, default_value = eventfold_plugin_builds::WASM_DIR)]
     pub plugins: PathBuf,
+    /// How eventfold's clients append: `http` or `socket` (the append socket).
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
     /// The direct publishes carry a message id and the expected last
     /// sequence, as eventfold's do (what JetStream's checks cost).
     #[arg(long)]
@@ -148,6 +151,7 @@ async fn measure(
             "R{replicas}: eventfold on stream {stream}, JetStream direct on nats-server {}",
             direct.version()
         );
+        let eventfold = eventfold.with_protocol(args.protocol);
         let systems = [System::Eventfold(eventfold), System::JetStream(direct)];
         let measured = append_rounds(args, &systems).await;
         let replayed = match (&measured, args.events) {
@@ -335,7 +339,11 @@ fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
     for (replicas, [eventfold, direct]) in appends {
         println!();
         println!(
-            "JetStream R{replicas}: eventfold over HTTP against the same appends published with async-nats"
+            "JetStream R{replicas}: eventfold over {} against the same appends published with async-nats",
+            match args.protocol {
+                Protocol::Http => "HTTP",
+                Protocol::Socket => "its append socket",
+            }
         );
         println!(
             "{:<24} {:>14} {:>9} {:>14} {:>9} {:>8}",
