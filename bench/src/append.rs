@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 
 use crate::peers::{Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive};
 
@@ -55,11 +54,7 @@ impl Default for Args {
 
 /// Runs the append workloads and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "run-")?;
     let fsyncs = fdatasync_rate(scratch.path(), Duration::from_secs(2), false)?;
     let overwrites = fdatasync_rate(scratch.path(), Duration::from_secs(2), true)?;
 

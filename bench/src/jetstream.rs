@@ -82,11 +82,7 @@ struct Replays {
 
 /// Runs the benchmark and prints its tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("jetstream-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "jetstream-")?;
     let cluster = match &args.nats_url {
         Some(_) => None,
         None => Some(Cluster::start(

@@ -44,10 +44,7 @@ const LANGUAGES: [(&str, &str); 3] = [
 
 /// Runs the benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("languages-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "languages-")?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     fill(&log, args.events).await?;
     let head = log.head().0;

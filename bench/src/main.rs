@@ -83,6 +83,17 @@ enum Command {
 }
 
 /// A benchmark's options with every default, as if given no flags.
+/// A fresh directory under `data_dir` (created if missing) for one run's
+/// data, removed when dropped.
+fn scratch_dir(data_dir: &std::path::Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(data_dir)?)
+}
+
 fn defaults<T: clap::Args>() -> T {
     #[derive(Parser)]
     struct Wrapper<T: clap::Args> {

@@ -40,10 +40,7 @@ impl Default for Args {
 
 /// Runs the benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("notify-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "notify-")?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     fill(&log, args.orders).await?;
     let wasm_path = args.plugins.join("shipment_notifier.wasm");

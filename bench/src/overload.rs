@@ -70,11 +70,7 @@ const PAGE: u64 = 10_000;
 
 /// Runs the benchmark and prints its table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("overload-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "overload-")?;
     let server = match &args.url {
         Some(url) => Eventfold::connect(url),
         None => {

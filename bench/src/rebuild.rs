@@ -83,11 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let wasm_path = args.plugins.join(WASM);
     let wasm =
         std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("rebuild-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "rebuild-")?;
     let mut server = Some(
         Eventfold::launch(
             scratch.path(),

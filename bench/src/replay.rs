@@ -136,10 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Runs the replay benchmark.
 pub async fn measure(args: Args) -> anyhow::Result<Report> {
-    std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("replay-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "replay-")?;
     let log = EventLog::open(&scratch.path().join("log"), Metrics::new())?;
     let started = Instant::now();
     fill(&log, args.events, args.customers).await?;

@@ -42,10 +42,7 @@ const TARGET: f64 = 1.3;
 
 /// Runs the benchmark and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("storage-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "storage-")?;
     let dir = scratch.path().join("log");
     let log = EventLog::open(&dir, Metrics::new())?;
     let payload = fill(&log, &args).await?;

@@ -20,12 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use crate::http::Connection;
 use crate::peers::{EVENT_DATA, EVENT_TYPE, Eventfold};
 
 /// Options of the streams benchmark.
@@ -73,11 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.batch > 0 && args.clients > 0,
         "--batch and --clients must be positive"
     );
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&args.data_dir)?;
+    let scratch = crate::scratch_dir(&args.data_dir, "run-")?;
     let (server, url, pid) = match &args.url {
         Some(url) => (Eventfold::connect(url), url.clone(), args.pid),
         None => {
@@ -150,29 +142,16 @@ fn stream_name(set: &str, i: u64) -> String {
     format!("{set}-{:016x}", x ^ (x >> 31))
 }
 
-/// One bare HTTP/1 connection posting `/batch`.
+/// One HTTP/1 connection posting `/batch`.
 struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
+    connection: Connection,
     body: String,
 }
 
 impl Client {
     async fn connect(url: &str) -> anyhow::Result<Self> {
-        let host = url
-            .strip_prefix("http://")
-            .context("the benchmark speaks plain http only")?
-            .trim_end_matches('/')
-            .to_owned();
-        let tcp = TcpStream::connect(&host)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        tcp.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(connection);
         Ok(Self {
-            sender,
-            host,
+            connection: Connection::open(url).await?,
             body: String::new(),
         })
     }
@@ -197,16 +176,16 @@ impl Client {
             );
         }
         self.body.push_str("]}");
-        let request = hyper::Request::post("/batch")
-            .header(hyper::header::HOST, self.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(self.body.clone())))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if status != hyper::StatusCode::CREATED {
-            bail!("batch failed: {status} {}", String::from_utf8_lossy(&body));
+        let answer = self
+            .connection
+            .post_json("/batch", self.body.clone())
+            .await?;
+        if answer.status != hyper::StatusCode::CREATED {
+            bail!(
+                "batch failed: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
         }
         Ok(())
     }
