@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
 use crate::peers::{Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive};
 
 /// Options of the append benchmark.
