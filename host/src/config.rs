@@ -33,6 +33,9 @@ pub struct Config {
     pub replay_rate: Option<u64>,
     /// How long notifiers keep delivered notifications.
     pub notification_retention: crate::notify::Retention,
+    /// How this node shares plugins with the other nodes of a JetStream
+    /// log (unused on the embedded log).
+    pub cluster: crate::cluster::ClusterOptions,
     /// A directory whose `.wasm` files are deployed at start and whenever
     /// they appear or change (the plugin is named after the file).
     pub plugins_dir: Option<PathBuf>,
@@ -56,6 +59,7 @@ impl Config {
             replay_rate: None,
             notification_retention: crate::notify::Retention::default(),
             plugins_dir: None,
+            cluster: crate::cluster::ClusterOptions::new("node"),
         }
     }
 }

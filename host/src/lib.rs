@@ -20,6 +20,10 @@
 //! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
 //!   (including the live SSE feed), `batch`, `plugins`, `notifications`,
 //!   `health`; `error` turns every failure into the JSON error body.
+//! - [`cluster`]: several nodes on one JetStream log: each plugin's record
+//!   in a shared bucket that every node converges to, the components in an
+//!   object store, notifier leases and the delivery ledger, heartbeats and
+//!   `GET /cluster`.
 //! - [`server`]: [`server::run`] takes a [`Config`], a `TcpListener` and a
 //!   cancellation token, opens the log and the plugins, and serves until the
 //!   token is cancelled; then drains requests, stops the runners and commits.
@@ -54,6 +58,7 @@ macro_rules! from_redb_errors {
 pub mod api;
 pub mod blocking;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod durable;

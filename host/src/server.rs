@@ -2,15 +2,18 @@
 //! then drains in-flight requests and commits what the writer holds.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Slots};
+use crate::cluster::{Buckets, Cluster, ClusterError, Deployments, Leases};
 use crate::config::{Config, LogBackend};
 use crate::connections;
 use crate::log::{EventLog, JetStreamLog, LogError};
 use crate::metrics::Metrics;
+use crate::notify::SharedHandover;
 use crate::plugins::{PluginError, Plugins, PluginsConfig};
 
 /// Why the server could not start or stopped with an error.
@@ -28,6 +31,9 @@ pub enum ServerError {
     /// The plugins could not be loaded.
     #[error("cannot load the plugins: {0}")]
     Plugins(#[from] PluginError),
+    /// The cluster's buckets could not be opened.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] ClusterError),
     /// The listener failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -39,6 +45,7 @@ pub struct Server {
     listener: TcpListener,
     log: EventLog,
     plugins: Plugins,
+    deployments: Deployments,
     metrics: Metrics,
 }
 
@@ -51,23 +58,46 @@ impl Server {
             return Err(ServerError::UnprotectedBind(addr));
         }
         let metrics = Metrics::new();
-        let log = match &config.backend {
-            LogBackend::Embedded => {
-                EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?
+        let (log, shared) = match &config.backend {
+            LogBackend::Embedded => (
+                EventLog::open_with(&config.data_dir, metrics.clone(), config.log)?,
+                None,
+            ),
+            LogBackend::JetStream(options) => {
+                let log = JetStreamLog::connect(options.clone()).await?;
+                let ttl = config.cluster.lease_ttl;
+                let buckets =
+                    Buckets::open(log.client(), log.stream_name(), options.replicas, ttl).await?;
+                let leases = Leases::new(buckets.clone(), config.cluster.node.clone(), ttl);
+                (log.into(), Some((buckets, leases)))
             }
-            LogBackend::JetStream(options) => JetStreamLog::connect(options.clone()).await?.into(),
         };
         let plugins_config = PluginsConfig {
             limits: config.plugin_limits,
             replay_rate: config.replay_rate,
             retention: config.notification_retention,
+            handover: shared
+                .as_ref()
+                .map(|(_, leases)| Arc::new(leases.clone()) as SharedHandover),
         };
         let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;
+        let deployments = match shared {
+            None => Deployments::Alone(plugins.clone()),
+            Some((buckets, leases)) => Deployments::Shared(Cluster::start(
+                config.cluster.clone(),
+                addr.to_string(),
+                buckets,
+                leases,
+                plugins.clone(),
+                &config.data_dir,
+            )?),
+        };
         Ok(Self {
             config,
             listener,
             log,
             plugins,
+            deployments,
             metrics,
         })
     }
@@ -88,16 +118,19 @@ impl Server {
             listener,
             log,
             plugins,
+            deployments,
             metrics,
         } = self;
         if let Some(dir) = &config.plugins_dir {
-            let watcher = crate::plugins::watch_dir(dir.clone(), plugins.clone(), shutdown.clone());
+            let watcher =
+                crate::plugins::watch_dir(dir.clone(), deployments.clone(), shutdown.clone());
             tokio::spawn(watcher);
         }
         let state = AppState {
             log: log.clone(),
             metrics,
             plugins: plugins.clone(),
+            deployments: deployments.clone(),
             limits: config.limits,
             shutdown: shutdown.clone(),
             sse_keep_alive: config.sse_keep_alive,
@@ -119,6 +152,11 @@ impl Server {
                 tracing::warn!("requests still running after {grace:?}; closing them");
             }
         };
+        // Leases first: the other nodes take this node's notifiers over at
+        // once, while its runners finish their batches.
+        if let Some(cluster) = deployments.cluster() {
+            cluster.shutdown().await;
+        }
         plugins.shutdown().await;
         log.shutdown().await;
         tracing::info!(head = log.head().0, "stopped");

@@ -6,6 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::cluster::ClusterError;
 use crate::log::LogError;
 use crate::notify::NotifyError;
 use crate::plugins::PluginError;
@@ -155,6 +156,25 @@ impl From<LogError> for ApiError {
             | LogError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(error: ClusterError) -> Self {
+        match error {
+            ClusterError::Plugin(error) => error.into(),
+            ClusterError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                error.to_string(),
+            )
+            .retry_after(1),
+            ClusterError::Internal(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error.to_string(),
+            ),
         }
     }
 }

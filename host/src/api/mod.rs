@@ -6,6 +6,7 @@
 mod appends;
 mod auth;
 mod batch;
+mod cluster;
 mod error;
 mod events;
 mod extract;
@@ -44,8 +45,10 @@ pub struct AppState {
     pub log: EventLog,
     /// The server's metrics.
     pub metrics: Metrics,
-    /// The deployed plugins.
+    /// The deployed plugins (reads).
     pub plugins: crate::plugins::Plugins,
+    /// Where changes to plugins go: this node's registry, or the cluster.
+    pub deployments: crate::cluster::Deployments,
     /// Size limits.
     pub limits: Limits,
     /// Cancelled when the server shuts down: ends live feeds.
@@ -144,6 +147,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/plugins/{name}/dead-letters/{id}/retry",
             post(notifications::retry_dead_letter),
         )
+        .route("/cluster", get(cluster::view))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(middleware::from_fn(move |req: Request, next: Next| {

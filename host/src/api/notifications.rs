@@ -35,13 +35,14 @@ pub async fn put_webhook(
     Path(raw): Path<String>,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let mailbox = mailbox(&state, raw)?;
+    let name = PluginName::new(raw)?;
+    state.plugins.mailbox(&name)?;
     let request: WebhookRequest = parse_json(&body)?;
     let config = request
         .validate()
         .map_err(crate::plugins::PluginError::from)?;
     let view = config.view();
-    blocking(move || mailbox.set_webhook(Some(&config))).await?;
+    state.deployments.set_webhook(&name, Some(config)).await?;
     Ok(axum::Json(json!({ "webhook": view })).into_response())
 }
 
@@ -60,8 +61,9 @@ pub async fn delete_webhook(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mailbox = mailbox(&state, raw)?;
-    blocking(move || mailbox.set_webhook(None)).await?;
+    let name = PluginName::new(raw)?;
+    state.plugins.mailbox(&name)?;
+    state.deployments.set_webhook(&name, None).await?;
     Ok(axum::Json(json!({ "webhook": null })).into_response())
 }
 

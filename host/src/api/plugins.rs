@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Path, Query};
+use crate::cluster::Deployed;
 use crate::plugins::{DeployOutcome, PluginName};
 
 fn name(raw: String) -> Result<PluginName, ApiError> {
@@ -20,6 +21,7 @@ fn name(raw: String) -> Result<PluginName, ApiError> {
 pub async fn deploy(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    Query(query): Query<DeployQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -44,7 +46,17 @@ pub async fn deploy(
             "the body must be the plugin's .wasm component",
         ));
     }
-    let outcome = state.plugins.deploy(name.clone(), body).await?;
+    let labels = query
+        .labels
+        .map(|labels| parse_labels(&labels))
+        .transpose()?;
+    let outcome = match state.deployments.deploy(name.clone(), body, labels).await? {
+        Deployed::Here(outcome) => outcome,
+        Deployed::Recorded => {
+            let body = json!({ "name": name.as_str(), "deploy": "recorded", "held_here": false });
+            return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+        }
+    };
     let mut body = serde_json::to_value(state.plugins.status(&name).await?).unwrap_or(Value::Null);
     let status = match outcome {
         DeployOutcome::Created => StatusCode::CREATED,
@@ -60,6 +72,28 @@ pub async fn deploy(
         DeployOutcome::Unchanged => "unchanged",
     });
     Ok((status, axum::Json(body)).into_response())
+}
+
+/// `PUT /plugins/{name}?labels=a,b`: labels a node's `--hold` may select
+/// the plugin by (kept from the last deploy when absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    labels: Option<String>,
+}
+
+/// Labels, comma-separated: each 1-64 of `a-z 0-9 - _`, like plugin names.
+fn parse_labels(list: &str) -> Result<Vec<String>, ApiError> {
+    list.split(',')
+        .filter(|l| !l.is_empty())
+        .map(|label| match PluginName::new(label) {
+            Ok(_) => Ok(label.to_owned()),
+            Err(_) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("label {label:?}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+            )),
+        })
+        .collect()
 }
 
 /// Every plugin's status.
@@ -85,7 +119,7 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
     let purge = query.purge.unwrap_or(false);
-    state.plugins.remove(&name, purge).await?;
+    state.deployments.remove(&name, purge).await?;
     Ok(axum::Json(json!({ "deleted": name.as_str(), "purged": purge })).into_response())
 }
 
@@ -104,7 +138,10 @@ pub async fn replay(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    let generation = state.plugins.replay(&name).await?;
+    let Some(generation) = state.deployments.replay(&name).await? else {
+        let body = json!({ "name": name.as_str(), "replay": "recorded", "held_here": false });
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    };
     let mut body = serde_json::to_value(state.plugins.status(&name).await?).unwrap_or(Value::Null);
     body["replay"] = json!({ "generation": generation });
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
@@ -116,7 +153,7 @@ pub async fn pause(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    state.plugins.pause(&name)?;
+    state.deployments.pause(&name).await?;
     Ok(axum::Json(json!({ "paused": name.as_str() })).into_response())
 }
 
@@ -126,7 +163,7 @@ pub async fn resume(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    state.plugins.resume(&name)?;
+    state.deployments.resume(&name).await?;
     Ok(axum::Json(json!({ "resumed": name.as_str() })).into_response())
 }
 
@@ -136,7 +173,7 @@ pub async fn skip(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    let position = state.plugins.skip(&name).await?;
+    let position = state.deployments.skip(&name).await?;
     Ok(axum::Json(json!({ "skipped": position })).into_response())
 }
 
@@ -154,6 +191,18 @@ pub async fn parked(
         .map(|(position, error)| json!({ "position": position, "error": error }))
         .collect();
     Ok(axum::Json(json!({ "parked": parked })).into_response())
+}
+
+/// The header that says which position of the log an answer from a
+/// plugin's state reflects: every event up to it, none after.
+pub const CHECKPOINT_HEADER: &str = "eventfold-checkpoint";
+
+/// `response` with the checkpoint it reflects (`Eventfold-Checkpoint`).
+fn at_checkpoint(checkpoint: u64, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CHECKPOINT_HEADER, axum::http::HeaderValue::from(checkpoint));
+    response
 }
 
 /// A value as JSON when it is JSON, else as a string.
@@ -178,12 +227,14 @@ pub async fn state_get(
     Path((raw, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    match state.plugins.state_get(&name, key.clone()).await? {
-        Some(bytes) => Ok(raw_response(bytes)),
+    let (value, checkpoint) = state.plugins.state_get(&name, key.clone()).await?;
+    match value {
+        Some(bytes) => Ok(at_checkpoint(checkpoint, raw_response(bytes))),
         None => Err(ApiError::not_found(
             "key_not_found",
             format!("plugin {name} has no state under {key:?}"),
-        )),
+        )
+        .with("checkpoint", checkpoint)),
     }
 }
 
@@ -208,7 +259,7 @@ pub async fn state_scan(
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
     let limit = super::page_limit(query.limit)?;
-    let entries = state
+    let (entries, checkpoint) = state
         .plugins
         .state_scan(&name, query.prefix, query.after, limit)
         .await?;
@@ -219,7 +270,8 @@ pub async fn state_scan(
         .iter()
         .map(|(key, value)| json!({ "key": key, "value": value_json(value) }))
         .collect();
-    Ok(axum::Json(json!({ "entries": entries, "next": next })).into_response())
+    let body = axum::Json(json!({ "entries": entries, "next": next }));
+    Ok(at_checkpoint(checkpoint, body.into_response()))
 }
 
 /// Runs the plugin's `query` export with the request body.
@@ -230,7 +282,9 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
     match state.plugins.query(&name, body.to_vec()).await? {
-        Ok(answer) => Ok(raw_response(answer)),
-        Err(message) => Err(ApiError::bad_request("query_rejected", message)),
+        (Ok(answer), checkpoint) => Ok(at_checkpoint(checkpoint, raw_response(answer))),
+        (Err(message), checkpoint) => {
+            Err(ApiError::bad_request("query_rejected", message).with("checkpoint", checkpoint))
+        }
     }
 }

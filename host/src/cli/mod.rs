@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{ClusterOptions, Hold};
 use crate::config::{Config, Limits, LogBackend};
 use crate::connections::ConnectionLimits;
 use crate::log::JetStreamOptions;
@@ -170,6 +171,20 @@ struct ServeArgs {
     /// Largest plugin component accepted, in bytes.
     #[arg(long, env = "EVENTFOLD_MAX_PLUGIN_BYTES", default_value_t = 64 << 20)]
     max_plugin_bytes: usize,
+    /// This node's name among the nodes of one JetStream log (letters,
+    /// digits, '-' and '_'; default: the host's name and the port).
+    #[arg(long, env = "EVENTFOLD_NODE_NAME", value_parser = parse_node_name)]
+    node_name: Option<String>,
+    /// The plugins this node holds, on a JetStream log shared by several
+    /// nodes: plugin names and `label:<label>` entries, comma-separated
+    /// (default: every plugin).
+    #[arg(long, env = "EVENTFOLD_HOLD", value_delimiter = ',')]
+    hold: Vec<String>,
+    /// How long a notifier's lease lasts unless its node renews it: when a
+    /// node dies, another takes its notifiers over within this and a
+    /// quarter of it.
+    #[arg(long, env = "EVENTFOLD_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
     /// Threads serving HTTP (default: one per CPU; the log's writer and the
     /// plugins run on threads of their own).
     #[arg(long, env = "EVENTFOLD_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -213,7 +228,50 @@ impl ServeArgs {
             max_age: self.keep_delivered_for.0,
             max_count: self.keep_delivered.0,
         };
+        let node = match self.node_name {
+            Some(name) => name,
+            None => default_node_name(self.addr.port()),
+        };
+        config.cluster = ClusterOptions {
+            hold: Hold::new(self.hold),
+            lease_ttl: self.lease_ttl,
+            ..ClusterOptions::new(node)
+        };
         config
+    }
+}
+
+/// The host's name and the port, with anything but letters, digits, '-'
+/// and '_' made '-': a node name (a key of the cluster's buckets).
+fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{port}")
+}
+
+/// A node name: 1-64 letters, digits, '-' or '_'.
+fn parse_node_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match valid {
+        true => Ok(text.to_owned()),
+        false => Err("use 1-64 letters, digits, '-' or '_'".into()),
     }
 }
 

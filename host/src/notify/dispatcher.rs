@@ -4,14 +4,16 @@
 //! retries back off exponentially with jitter, and a rate limit keeps a
 //! burst or a replay from flooding the receiver.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::handover::{self, KeyId, Ownership, key_id};
 use super::mailbox::{Mailbox, Outcome};
 use super::webhook::WebhookConfig;
 use super::{NotifyError, StoredNotification};
@@ -24,19 +26,91 @@ const RECORD_CHUNK: usize = 64;
 /// How long to wait before looking again after the mailbox itself failed.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
-/// Runs until `shutdown` is cancelled: delivers whatever the mailbox holds
-/// past the webhook's cursor, makes that progress durable, then waits to be
-/// woken. A failure of either looks again a second later; a storage failure
-/// (a full disk) reopens the mailbox first, whether a round or the sync of
-/// an idle dispatcher met it: after redb's first I/O error every operation
-/// on the file fails, so which one meets it is a matter of timing.
-pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: CancellationToken) {
+/// Runs until `shutdown` is cancelled. Alone (`ownership` is `None`), it
+/// delivers everything the mailbox holds; with other nodes, only while this
+/// node owns the notifier's lease, passing what the ledger says an owner
+/// before it delivered.
+pub async fn run(
+    mailbox: Arc<Mailbox>,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    ownership: Option<Ownership>,
+) {
+    let Some(mut ownership) = ownership else {
+        deliver_while(&mailbox, &client, &shutdown, None).await;
+        let _ = on_mailbox(&mailbox, Mailbox::sync).await;
+        return;
+    };
+    while wait_for_lease(&mut ownership.owner, &shutdown).await {
+        let delivered = tokio::select! {
+            delivered = ownership.ledger.delivered() => delivered,
+            () = shutdown.cancelled() => break,
+        };
+        let known = match delivered {
+            Ok(known) => known,
+            Err(error) => {
+                tracing::warn!(plugin = %mailbox.plugin(), %error, "cannot read the delivery ledger yet");
+                tokio::select! {
+                    () = tokio::time::sleep(STORAGE_RETRY) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        tracing::info!(plugin = %mailbox.plugin(), delivered = known.len(), "owner of the notifier's delivery");
+        // This term ends when the lease is lost or the server stops.
+        let term = shutdown.child_token();
+        let lost = watch_lease(ownership.owner.clone(), term.clone());
+        let ledger = Ledger::new(ownership.ledger.as_ref(), known);
+        deliver_while(&mailbox, &client, &term, Some(&ledger)).await;
+        term.cancel();
+        let _ = lost.await;
+        let _ = on_mailbox(&mailbox, Mailbox::sync).await;
+        if !shutdown.is_cancelled() {
+            tracing::info!(plugin = %mailbox.plugin(), "lost the notifier's lease: delivery stopped here");
+        }
+    }
+    let _ = on_mailbox(&mailbox, Mailbox::sync).await;
+}
+
+/// Waits until this node owns the lease; false if the server stops first.
+async fn wait_for_lease(owner: &mut watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        owned = owner.wait_for(|owned| *owned) => owned.is_ok(),
+        () = shutdown.cancelled() => false,
+    }
+}
+
+/// Cancels `term` once this node no longer owns the lease.
+fn watch_lease(
+    mut owner: watch::Receiver<bool>,
+    term: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = owner.wait_for(|owned| !*owned) => term.cancel(),
+            () = term.cancelled() => {}
+        }
+    })
+}
+
+/// Delivers whatever the mailbox holds past the webhook's cursor, makes
+/// that progress durable, then waits to be woken, until `stop`. A failure
+/// of either looks again a second later; a storage failure (a full disk)
+/// reopens the mailbox first, whether a round or the sync of an idle
+/// dispatcher met it: after redb's first I/O error every operation on the
+/// file fails, so which one meets it is a matter of timing.
+async fn deliver_while(
+    mailbox: &Arc<Mailbox>,
+    client: &reqwest::Client,
+    stop: &CancellationToken,
+    ledger: Option<&Ledger<'_>>,
+) {
     loop {
         // Registered before looking, so that a wake during a round is not lost.
         let woken = mailbox.wake.notified();
-        let settled = match round(&mailbox, &client, &shutdown).await {
+        let settled = match round(mailbox, client, stop, ledger).await {
             Ok(true) => continue,
-            Ok(false) => on_mailbox(&mailbox, Mailbox::sync).await,
+            Ok(false) => on_mailbox(mailbox, Mailbox::sync).await,
             Err(error) => Err(error),
         };
         if let Err(error) = settled {
@@ -44,21 +118,62 @@ pub async fn run(mailbox: Arc<Mailbox>, client: reqwest::Client, shutdown: Cance
             // Reopened, the mailbox holds its last durable commit: outcomes
             // recorded since are delivered again (at least once).
             if error.is_storage_failure()
-                && let Err(error) = on_mailbox(&mailbox, Mailbox::reopen).await
+                && let Err(error) = on_mailbox(mailbox, Mailbox::reopen).await
             {
                 tracing::warn!(plugin = %mailbox.plugin(), %error, "cannot reopen the mailbox yet");
             }
             tokio::select! {
                 () = tokio::time::sleep(STORAGE_RETRY) => continue,
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => return,
             }
         }
         tokio::select! {
             () = woken => {}
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => return,
         }
     }
-    let _ = on_mailbox(&mailbox, Mailbox::sync).await;
+}
+
+/// The delivery ledger during one term of ownership: the keys delivered
+/// by anyone, as read when the term began plus what this node delivered.
+struct Ledger<'a> {
+    shared: &'a dyn handover::Ledger,
+    known: parking_lot::Mutex<HashSet<KeyId>>,
+}
+
+impl<'a> Ledger<'a> {
+    fn new(shared: &'a dyn handover::Ledger, known: HashSet<KeyId>) -> Self {
+        Self {
+            shared,
+            known: parking_lot::Mutex::new(known),
+        }
+    }
+
+    fn was_delivered(&self, key: &KeyId) -> bool {
+        self.known.lock().contains(key)
+    }
+
+    /// Records `keys` in the cluster, trying again until it succeeds or
+    /// `stop`; false if stopped first (then the keys may be sent again).
+    async fn record(&self, mut keys: Vec<KeyId>, stop: &CancellationToken) -> bool {
+        keys.retain(|key| !self.was_delivered(key));
+        if keys.is_empty() {
+            return true;
+        }
+        loop {
+            match self.shared.record(keys.clone()).await {
+                Ok(()) => {
+                    self.known.lock().extend(keys);
+                    return true;
+                }
+                Err(error) => tracing::warn!(%error, "cannot record deliveries in the ledger yet"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STORAGE_RETRY) => {}
+                () = stop.cancelled() => return false,
+            }
+        }
+    }
 }
 
 /// A mailbox operation (a redb read or commit), off the runtime's threads.
@@ -95,6 +210,7 @@ async fn round(
     mailbox: &Arc<Mailbox>,
     client: &reqwest::Client,
     shutdown: &CancellationToken,
+    ledger: Option<&Ledger<'_>>,
 ) -> Result<bool, NotifyError> {
     let Some(config) = on_mailbox(mailbox, Mailbox::webhook).await? else {
         return Ok(false);
@@ -110,14 +226,19 @@ async fn round(
         .map(|(notification, retry)| {
             let (config, limiter, plugin) = (&config, &limiter, &plugin);
             async move {
-                let outcome = if config.wants(&notification.channel) {
+                let delivered_before =
+                    ledger.is_some_and(|l| l.was_delivered(&key_id(plugin, &notification.key)));
+                let outcome = if delivered_before {
+                    // An owner before this node delivered it.
+                    Some(Outcome::Delivered { failed: 0 })
+                } else if config.wants(&notification.channel) {
                     deliver(client, config, limiter, plugin, &notification, shutdown).await
                 } else {
                     // Not for the webhook: it stays readable from the feed
                     // and the pull API, and the cursor passes it.
                     Some(Outcome::Skipped)
                 };
-                (notification.sequence, retry, outcome)
+                (notification, retry, outcome)
             }
         })
         // In order: outcomes come back in sequence, so the cursor only
@@ -129,9 +250,17 @@ async fn round(
     while let Some(chunk) = deliveries.next().await {
         let settled: Vec<(u64, bool, Outcome)> = chunk
             .iter()
-            .map_while(|(sequence, retry, outcome)| Some((*sequence, *retry, outcome.clone()?)))
+            .map_while(|(notification, retry, outcome)| {
+                Some((notification.sequence, *retry, outcome.clone()?))
+            })
             .collect();
         let recorded = settled.len();
+        if let Some(ledger) = ledger {
+            let keys = delivered_keys(&plugin, &chunk[..recorded]);
+            if !ledger.record(keys, shutdown).await {
+                return Ok(false);
+            }
+        }
         // One trip to the blocking pool records the chunk and reads the
         // settings back: new settings (or a removed webhook) take effect
         // from the next page.
@@ -149,6 +278,19 @@ async fn round(
         }
     }
     Ok(more || retries > 0)
+}
+
+/// The ledger's ids of the notifications of `settled` that reached the
+/// receiver.
+fn delivered_keys(
+    plugin: &str,
+    settled: &[(StoredNotification, bool, Option<Outcome>)],
+) -> Vec<KeyId> {
+    settled
+        .iter()
+        .filter(|(_, _, outcome)| matches!(outcome, Some(Outcome::Delivered { .. })))
+        .map(|(notification, _, _)| key_id(plugin, &notification.key))
+        .collect()
 }
 
 /// Tries one notification until it is delivered or its attempts run out;

@@ -14,6 +14,7 @@
 
 pub mod dispatcher;
 mod feed;
+mod handover;
 mod mailbox;
 pub mod webhook;
 
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use feed::{FeedItem, NotificationFeed};
+pub use handover::{Handover, KeyId, Ledger, Ownership, SharedHandover, key_id};
 pub use mailbox::{DeadLetter, Mailbox, MailboxStats, Outcome, Retention};
 pub use webhook::{WebhookConfig, WebhookRequest};
 
@@ -68,6 +70,16 @@ impl From<tokio::task::JoinError> for NotifyError {
     }
 }
 
+/// SHA-256 of a plugin's name, a zero byte and a key: what a
+/// notification's identity is made from.
+fn key_digest(plugin: &str, key: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(plugin.as_bytes());
+    hash.update([0]);
+    hash.update(key.as_bytes());
+    hash.finalize().into()
+}
+
 /// A notification as the mailbox keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredNotification {
@@ -87,12 +99,10 @@ impl StoredNotification {
     /// Its stable identity across crashes and replays, derived from the
     /// plugin's name and the key: the `webhook-id` receivers dedupe by.
     pub fn id(&self, plugin: &str) -> String {
-        let mut hash = Sha256::new();
-        hash.update(plugin.as_bytes());
-        hash.update([0]);
-        hash.update(self.key.as_bytes());
-        let digest = hash.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = handover::key_id(plugin, &self.key)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("msg_{hex}")
     }
 

@@ -33,7 +33,7 @@ pub use generation::MAX_BATCH;
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
 pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};
 pub use store::PluginStore;
-pub use watch::watch_dir;
+pub use watch::{DeployFiles, watch_dir};
 
 use crate::log::LogError;
 use crate::runtime::RuntimeError;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::registry::Plugins;
 use super::shared::{Serving, Shared};
 use super::status::{NotificationStatus, PluginStatus};
+use super::store::Entries;
 use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::notify::{Mailbox, NotificationFeed};
@@ -23,10 +24,37 @@ impl Plugins {
         blocking::run(move || status_of(&shared, head)).await
     }
 
-    /// Every plugin's status, by name.
-    pub async fn list(&self) -> Result<Vec<PluginStatus>, PluginError> {
+    /// The status the plugin's runner last published, without the figures
+    /// read from its files: cheap enough to look at every second.
+    pub fn published_status(&self, name: &PluginName) -> Result<PluginStatus, PluginError> {
+        match self.shared(name) {
+            Ok(shared) => Ok(shared.status.read().clone()),
+            Err(PluginError::Compiling(_)) => Ok(PluginStatus::compiling(name)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The name of every plugin on this node, compiling or running.
+    pub fn names(&self) -> Vec<PluginName> {
         let mut names: Vec<PluginName> = self.inner.slots.lock().plugins.keys().cloned().collect();
         names.sort();
+        names
+    }
+
+    /// The serving component of a running plugin: its SHA-256 and bytes.
+    pub async fn component(&self, name: &PluginName) -> Result<(String, Vec<u8>), PluginError> {
+        let hash = self.serving(name)?.plugin.hash.clone();
+        let dir = self.plugin_dir(name);
+        let wasm = {
+            let hash = hash.clone();
+            blocking::run(move || dir.read_wasm(&hash)).await?
+        };
+        Ok((hash, wasm))
+    }
+
+    /// Every plugin's status, by name.
+    pub async fn list(&self) -> Result<Vec<PluginStatus>, PluginError> {
+        let names = self.names();
         let mut statuses = Vec::with_capacity(names.len());
         for name in &names {
             match self.status(name).await {
@@ -53,24 +81,26 @@ impl Plugins {
         &self.inner.feed
     }
 
-    /// The serving state's value under `key`.
+    /// The serving state's value under `key`, and the checkpoint the
+    /// answer reflects.
     pub async fn state_get(
         &self,
         name: &PluginName,
         key: String,
-    ) -> Result<Option<Vec<u8>>, PluginError> {
+    ) -> Result<(Option<Vec<u8>>, u64), PluginError> {
         let serving = self.serving(name)?;
         blocking::run(move || serving.store.get(&key)).await
     }
 
-    /// Serving state entries with keys starting with `prefix`, after `after`.
+    /// Serving state entries with keys starting with `prefix`, after
+    /// `after`, and the checkpoint the answer reflects.
     pub async fn state_scan(
         &self,
         name: &PluginName,
         prefix: String,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+    ) -> Result<(Entries, u64), PluginError> {
         let serving = self.serving(name)?;
         blocking::run(move || serving.store.scan(&prefix, after.as_deref(), limit)).await
     }
@@ -81,12 +111,13 @@ impl Plugins {
         blocking::run(move || serving.store.parked()).await
     }
 
-    /// Runs the plugin's `query` export on a fresh instance over the serving state.
+    /// Runs the plugin's `query` export on a fresh instance over the
+    /// serving state; answers with the checkpoint that state reflects.
     pub async fn query(
         &self,
         name: &PluginName,
         request: Vec<u8>,
-    ) -> Result<Result<Vec<u8>, String>, PluginError> {
+    ) -> Result<(Result<Vec<u8>, String>, u64), PluginError> {
         let serving = self.serving(name)?;
         let host = self.inner.host.clone();
         let label: Arc<str> = Arc::from(name.as_str());
@@ -95,10 +126,11 @@ impl Plugins {
                 .runtime
                 .instantiate(&serving.plugin, label, host.limits)
                 .map_err(|e| PluginError::Call(e.to_string()))?;
-            let view = serving.store.view()?;
-            instance
+            let (view, checkpoint) = serving.store.snapshot()?;
+            let answer = instance
                 .query(&request, view)
-                .map_err(|e| PluginError::Call(e.to_string()))
+                .map_err(|e| PluginError::Call(e.to_string()))?;
+            Ok((answer, checkpoint))
         })
         .await
     }

@@ -26,7 +26,7 @@ use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::durable;
 use crate::log::EventLog;
-use crate::notify::{Mailbox, NotificationFeed, Retention, dispatcher};
+use crate::notify::{Mailbox, NotificationFeed, Retention, SharedHandover, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
 
 /// Settings of the plugin host.
@@ -38,6 +38,9 @@ pub struct PluginsConfig {
     pub replay_rate: Option<u64>,
     /// How long notifiers keep delivered notifications.
     pub retention: Retention,
+    /// Who delivers each notifier's notifications when nodes share the log
+    /// (`crate::cluster`); `None`: this node delivers all of them.
+    pub handover: Option<SharedHandover>,
 }
 
 /// What a deploy did.
@@ -116,6 +119,8 @@ pub(super) struct Inner {
     retention: Retention,
     /// The HTTP client of every webhook delivery.
     webhooks: reqwest::Client,
+    /// Who delivers notifications, when nodes share the log.
+    handover: Option<SharedHandover>,
 }
 
 impl Plugins {
@@ -152,6 +157,7 @@ impl Plugins {
                 lifecycles: Mutex::new(HashMap::new()),
                 feed: NotificationFeed::new(),
                 retention: config.retention,
+                handover: config.handover,
                 webhooks: reqwest::Client::builder()
                     .user_agent(concat!("eventfold/", env!("CARGO_PKG_VERSION")))
                     .build()
@@ -267,10 +273,16 @@ impl Plugins {
             .map_err(|e| PluginError::Internal(format!("cannot start the plugin's runner: {e}")))?;
         let dispatcher = mailbox.map(|mailbox| {
             let token = CancellationToken::new();
+            let ownership = self
+                .inner
+                .handover
+                .as_ref()
+                .map(|h| h.contend(name.as_str()));
             let task = tokio::spawn(dispatcher::run(
                 mailbox,
                 self.inner.webhooks.clone(),
                 token.clone(),
+                ownership,
             ));
             (token, task)
         });
@@ -330,6 +342,19 @@ impl Plugins {
         };
         tracing::info!(plugin = %name, ?outcome, "deployed");
         Ok(outcome)
+    }
+
+    /// Validates and compiles a component without deploying it (a node
+    /// that records a deploy for other nodes checks it first); answers
+    /// its kind.
+    pub async fn check(
+        &self,
+        wasm: bytes::Bytes,
+    ) -> Result<crate::runtime::PluginKind, PluginError> {
+        let (runtime, limits) = (self.inner.host.runtime.clone(), self.inner.host.limits);
+        let loaded =
+            blocking::run(move || Ok::<_, PluginError>(runtime.load(&wasm, limits)?)).await?;
+        Ok(loaded.kind())
     }
 
     /// Deploys each file's plugin in turn, in the order given, each shown as
@@ -564,7 +589,7 @@ impl Plugins {
         lock.lock_owned().await
     }
 
-    fn plugin_dir(&self, name: &PluginName) -> PluginDir {
+    pub(super) fn plugin_dir(&self, name: &PluginName) -> PluginDir {
         PluginDir::new(self.inner.dir.join(name.as_str()))
     }
 }

@@ -179,23 +179,39 @@ impl PluginStore {
         Ok(out)
     }
 
-    /// The committed value under `key`.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+    /// A snapshot of the committed state and the checkpoint it reflects,
+    /// read in one transaction: what a read or a query answers from.
+    pub fn snapshot(&self) -> Result<(StateView, u64), PluginError> {
         let txn = self.db()?.begin_read()?;
-        let table = txn.open_table(STATE)?;
-        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        let checkpoint = txn
+            .open_table(META)?
+            .get("checkpoint")?
+            .map_or(0, |v| v.value());
+        Ok((StateView::new(Some(txn.open_table(STATE)?)), checkpoint))
     }
 
-    /// Committed entries whose keys start with `prefix`, after `after`.
+    /// The committed value under `key`, and the checkpoint it reflects.
+    pub fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u64), PluginError> {
+        let (view, checkpoint) = self.snapshot()?;
+        let value = view
+            .get(key)
+            .map_err(|e| PluginError::Internal(format!("{e:#}")))?;
+        Ok((value, checkpoint))
+    }
+
+    /// Committed entries whose keys start with `prefix`, after `after`,
+    /// and the checkpoint they reflect.
     pub fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
-        self.view()?
+    ) -> Result<(Entries, u64), PluginError> {
+        let (view, checkpoint) = self.snapshot()?;
+        let entries = view
             .scan(prefix, after, limit)
-            .map_err(|e| PluginError::Internal(format!("{e:#}")))
+            .map_err(|e| PluginError::Internal(format!("{e:#}")))?;
+        Ok((entries, checkpoint))
     }
 
     /// Makes every earlier commit durable.
@@ -204,6 +220,9 @@ impl PluginStore {
         Ok(())
     }
 }
+
+/// State entries: keys and values, in key order.
+pub type Entries = Vec<(String, Vec<u8>)>;
 
 /// The error of a state file whose reopen has not succeeded yet.
 fn closed(path: &Path) -> PluginError {

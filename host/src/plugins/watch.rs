@@ -10,6 +10,33 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PluginName, Plugins};
 
+/// Whatever deploys the files of the plugins directory: this node's
+/// registry, or the cluster's records (`crate::cluster::Deployments`).
+pub trait DeployFiles: Send + Sync + 'static {
+    /// Deploys each file's plugin, in turn; answers each one's outcome
+    /// (or error) as text for the log.
+    fn deploy_files(
+        &self,
+        files: Vec<(PathBuf, PluginName, bytes::Bytes)>,
+    ) -> impl std::future::Future<Output = Vec<(PathBuf, PluginName, Result<String, String>)>> + Send;
+}
+
+impl DeployFiles for Plugins {
+    async fn deploy_files(
+        &self,
+        files: Vec<(PathBuf, PluginName, bytes::Bytes)>,
+    ) -> Vec<(PathBuf, PluginName, Result<String, String>)> {
+        self.deploy_in_turn(files)
+            .await
+            .into_iter()
+            .map(|(path, name, outcome)| {
+                let outcome = outcome.map(|o| format!("{o:?}")).map_err(|e| e.to_string());
+                (path, name, outcome)
+            })
+            .collect()
+    }
+}
+
 /// Watches `dir` until `shutdown`. Files present at start are deployed at
 /// once; a file that appears or changes later is deployed once it has stayed
 /// the same for one check (so a file still being copied is not half-read).
@@ -17,7 +44,7 @@ use super::{PluginName, Plugins};
 /// deployed one at a time, smallest first: compiles share the machine's
 /// cores, so the small plugins are ready in moments instead of when the
 /// large ones are.
-pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationToken) {
+pub async fn watch_dir(dir: PathBuf, plugins: impl DeployFiles, shutdown: CancellationToken) {
     let mut deployed: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut settling: HashMap<PathBuf, Stamp> = HashMap::new();
     let mut first = true;
@@ -42,10 +69,10 @@ pub async fn watch_dir(dir: PathBuf, plugins: Plugins, shutdown: CancellationTok
                 files.push(file);
             }
         }
-        for (path, name, result) in plugins.deploy_in_turn(files).await {
+        for (path, name, result) in plugins.deploy_files(files).await {
             match result {
                 Ok(outcome) => {
-                    tracing::info!(plugin = %name, file = %path.display(), ?outcome, "deployed from the plugins directory")
+                    tracing::info!(plugin = %name, file = %path.display(), %outcome, "deployed from the plugins directory")
                 }
                 Err(error) => {
                     tracing::error!(plugin = %name, file = %path.display(), %error, "cannot deploy from the plugins directory")

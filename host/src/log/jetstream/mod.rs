@@ -80,6 +80,10 @@ pub struct JetStreamLog {
 }
 
 struct Inner {
+    /// The connection, shared with the cluster's buckets (`crate::cluster`).
+    client: async_nats::Client,
+    /// The stream's name.
+    stream: String,
     api: Api,
     subjects: Subjects,
     /// The last message of recently used streams, as this node last saw it:
@@ -131,6 +135,8 @@ impl JetStreamLog {
         let last = info.state.last_sequence;
         let (head, _) = watch::channel(Position(last));
         let inner = Arc::new(Inner {
+            client: client.clone(),
+            stream: options.stream.clone(),
             api: Api::new(client, &options.stream, options.request_timeout),
             subjects,
             heads: Mutex::new(quick_cache::unsync::Cache::new(CACHED_HEADS)),
@@ -140,6 +146,17 @@ impl JetStreamLog {
         });
         tokio::spawn(follow_head(stream, inner.clone(), last));
         Ok(Self { inner })
+    }
+
+    /// The connection to the cluster: the nodes of one log share their
+    /// plugins through it (`crate::cluster`).
+    pub fn client(&self) -> async_nats::Client {
+        self.inner.client.clone()
+    }
+
+    /// The name of the stream that holds the log.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.stream
     }
 
     /// Whether the log cannot take appends now (never set: JetStream's
