@@ -3,6 +3,7 @@
 
 mod append_socket;
 mod bad_input;
+mod cluster;
 mod compiling;
 mod connections;
 mod durability;

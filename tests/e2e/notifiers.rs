@@ -23,35 +23,35 @@ use crate::harness::{Backend, Server, backend_tests, data_dir, wait_until};
 backend_tests!(every_notification_arrives_signed_and_in_order_despite_failures,);
 
 /// `whsec_` + base64 of 24 bytes, as Standard Webhooks writes secrets.
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// One request the receiver accepted.
 #[derive(Debug, Clone)]
-struct Delivery {
-    id: String,
-    body: Value,
+pub(crate) struct Delivery {
+    pub(crate) id: String,
+    pub(crate) body: Value,
 }
 
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     /// Accepted deliveries, in arrival order.
-    accepted: Vec<Delivery>,
+    pub(crate) accepted: Vec<Delivery>,
     /// Attempts per `webhook-id`, refused ones included.
     attempts: HashMap<String, u32>,
     /// Requests whose signature did not verify.
-    bad_signatures: u32,
+    pub(crate) bad_signatures: u32,
 }
 
 /// A webhook receiver that checks every signature and refuses the first
 /// `fail_first` attempts of each message.
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Received>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) received: Arc<Mutex<Received>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(fail_first: u32) -> Receiver {
+    pub(crate) async fn start(fail_first: u32) -> Receiver {
         Self::start_on("127.0.0.1:0".parse().unwrap(), fail_first).await
     }
 
@@ -77,11 +77,11 @@ impl Receiver {
         }
     }
 
-    fn accepted(&self) -> Vec<Delivery> {
+    pub(crate) fn accepted(&self) -> Vec<Delivery> {
         self.received.lock().unwrap().accepted.clone()
     }
 
-    fn distinct_ids(&self) -> BTreeSet<String> {
+    pub(crate) fn distinct_ids(&self) -> BTreeSet<String> {
         self.accepted().into_iter().map(|d| d.id).collect()
     }
 
@@ -152,7 +152,7 @@ async fn ship_orders(server: &Server, range: std::ops::Range<u64>) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
-async fn set_webhook(server: &Server, plugin: &str, settings: Value) -> Value {
+pub(crate) async fn set_webhook(server: &Server, plugin: &str, settings: Value) -> Value {
     let response = server
         .request(reqwest::Method::PUT, &format!("/plugins/{plugin}/webhook"))
         .json(&settings)

@@ -2,6 +2,7 @@
 //! subcommands are clients of a running server (`client`).
 
 mod client;
+mod cluster;
 mod notify;
 mod plugins;
 
@@ -51,6 +52,8 @@ enum Command {
     Webhook(notify::WebhookArgs),
     /// Print a notifier's notifications or dead letters; retry a dead letter.
     Notifications(notify::NotificationsArgs),
+    /// Show the nodes sharing a JetStream log and what each holds.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Args)]
@@ -323,6 +326,7 @@ pub fn main() -> ExitCode {
         Command::State(args) => client::run(plugins::state(args)),
         Command::Webhook(args) => client::run(notify::webhook(args)),
         Command::Notifications(args) => client::run(notify::notifications(args)),
+        Command::Cluster(args) => client::run(cluster::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::{self, consumer};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::buckets::Buckets;
+use super::nodes::now_ms;
 use crate::notify::{Handover, KeyId, Ledger, NotifyError, Ownership};
 
 /// What a lease entry holds.
@@ -225,12 +226,6 @@ fn set_held(inner: &Inner, plugin: &str, owner: &watch::Sender<bool>, held: bool
 
 fn encode(value: &LeaseValue) -> Bytes {
     serde_json::to_vec(value).unwrap_or_default().into()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A notifier's delivery ledger: messages on its subject of the

@@ -62,8 +62,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeInfo>,
     /// Each notifier's lease: who delivers it, since when.
     pub leases: BTreeMap<String, LeaseValue>,
-    /// The plugin records every node converges to.
-    pub plugins: BTreeMap<String, Record>,
+    /// The plugin records every node converges to (a webhook without its
+    /// secret).
+    pub plugins: BTreeMap<String, serde_json::Value>,
     /// The log's JetStream stream.
     pub log: LogView,
 }
@@ -174,7 +175,11 @@ impl Cluster {
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         let leases = self.inner.leases.owners().await.into_iter().collect();
         let log = self.log_view().await;
-        let plugins = self.inner.records.lock().clone();
+        let records = self.inner.records.lock().clone();
+        let plugins = records
+            .into_iter()
+            .map(|(name, record)| (name, shown(&record)))
+            .collect();
         ClusterView {
             clustered: true,
             node: self.node().to_owned(),
@@ -226,6 +231,16 @@ impl Cluster {
         }
         view
     }
+}
+
+/// A record as `GET /cluster` shows it: the webhook's secret is never
+/// shown back.
+fn shown(record: &Record) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let Some(webhook) = &record.webhook {
+        value["webhook"] = webhook.view();
+    }
+    value
 }
 
 pub fn now_ms() -> u64 {
