@@ -187,7 +187,7 @@ pub async fn measure(args: Args) -> anyhow::Result<Report> {
         // Both ways must agree.
         let native = PluginStore::open(&scratch.path().join(format!("native-{n}-0.redb")))?;
         for key in ["count", "last", "customer/c0", "customer/c1"] {
-            if plugins.state_get(&name, key.into()).await?.0 != native.get(key)? {
+            if plugins.state_get(&name, key.into()).await?.0 != native.get(key)?.0 {
                 bail!(
                     "{}: the plugin and the native fold disagree on {key}",
                     fold.label

@@ -251,6 +251,8 @@ async fn two_nodes_lose_nothing_when_a_node_and_the_stream_leader_are_killed() {
     })
     .await;
     assert!(moved, "the notifier's lease never moved to {survivor_name}");
+    let status = nodes[survivor].get_ok("/plugins/ship").await;
+    assert_eq!(status["delivery"]["node"], survivor_name, "{status}");
     eprintln!(
         "cluster failover: node {owner} killed; {survivor_name} delivers the notifier {:.1?} later",
         killed.elapsed()

@@ -108,7 +108,14 @@ pub async fn status(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
-    Ok(axum::Json(state.plugins.status(&name).await?).into_response())
+    let status = state.plugins.status(&name).await?;
+    let notifier = status.notifications.is_some();
+    let mut body = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let (Some(cluster), true) = (state.deployments.cluster(), notifier) {
+        // Which node delivers this notifier, and since when it does.
+        body["delivery"] = json!(cluster.delivery(name.as_str()).await);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 /// Unloads a plugin and deletes its state.

@@ -5,9 +5,10 @@
 //! TTL after their last write. A node takes a free lease with `create`
 //! (only one of any number of racing nodes succeeds) and keeps it by
 //! rewriting it with `update` at the revision it last wrote, every quarter
-//! of the TTL. A write refused for its revision means another node has it;
-//! a node that could not renew for three quarters of the TTL stops
-//! delivering at once, before the entry can have expired under it. When an
+//! of the TTL, each attempt cut off after a quarter. A write refused for its
+//! revision means another node has it; a node whose renewal fails half a
+//! TTL after its last one stops delivering at once: by three quarters of
+//! the TTL, before the entry can have expired under it. When an
 //! owner dies its entry expires, and another node's next `create`
 //! succeeds: a handover takes at most the TTL plus a quarter of it. A node
 //! that shuts down deletes its leases, and the others take them over
@@ -47,8 +48,6 @@ pub struct LeaseView {
     pub plugin: String,
     /// Whether this node holds it.
     pub held_here: bool,
-    /// Handovers this node has seen: times it took or lost the lease.
-    pub handovers: u64,
 }
 
 /// The leases of this node's notifiers. Cheap to clone.
@@ -112,6 +111,13 @@ impl Leases {
         owners
     }
 
+    /// The lease of `plugin`: who delivers it, since when; `None` when no
+    /// node does (or JetStream cannot say).
+    pub async fn owner(&self, plugin: &str) -> Option<LeaseValue> {
+        let value = self.inner.buckets.leases.get(plugin).await.ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
     /// Gives up every lease at once (shutdown): the other nodes take them
     /// over without waiting for them to expire.
     pub fn release_all(&self) {
@@ -128,7 +134,6 @@ impl Handover for Leases {
             LeaseView {
                 plugin: plugin.to_owned(),
                 held_here: false,
-                handovers: 0,
             },
         );
         tokio::spawn(contend(
@@ -180,22 +185,27 @@ async fn contend(
                 }
             }
             Some((value, revision, renewed)) => {
-                match store.update(&plugin, encode(&value), revision).await {
-                    Ok(revision) => Some((value, revision, Instant::now())),
-                    Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+                // Bounded, so that a node cut off from JetStream notices in time.
+                let update = store.update(&plugin, encode(&value), revision);
+                match tokio::time::timeout(period, update).await {
+                    Ok(Ok(revision)) => Some((value, revision, Instant::now())),
+                    Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
                         tracing::warn!(plugin, "the notifier's lease went to another node");
                         set_held(&inner, &plugin, &owner, false);
                         None
                     }
-                    Err(error) if renewed.elapsed() > inner.ttl * 3 / 4 => {
-                        tracing::warn!(plugin, %error, "cannot renew the notifier's lease: delivery stops here");
+                    failed if renewed.elapsed() >= inner.ttl / 2 => {
+                        let error =
+                            failed.map_or_else(|_| "timed out".to_owned(), |e| format!("{e:?}"));
+                        tracing::warn!(
+                            plugin,
+                            error,
+                            "cannot renew the notifier's lease: delivery stops here"
+                        );
                         set_held(&inner, &plugin, &owner, false);
                         None
                     }
-                    Err(error) => {
-                        tracing::warn!(plugin, %error, "cannot renew the notifier's lease yet");
-                        Some((value, revision, renewed))
-                    }
+                    _ => Some((value, revision, renewed)),
                 }
             }
         };
@@ -220,7 +230,6 @@ fn set_held(inner: &Inner, plugin: &str, owner: &watch::Sender<bool>, held: bool
     owner.send_replace(held);
     if let Some(view) = inner.views.lock().get_mut(plugin) {
         view.held_here = held;
-        view.handovers += 1;
     }
 }
 

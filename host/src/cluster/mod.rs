@@ -172,6 +172,11 @@ impl Cluster {
         &self.inner.options.node
     }
 
+    /// Who delivers notifier `plugin`'s notifications, since when.
+    pub async fn delivery(&self, plugin: &str) -> Option<leases::LeaseValue> {
+        self.inner.leases.owner(plugin).await
+    }
+
     /// Stops following, gives up this node's leases and its heartbeat.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();

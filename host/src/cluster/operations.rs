@@ -294,9 +294,30 @@ impl Cluster {
                 Err(error) => return Err(error.into()),
             }
         }
+        if purge {
+            self.purge_ledger(name).await?;
+        }
         self.change(name, |r| r.removed = Some(Removed { purge }))
             .await?;
         self.set_applied(name.as_str(), None).await
+    }
+
+    /// Forgets what a notifier delivered, with its mailbox: a notifier
+    /// deployed again under the name sends its history again.
+    async fn purge_ledger(&self, name: &PluginName) -> Result<(), ClusterError> {
+        let buckets = &self.inner.buckets;
+        let what = || format!("purging the delivery ledger of {name}");
+        let stream = buckets
+            .context
+            .get_stream(&buckets.delivered)
+            .await
+            .map_err(|e| ClusterError::unavailable(what(), e))?;
+        stream
+            .purge()
+            .filter(buckets.ledger_subject(name.as_str()))
+            .await
+            .map_err(|e| ClusterError::unavailable(what(), e))?;
+        Ok(())
     }
 
     async fn set_paused(&self, name: &PluginName, paused: bool) -> Result<(), ClusterError> {
