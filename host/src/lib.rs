@@ -64,6 +64,7 @@ pub mod connections;
 pub mod durable;
 pub mod log;
 pub mod metrics;
+pub mod named_locks;
 pub mod notify;
 pub mod plugins;
 pub mod runtime;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::buckets::Buckets;
-use super::nodes::now_ms;
+use super::now_ms;
 use crate::notify::{Handover, KeyId, Ledger, NotifyError, Ownership};
 
 /// What a lease entry holds.

@@ -23,7 +23,7 @@ mod nodes;
 mod operations;
 mod records;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,7 @@ pub use leases::Leases;
 pub use nodes::ClusterView;
 pub use operations::{Deployed, Deployments};
 
+use crate::named_locks::NamedLocks;
 use crate::plugins::{PluginError, Plugins};
 use applied::AppliedFile;
 use records::Record;
@@ -130,7 +131,7 @@ struct Inner {
     records: Mutex<BTreeMap<String, Record>>,
     /// One lock per plugin name: an operation and the convergence of one
     /// plugin never interleave on this node.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: NamedLocks<String>,
     started_ms: u64,
     stop: CancellationToken,
 }
@@ -157,8 +158,8 @@ impl Cluster {
                 leases,
                 applied: Arc::new(Mutex::new(applied)),
                 records: Mutex::new(BTreeMap::new()),
-                locks: Mutex::new(HashMap::new()),
-                started_ms: nodes::now_ms(),
+                locks: NamedLocks::default(),
+                started_ms: now_ms(),
                 stop: CancellationToken::new(),
             }),
         };
@@ -184,15 +185,9 @@ impl Cluster {
         let _ = self.inner.buckets.nodes.delete(self.node()).await;
     }
 
-    /// Waits for the lock of plugin `name` on this node. Locks nobody holds
-    /// are dropped on the way.
+    /// Waits for this node's lock on plugin `name`.
     async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.inner.locks.lock();
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-            locks.entry(name.to_owned()).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.inner.locks.lock(&name.to_owned()).await
     }
 
     /// Whether this node holds `record`'s plugin.
@@ -220,4 +215,11 @@ impl Cluster {
     fn applied(&self, name: &str) -> Option<applied::Applied> {
         self.inner.applied.lock().get(name).cloned()
     }
+}
+
+/// Now, in ms since the Unix epoch (as heartbeats and leases say when).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

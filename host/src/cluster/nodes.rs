@@ -8,14 +8,14 @@
 //! and one that shuts down deletes its entry.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::Cluster;
 use super::leases::LeaseValue;
 use super::records::Record;
+use super::{Cluster, now_ms};
 
 /// How often a node rewrites its heartbeat.
 const BEAT: Duration = Duration::from_secs(2);
@@ -241,10 +241,4 @@ fn shown(record: &Record) -> serde_json::Value {
         value["webhook"] = webhook.view();
     }
     value
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

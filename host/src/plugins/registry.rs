@@ -26,6 +26,7 @@ use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::durable;
 use crate::log::EventLog;
+use crate::named_locks::NamedLocks;
 use crate::notify::{Mailbox, NotificationFeed, Retention, SharedHandover, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
 
@@ -112,7 +113,7 @@ pub(super) struct Inner {
     pub host: Host,
     pub slots: Mutex<Slots>,
     /// One lock per plugin name: changes to a plugin run one at a time.
-    lifecycles: Mutex<HashMap<PluginName, Arc<tokio::sync::Mutex<()>>>>,
+    lifecycles: NamedLocks<PluginName>,
     /// Where every notifier's accepted notifications are published live.
     pub feed: NotificationFeed,
     /// How long notifiers keep delivered notifications.
@@ -154,7 +155,7 @@ impl Plugins {
                     plugins: slots,
                     closed: false,
                 }),
-                lifecycles: Mutex::new(HashMap::new()),
+                lifecycles: NamedLocks::default(),
                 feed: NotificationFeed::new(),
                 retention: config.retention,
                 handover: config.handover,
@@ -577,16 +578,9 @@ impl Plugins {
         }
     }
 
-    /// Waits for the plugin's lifecycle lock. Locks nobody holds or waits
-    /// for are dropped on the way, so names that clients make up (a remove
-    /// of a plugin that does not exist) leave nothing behind.
+    /// Waits for the plugin's lifecycle lock.
     async fn lifecycle(&self, name: &PluginName) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut lifecycles = self.inner.lifecycles.lock();
-            lifecycles.retain(|_, lock| Arc::strong_count(lock) > 1);
-            lifecycles.entry(name.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.inner.lifecycles.lock(name).await
     }
 
     pub(super) fn plugin_dir(&self, name: &PluginName) -> PluginDir {
