@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::files::{Manifest, PluginDir};
 use super::generation::{Generation, Host};
 use super::runner::{Control, Runner};
-use super::shared::{Serving, Shared};
+use super::shared::{Progress, Serving, Shared};
 use super::status::{PluginStatus, RunState};
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
@@ -257,6 +257,11 @@ impl Plugins {
             }),
             mailbox: mailbox.clone(),
             latest_generation: AtomicU64::new(latest),
+            progress: watch::channel(Progress {
+                checkpoint: live.checkpoint,
+                state: RunState::CatchingUp,
+            })
+            .0,
         });
         let (control, receiver) = mpsc::unbounded_channel();
         let runner = Runner::new(

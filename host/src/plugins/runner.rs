@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::PluginError;
 use super::files::{Manifest, PluginDir, remove_state_file};
 use super::generation::{Failure, Generation, Host, StepContext};
-use super::shared::{Serving, Shared};
+use super::shared::{Progress, Serving, Shared};
 use super::status::{RebuildStatus, RunState};
 use super::throttle::Throttle;
 use crate::log::Position;
@@ -301,12 +301,23 @@ impl Runner {
             last_error: r.failure.as_ref().map(Failure::report),
         });
         let live = &self.live;
-        let mut status = self.shared.status.write();
-        status.state = state;
-        status.show_serving(&live.plugin, live.number, live.checkpoint);
-        status.events_per_sec = live.meter.rate;
-        status.last_error = live.failure.as_ref().map(Failure::report);
-        status.rebuild = rebuild;
+        {
+            let mut status = self.shared.status.write();
+            status.state = state;
+            status.show_serving(&live.plugin, live.number, live.checkpoint);
+            status.events_per_sec = live.meter.rate;
+            status.last_error = live.failure.as_ref().map(Failure::report);
+            status.rebuild = rebuild;
+        }
+        let progress = Progress {
+            checkpoint: live.checkpoint,
+            state,
+        };
+        self.shared.progress.send_if_modified(|published| {
+            let changed = *published != progress;
+            *published = progress;
+            changed
+        });
     }
 }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use super::PluginName;
-use super::status::PluginStatus;
+use super::status::{PluginStatus, RunState};
 use super::store::PluginStore;
 use crate::notify::Mailbox;
 use crate::runtime::{LoadedPlugin, PluginKind};
@@ -30,6 +31,18 @@ pub(super) struct Shared {
     pub mailbox: Option<Arc<Mailbox>>,
     /// The newest generation handed to the runner: a rebuild takes the next.
     pub latest_generation: AtomicU64,
+    /// The serving generation's checkpoint and the run state, as the runner
+    /// last published them: what a read with `min_position` waits on.
+    pub progress: watch::Sender<Progress>,
+}
+
+/// How far the serving state is, and whether it is moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The last position the serving state includes.
+    pub checkpoint: u64,
+    /// See [`RunState`].
+    pub state: RunState,
 }
 
 impl Shared {
