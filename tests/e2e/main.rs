@@ -20,4 +20,5 @@ mod overload;
 mod plugin_failures;
 mod plugins;
 mod power_loss;
+mod read_your_writes;
 mod wit_versions;

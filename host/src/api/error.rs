@@ -179,6 +179,24 @@ impl From<ClusterError> for ApiError {
     }
 }
 
+/// A read whose `min_position` the plugin has not reached: 503 with
+/// `Retry-After` when the wait ran out, 409 when the plugin is failed or
+/// paused (asking again will not help until it runs).
+fn behind_error(behind: crate::plugins::Behind, message: String) -> ApiError {
+    let status = match behind.timed_out {
+        true => StatusCode::SERVICE_UNAVAILABLE,
+        false => StatusCode::CONFLICT,
+    };
+    let error = ApiError::new(status, "min_position_not_reached", message)
+        .with("checkpoint", behind.checkpoint)
+        .with("min_position", behind.min_position)
+        .with("state", serde_json::to_value(behind.state).unwrap_or_default());
+    match behind.timed_out {
+        true => error.retry_after(1),
+        false => error,
+    }
+}
+
 impl From<PluginError> for ApiError {
     fn from(error: PluginError) -> Self {
         let message = error.to_string();
@@ -199,6 +217,7 @@ impl From<PluginError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
             PluginError::Log(error) => error.into(),
+            PluginError::Behind(behind) => behind_error(behind, message),
             PluginError::Notify(NotifyError::InvalidWebhook(_)) => {
                 ApiError::bad_request("invalid_webhook", message)
             }

@@ -1,5 +1,7 @@
 //! `/plugins`: deploy, inspect, control and read plugins.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -228,12 +230,55 @@ fn raw_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
 }
 
+/// `?min_position=P&wait=5s` on a read of a plugin's state: answer once
+/// the state includes position P (the `last_position` of the client's
+/// append), waiting at most `wait` (default 5 s, at most 20 s, within the request timeout).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtQuery {
+    min_position: Option<u64>,
+    wait: Option<String>,
+}
+
+/// The longest a read waits for `min_position`.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How long a read waits for `min_position` without `wait`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits, if the read asked for a position, until the plugin's state is
+/// there (see [`AtQuery`]); costs nothing otherwise.
+async fn reach(
+    state: &AppState,
+    name: &PluginName,
+    min_position: Option<u64>,
+    wait: Option<&str>,
+) -> Result<(), ApiError> {
+    let wait = match wait {
+        None => DEFAULT_WAIT,
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("wait={text:?}: {e} (a duration such as 5s or 500ms)"),
+            )
+        })?,
+    };
+    let Some(min_position) = min_position else {
+        return Ok(());
+    };
+    Ok(state
+        .plugins
+        .wait_for(name, min_position, wait.min(MAX_WAIT))
+        .await?)
+}
+
 /// The serving state's value under `key`; 404 when absent.
 pub async fn state_get(
     State(state): State<AppState>,
     Path((raw, key)): Path<(String, String)>,
+    Query(at): Query<AtQuery>,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
+    reach(&state, &name, at.min_position, at.wait.as_deref()).await?;
     let (value, checkpoint) = state.plugins.state_get(&name, key.clone()).await?;
     match value {
         Some(bytes) => Ok(at_checkpoint(checkpoint, raw_response(bytes))),
@@ -256,6 +301,10 @@ pub struct ScanQuery {
     after: Option<String>,
     /// Most entries (default 100, at most 10,000).
     limit: Option<usize>,
+    /// Answer once the state includes this position (see [`AtQuery`]).
+    min_position: Option<u64>,
+    /// How long to wait for `min_position`.
+    wait: Option<String>,
 }
 
 /// Serving state entries by key prefix: `{"entries": [{"key", "value"}], "next"}`.
@@ -266,6 +315,7 @@ pub async fn state_scan(
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
     let limit = super::page_limit(query.limit)?;
+    reach(&state, &name, query.min_position, query.wait.as_deref()).await?;
     let (entries, checkpoint) = state
         .plugins
         .state_scan(&name, query.prefix, query.after, limit)
@@ -285,9 +335,11 @@ pub async fn state_scan(
 pub async fn query(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    Query(at): Query<AtQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let name = name(raw)?;
+    reach(&state, &name, at.min_position, at.wait.as_deref()).await?;
     match state.plugins.query(&name, body.to_vec()).await? {
         (Ok(answer), checkpoint) => Ok(at_checkpoint(checkpoint, raw_response(answer))),
         (Err(message), checkpoint) => {

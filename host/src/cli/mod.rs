@@ -48,6 +48,8 @@ enum Command {
     Replay(plugins::ReplayArgs),
     /// Read a plugin's state: one key, or every key with a prefix.
     State(plugins::StateArgs),
+    /// Ask a plugin's `query` export.
+    Query(plugins::QueryArgs),
     /// Show, set or remove a notifier's webhook.
     Webhook(notify::WebhookArgs),
     /// Print a notifier's notifications or dead letters; retry a dead letter.
@@ -324,6 +326,7 @@ pub fn main() -> ExitCode {
         Command::Plugins(args) => client::run(plugins::list(args)),
         Command::Replay(args) => client::run(plugins::replay(args)),
         Command::State(args) => client::run(plugins::state(args)),
+        Command::Query(args) => client::run(plugins::query(args)),
         Command::Webhook(args) => client::run(notify::webhook(args)),
         Command::Notifications(args) => client::run(notify::notifications(args)),
         Command::Cluster(args) => client::run(cluster::run(args)),

@@ -1,4 +1,5 @@
-//! Client subcommands for plugins: `deploy`, `plugins`, `replay`, `state`.
+//! Client subcommands for plugins: `deploy`, `plugins`, `replay`, `state`,
+//! `query`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +59,45 @@ pub struct StateArgs {
     /// Most entries to print.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    #[command(flatten)]
+    at: ReadAt,
+}
+
+/// `eventfold query NAME [REQUEST]`.
+#[derive(Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The plugin.
+    name: String,
+    /// The request handed to the plugin's `query` export (JSON; default
+    /// `{}`, `-` reads stdin).
+    request: Option<String>,
+    #[command(flatten)]
+    at: ReadAt,
+}
+
+/// Reading your own writes: answer once the plugin's state includes a
+/// position.
+#[derive(Args)]
+struct ReadAt {
+    /// Answer once the state includes this position (the `last_position`
+    /// of your append).
+    #[arg(long)]
+    min_position: Option<u64>,
+    /// How long the server waits for --min-position (e.g. 5s; at most 20s).
+    #[arg(long, requires = "min_position")]
+    wait: Option<String>,
+}
+
+impl ReadAt {
+    /// The query parameters that ask for it.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        query.extend(self.min_position.map(|p| ("min_position", p.to_string())));
+        query.extend(self.wait.clone().map(|w| ("wait", w)));
+        query
+    }
 }
 
 /// Uploads the component and prints what the server did.
@@ -194,23 +234,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 pub async fn state(args: StateArgs) -> anyhow::Result<()> {
     let base = format!("/plugins/{}/state", encode_segment(&args.name));
     if let Some(key) = args.key {
-        let response = args
+        let request = args
             .connection
             .request(reqwest::Method::GET, &format!("{base}/{key}"))
-            .send()
-            .await;
-        let response = response.context("cannot reach the server")?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if !status.is_success() {
-            let error: Value = serde_json::from_slice(&body).unwrap_or_default();
-            anyhow::bail!(
-                "{status}: {}",
-                error["error"]["message"].as_str().unwrap_or("")
-            );
-        }
-        println!("{}", String::from_utf8_lossy(&body));
-        return Ok(());
+            .query(&args.at.query());
+        return print_raw(request).await;
     }
     let mut after: Option<String> = None;
     let mut printed = 0;
@@ -220,6 +248,7 @@ pub async fn state(args: StateArgs) -> anyhow::Result<()> {
             ("limit", (args.limit - printed).min(1000).to_string()),
         ];
         query.extend(after.clone().map(|a| ("after", a)));
+        query.extend(args.at.query());
         let page = read_json(
             args.connection
                 .request(reqwest::Method::GET, &base)
@@ -237,5 +266,39 @@ pub async fn state(args: StateArgs) -> anyhow::Result<()> {
             None => break,
         }
     }
+    Ok(())
+}
+
+/// Runs a plugin's `query` export and prints its answer.
+pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let request = match args.request.as_deref() {
+        None => "{}".to_owned(),
+        Some("-") => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+        Some(text) => text.to_owned(),
+    };
+    let path = format!("/plugins/{}/query", encode_segment(&args.name));
+    let request = args
+        .connection
+        .request(reqwest::Method::POST, &path)
+        .query(&args.at.query())
+        .body(request);
+    print_raw(request).await
+}
+
+/// Sends `request` and prints the answer's body as it is, or fails with
+/// the error's message (and the checkpoint it names, if any).
+async fn print_raw(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let response = request.send().await.context("cannot reach the server")?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        let error: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let error = &error["error"];
+        let at = error["checkpoint"]
+            .as_u64()
+            .map_or(String::new(), |c| format!(" (checkpoint {c})"));
+        anyhow::bail!("{status}: {}{at}", error["message"].as_str().unwrap_or(""));
+    }
+    println!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }

@@ -17,7 +17,7 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, kv};
 
-use super::ClusterError;
+use super::{ClusterError, patiently};
 
 /// How long a node's heartbeat lasts when it is not renewed: a node that
 /// stops renewing it is gone from `GET /cluster` after this.
@@ -63,15 +63,15 @@ impl Buckets {
         .await?;
         let components = object_store(&context, format!("{stream}-components"), replicas).await?;
         let delivered = format!("{stream}-delivered");
-        context
-            .get_or_create_stream(StreamConfig {
-                name: delivered.clone(),
-                subjects: vec![format!("{delivered}.>")],
-                storage: StorageType::File,
-                num_replicas: replicas,
-                allow_direct: true,
-                ..Default::default()
-            })
+        let config = StreamConfig {
+            name: delivered.clone(),
+            subjects: vec![format!("{delivered}.>")],
+            storage: StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        patiently(|| context.get_or_create_stream(config.clone()))
             .await
             .map_err(|e| ClusterError::unavailable(format!("the stream {delivered}"), e))?;
         Ok(Self {
@@ -99,15 +99,15 @@ async fn key_value(
     replicas: usize,
     max_age: Option<Duration>,
 ) -> Result<kv::Store, ClusterError> {
-    context
-        .create_or_update_key_value(kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            max_age: max_age.unwrap_or_default(),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
+    let config = kv::Config {
+        bucket: bucket.clone(),
+        history: 1,
+        max_age: max_age.unwrap_or_default(),
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    patiently(|| context.create_or_update_key_value(config.clone()))
         .await
         .map_err(|e| ClusterError::unavailable(format!("the bucket {bucket}"), e))
 }
@@ -120,13 +120,13 @@ async fn object_store(
     if let Ok(store) = context.get_object_store(&bucket).await {
         return Ok(store);
     }
-    context
-        .create_object_store(object_store::Config {
-            bucket: bucket.clone(),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
+    let config = object_store::Config {
+        bucket: bucket.clone(),
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    patiently(|| context.create_object_store(config.clone()))
         .await
         .map_err(|e| ClusterError::unavailable(format!("the object store {bucket}"), e))
 }

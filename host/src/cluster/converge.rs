@@ -303,11 +303,8 @@ async fn adopt(cluster: &Cluster, name: &PluginName) -> Result<(), ClusterError>
 /// A component from the object store.
 async fn fetch_component(cluster: &Cluster, hash: &str) -> Result<bytes::Bytes, ClusterError> {
     let what = || format!("component {hash} from the object store");
-    let mut object = cluster
-        .inner
-        .buckets
-        .components
-        .get(hash)
+    let components = &cluster.inner.buckets.components;
+    let mut object = super::patiently(|| components.get(hash))
         .await
         .map_err(|e| ClusterError::unavailable(what(), e))?;
     let mut wasm = Vec::new();

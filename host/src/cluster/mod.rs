@@ -223,3 +223,37 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// How long an operation on the shared buckets is tried again while
+/// JetStream does not answer (a bucket just created, a leader election).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `operation` until it succeeds, fails otherwise than by JetStream
+/// not answering ("no responders", a timeout), or [`PATIENCE`] runs out.
+/// Only for operations that are safe to repeat: reads, and writes guarded
+/// by a revision.
+async fn patiently<T, E, F, Fut>(mut operation: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match operation().await {
+            Err(error) if unanswered(&error) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(%error, "JetStream did not answer; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether an error says JetStream did not answer, rather than refused.
+fn unanswered(error: &impl std::fmt::Display) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    text.contains("no responders") || text.contains("timed out") || text.contains("timeout")
+}

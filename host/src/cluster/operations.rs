@@ -234,11 +234,12 @@ impl Cluster {
         if components.info(hash).await.is_ok() {
             return Ok(());
         }
-        let mut reader = wasm;
-        components
-            .put(hash, &mut reader)
-            .await
-            .map_err(|e| ClusterError::unavailable(format!("storing component {hash}"), e))?;
+        super::patiently(|| async {
+            let mut reader = wasm;
+            components.put(hash, &mut reader).await
+        })
+        .await
+        .map_err(|e| ClusterError::unavailable(format!("storing component {hash}"), e))?;
         Ok(())
     }
 

@@ -80,8 +80,7 @@ impl Record {
 /// Reads a record; `None` when there is none (or it cannot be parsed,
 /// which is logged).
 pub async fn read(store: &kv::Store, name: &str) -> Result<Option<(Record, u64)>, ClusterError> {
-    let entry = store
-        .entry(name)
+    let entry = super::patiently(|| store.entry(name))
         .await
         .map_err(|e| ClusterError::unavailable(format!("the record of plugin {name}"), e))?;
     Ok(entry.and_then(|entry| parse(name, &entry.value).map(|r| (r, entry.revision))))
@@ -121,7 +120,7 @@ pub async fn update(
             .map_err(|e| ClusterError::Internal(e.to_string()))?
             .into();
         let written = match revision {
-            Some(revision) => match store.update(name, bytes, revision).await {
+            Some(revision) => match super::patiently(|| store.update(name, bytes.clone(), revision)).await {
                 Ok(_) => true,
                 Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => false,
                 Err(error) => {
@@ -131,7 +130,7 @@ pub async fn update(
                     ));
                 }
             },
-            None => match store.create(name, bytes).await {
+            None => match super::patiently(|| store.create(name, bytes.clone())).await {
                 Ok(_) => true,
                 Err(error) if error.kind() == CreateErrorKind::AlreadyExists => false,
                 Err(error) => {

@@ -31,6 +31,7 @@ use std::fmt;
 
 pub use generation::MAX_BATCH;
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
+pub use reads::Behind;
 pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};
 pub use store::PluginStore;
 pub use watch::{DeployFiles, watch_dir};
@@ -98,6 +99,9 @@ pub enum PluginError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A read asked for a position the plugin's state has not reached.
+    #[error("{}", .0)]
+    Behind(Behind),
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),

@@ -6,13 +6,94 @@ use std::sync::Arc;
 
 use super::registry::Plugins;
 use super::shared::{Serving, Shared};
-use super::status::{NotificationStatus, PluginStatus};
+use super::status::{NotificationStatus, PluginStatus, RunState};
 use super::store::Entries;
 use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::notify::{Mailbox, NotificationFeed};
 
+/// Why a read that asked for `min_position` did not wait for it: the
+/// plugin's state is not there, and either the wait ran out or the plugin
+/// is not moving (failed or paused) so waiting would not help.
+#[derive(Debug, Clone)]
+pub struct Behind {
+    /// The plugin.
+    pub plugin: String,
+    /// The position asked for.
+    pub min_position: u64,
+    /// Where the serving state is.
+    pub checkpoint: u64,
+    /// The plugin's state when the read gave up.
+    pub state: RunState,
+    /// Whether the wait ran out (else the plugin is failed or paused).
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Behind {
+            plugin,
+            min_position,
+            checkpoint,
+            ..
+        } = self;
+        match self.timed_out {
+            true => write!(
+                f,
+                "plugin {plugin} is at checkpoint {checkpoint}, not yet at position {min_position}: \
+                 ask again, or wait longer (wait=)"
+            ),
+            false => write!(
+                f,
+                "plugin {plugin} is {} at checkpoint {checkpoint} and will not reach position \
+                 {min_position} until it runs again",
+                serde_json::to_value(self.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
 impl Plugins {
+    /// Waits until the plugin's serving state includes `min_position`, for
+    /// at most `wait`; at once with [`PluginError::Behind`] when the plugin
+    /// is failed or paused. Follows the runner's published progress, never
+    /// polls.
+    pub async fn wait_for(
+        &self,
+        name: &PluginName,
+        min_position: u64,
+        wait: std::time::Duration,
+    ) -> Result<(), PluginError> {
+        let mut progress = self.shared(name)?.progress.subscribe();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            let now = *progress.borrow_and_update();
+            if now.checkpoint >= min_position {
+                return Ok(());
+            }
+            let behind = |timed_out| {
+                PluginError::Behind(Behind {
+                    plugin: name.to_string(),
+                    min_position,
+                    checkpoint: now.checkpoint,
+                    state: now.state,
+                    timed_out,
+                })
+            };
+            if matches!(now.state, RunState::Failed | RunState::Paused) {
+                return Err(behind(false));
+            }
+            tokio::select! {
+                changed = progress.changed() => changed.map_err(|_| PluginError::ShuttingDown)?,
+                () = &mut deadline => return Err(behind(true)),
+            }
+        }
+    }
+
     /// The status of one plugin, with the log's head and the lag filled in.
     pub async fn status(&self, name: &PluginName) -> Result<PluginStatus, PluginError> {
         let shared = match self.shared(name) {
