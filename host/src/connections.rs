@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::metrics::Metrics;
+
 /// How many connections, and how slow a client may be.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -50,14 +52,25 @@ impl Default for ConnectionLimits {
 
 /// Serves `app` on every connection `listener` accepts until `shutdown` is
 /// cancelled; then stops accepting, lets each connection finish the request
-/// it is serving, and returns once all are closed.
+/// it is serving, and returns once all are closed. The connections open and
+/// refused are counted in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    metrics: &Metrics,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    {
+        // Read when scraped: a connection costs the metrics nothing.
+        let slots = slots.clone();
+        let max = limits.max_connections;
+        metrics
+            .connections
+            .open
+            .sample_from(move || max.saturating_sub(slots.available_permits()) as i64);
+    }
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -78,6 +91,7 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connections.refused.inc();
             connections.spawn(refuse(tcp, limits.max_connections));
             continue;
         };

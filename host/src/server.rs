@@ -79,6 +79,7 @@ impl Server {
             handover: shared
                 .as_ref()
                 .map(|(_, leases)| Arc::new(leases.clone()) as SharedHandover),
+            metrics: metrics.clone(),
         };
         let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;
         let deployments = match shared {
@@ -126,6 +127,9 @@ impl Server {
                 crate::plugins::watch_dir(dir.clone(), deployments.clone(), shutdown.clone());
             tokio::spawn(watcher);
         }
+        let slots = Slots::new(&config.limits);
+        slots.export(&metrics);
+        let counted = metrics.clone();
         let state = AppState {
             log: log.clone(),
             metrics,
@@ -134,7 +138,7 @@ impl Server {
             limits: config.limits,
             shutdown: shutdown.clone(),
             sse_keep_alive: config.sse_keep_alive,
-            slots: Slots::new(&config.limits),
+            slots,
         };
         let app = api::router(state, &config);
         tracing::info!(
@@ -144,7 +148,8 @@ impl Server {
             "serving"
         );
         raise_open_files_limit(config.connections.max_connections);
-        let serve = connections::serve(listener, app, config.connections, shutdown.clone());
+        let limits = config.connections;
+        let serve = connections::serve(listener, app, limits, &counted, shutdown.clone());
         let grace = config.shutdown_grace;
         tokio::select! {
             () = serve => {}

@@ -32,7 +32,10 @@ fn checkpoint(response: &reqwest::Response) -> u64 {
 /// Appends one event to `stream`; its position.
 async fn append_one(server: &Server, stream: &str) -> u64 {
     let (status, body) = server
-        .post(&format!("/streams/{stream}"), &json!({"events": events("Ticked", 1)}))
+        .post(
+            &format!("/streams/{stream}"),
+            &json!({"events": events("Ticked", 1)}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["last_position"].as_u64().expect("last_position")
@@ -84,8 +87,14 @@ async fn racing_appends_never_read_a_state_older_than_their_own(backend: Backend
                         }
                     };
                     let seen = value.as_u64().expect("a number");
-                    assert!(at >= position, "checkpoint {at} before own append {position}");
-                    assert!(seen >= position, "state {seen} older than own append {position}");
+                    assert!(
+                        at >= position,
+                        "checkpoint {at} before own append {position}"
+                    );
+                    assert!(
+                        seen >= position,
+                        "state {seen} older than own append {position}"
+                    );
                 }
             })
         })
@@ -101,8 +110,15 @@ async fn racing_appends_never_read_a_state_older_than_their_own(backend: Backend
 
     // A position no append has reached yet: a clear 503 once the wait runs out.
     let head = server.head().await;
-    let path = format!("/plugins/counter/state/last?min_position={}&wait=50ms", head + 10);
-    let response = server.request(reqwest::Method::GET, &path).send().await.expect("read");
+    let path = format!(
+        "/plugins/counter/state/last?min_position={}&wait=50ms",
+        head + 10
+    );
+    let response = server
+        .request(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .expect("read");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.expect("JSON");
@@ -118,10 +134,17 @@ async fn racing_appends_never_read_a_state_older_than_their_own(backend: Backend
     let (status, body) = server.get(&path).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["state"], "paused", "{body}");
-    assert!(started.elapsed() < Duration::from_secs(10), "it waited for a paused plugin");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited for a paused plugin"
+    );
 
     // Bad input: a clear 400, nothing else.
-    for bad in ["min_position=-1", "min_position=1&wait=soon", "min_position=x"] {
+    for bad in [
+        "min_position=-1",
+        "min_position=1&wait=soon",
+        "min_position=x",
+    ] {
         let (status, body) = server.get(&format!("/plugins/counter/state?{bad}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_query", "{bad}: {body}");

@@ -32,6 +32,21 @@ const READ_BUFFER_BYTES: usize = 8 << 10;
 
 /// Upgrades the request to a WebSocket of appends; a plain request gets a
 /// JSON error saying what is missing.
+#[utoipa::path(
+    get,
+    path = "/appends",
+    tag = "log",
+    responses(
+        (status = 101, description = "A WebSocket: each text message an append `{\"stream\", \"expected_version\", \"events\"}`, each reply `{\"status\", …}` in order (docs/api.md#the-append-socket)"),
+        (status = 400, description = "`websocket_required`", body = crate::api::openapi::Error),
+        (status = 405, description = "`websocket_required`", body = crate::api::openapi::Error),
+        (status = 426, description = "`websocket_required`: upgrade to a WebSocket", body = crate::api::openapi::Error),
+        (status = 503, description = "`too_many_append_sockets`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,

@@ -15,6 +15,25 @@ use crate::log::{AppendOutcome, LogError};
 
 /// Applies every append of the batch or none: one failed `expected_version`
 /// (409, naming the append's index) appends nothing at all.
+#[utoipa::path(
+    post,
+    path = "/batch",
+    tag = "log",
+    request_body = crate::api::openapi::BatchRequest,
+    responses(
+        (status = 201, description = "Appended, all together", body = crate::api::openapi::BatchOutcome),
+        (status = 200, description = "A retry: nothing was appended", body = crate::api::openapi::BatchOutcome),
+        (status = 400, description = "`invalid_body`, `invalid_name`, `invalid_expected_version`, `invalid_metadata`, `no_events`, `no_appends`, `duplicate_event_id`, `reserved_event_id`", body = crate::api::openapi::Error),
+        (status = 409, description = "`wrong_expected_version` or `idempotency_conflict`: nothing was appended", body = crate::api::openapi::Error),
+        (status = 413, description = "`event_too_large`, `body_too_large` or `too_many_events`", body = crate::api::openapi::Error),
+        (status = 415, description = "`unsupported_media_type`: send application/json", body = crate::api::openapi::Error),
+        (status = 503, description = "`overloaded`, `log_unavailable` or `shutting_down` (`Retry-After`)", body = crate::api::openapi::Error),
+        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was appended", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn append_batch(
     State(state): State<AppState>,
     JsonBytes(body): JsonBytes,

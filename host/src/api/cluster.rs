@@ -11,6 +11,17 @@ use super::AppState;
 use super::error::ApiError;
 
 /// The cluster as this node sees it.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "server",
+    responses(
+        (status = 200, description = "The nodes, their plugins, the leases, the records and the log's stream (docs/api.md#the-cluster)", body = Object),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn view(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.deployments.cluster() {
         Some(cluster) => Ok(axum::Json(cluster.view().await).into_response()),

@@ -190,7 +190,10 @@ fn behind_error(behind: crate::plugins::Behind, message: String) -> ApiError {
     let error = ApiError::new(status, "min_position_not_reached", message)
         .with("checkpoint", behind.checkpoint)
         .with("min_position", behind.min_position)
-        .with("state", serde_json::to_value(behind.state).unwrap_or_default());
+        .with(
+            "state",
+            serde_json::to_value(behind.state).unwrap_or_default(),
+        );
     match behind.timed_out {
         true => error.retry_after(1),
         false => error,

@@ -69,6 +69,20 @@ fn filter(category: Option<String>, event_type: Option<String>) -> EventFilter {
 
 /// Reads the global log: `{"events", "next", "head"}`. With a filter, `next`
 /// can be past the last event returned; continue from it.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "log",
+    params(("from" = Option<u64>, Query, description = "First position (default 1)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most events (default 1000)"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep")),
+    responses(
+        (status = 200, description = "A page of the global log", body = crate::api::openapi::LogPage),
+        (status = 400, description = "`invalid_query`", body = crate::api::openapi::Error),
+        (status = 503, description = "`log_unavailable`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     Query(query): Query<ReadLogQuery>,
@@ -87,6 +101,20 @@ pub async fn read(
 /// then each new one as it is committed. The feed reads the log at the
 /// client's pace, so a slow client holds one page in memory and never slows
 /// the writer.
+#[utoipa::path(
+    get,
+    path = "/events/live",
+    tag = "log",
+    params(("from" = Option<u64>, Query, description = "First position (default 1); `Last-Event-ID` takes precedence"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep"), ("last-event-id" = Option<u64>, Header, description = "Resume after this position")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: event`, `id: <position>`, `data: <Event>`, until the client goes", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query` or `invalid_last_event_id`", body = crate::api::openapi::Error),
+        (status = 503, description = "`too_many_live_feeds` or `log_unavailable`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -13,6 +13,18 @@ use crate::notify::MailboxStats;
 /// 200 with the head position once the server accepts requests; 503 with
 /// `"status": "degraded"` and the reason while the log refuses appends (its
 /// storage failed, e.g. a full disk) until it reopens by itself.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "server",
+    responses(
+        (status = 200, description = "Serving", body = crate::api::openapi::Health),
+        (status = 503, description = "`degraded`: the log refuses appends until its storage is back", body = crate::api::openapi::Health),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let head = state.log.head().0;
     match state.log.storage_failure() {
@@ -32,6 +44,17 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The metrics in Prometheus' text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -67,7 +90,7 @@ fn notifier_metrics(notifiers: &[(String, MailboxStats)]) -> String {
         &'static str,
         fn(&MailboxStats) -> f64,
     );
-    const FIGURES: [Figure; 5] = [
+    const FIGURES: [Figure; 6] = [
         (
             "notifications_pending",
             "gauge",
@@ -91,6 +114,12 @@ fn notifier_metrics(notifiers: &[(String, MailboxStats)]) -> String {
             "counter",
             "Notifications that ended as dead letters",
             |s| s.dead_lettered as f64,
+        ),
+        (
+            "notification_dead_letters",
+            "gauge",
+            "Dead letters held now (until retried and delivered)",
+            |s| s.dead_letters as f64,
         ),
         (
             "notification_oldest_pending_age_seconds",

@@ -7,13 +7,16 @@ mod appends;
 mod auth;
 mod batch;
 mod cluster;
+mod console;
 mod error;
 mod events;
 mod extract;
 mod health;
 mod intake;
 mod notifications;
+mod openapi;
 mod plugins;
+mod plugins_live;
 mod portable_json;
 mod render;
 mod slots;
@@ -148,6 +151,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             post(notifications::retry_dead_letter),
         )
         .route("/cluster", get(cluster::view))
+        .route("/openapi.json", get(openapi::serve))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -165,6 +169,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/appends", get(appends::upgrade))
         .route("/events/live", get(events::live))
         .route("/notifications/live", get(notifications::live))
+        .route("/plugins/live", get(plugins_live::live))
         .route("/plugins/{name}", plugin)
         .merge(bounded)
         .fallback(not_found)
@@ -175,7 +180,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
         let token: Arc<str> = token.as_str().into();
         app = app.layer(middleware::from_fn_with_state(token, auth::require_token));
     }
-    app
+    // After the token's layer: the console's static assets load without it
+    // (they hold no data; console.rs says why), its API calls do not.
+    app.merge(console::router())
 }
 
 /// The length of a page of plugin state, notifications or dead letters:

@@ -30,6 +30,24 @@ fn mailbox(state: &AppState, raw: String) -> Result<Arc<Mailbox>, ApiError> {
 }
 
 /// Sets the notifier's webhook sink (the secret is kept, never shown back).
+#[utoipa::path(
+    put,
+    path = "/plugins/{name}/webhook",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    request_body = crate::api::openapi::WebhookRequest,
+    responses(
+        (status = 200, description = "The settings, without the secret", body = crate::api::openapi::WebhookAnswer),
+        (status = 400, description = "`invalid_plugin_name`, `invalid_body` or `invalid_webhook`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
+        (status = 415, description = "`unsupported_media_type`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn put_webhook(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -47,6 +65,22 @@ pub async fn put_webhook(
 }
 
 /// The notifier's webhook settings (without the secret), `null` when none.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/webhook",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The settings without the secret, or null", body = crate::api::openapi::WebhookAnswer),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn get_webhook(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -57,6 +91,22 @@ pub async fn get_webhook(
 }
 
 /// Removes the webhook: notifications wait in the mailbox until one is set.
+#[utoipa::path(
+    delete,
+    path = "/plugins/{name}/webhook",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "`{\"webhook\": null}`", body = crate::api::openapi::WebhookAnswer),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn delete_webhook(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -85,6 +135,22 @@ impl PageQuery {
 }
 
 /// The notifier's notifications in order: `{"notifications": [...], "next"}`.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/notifications",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("after" = Option<u64>, Query, description = "Start after this sequence (default 0)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most entries (default 100, at most 10,000)")),
+    responses(
+        (status = 200, description = "Notifications in order", body = crate::api::openapi::NotificationPage),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no notifications", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -100,6 +166,22 @@ pub async fn list(
 }
 
 /// The notifier's dead letters: `{"dead_letters": [{"notification", "attempts", "error", "at", "retrying"}], "next"}`.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/dead-letters",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("after" = Option<u64>, Query, description = "Start after this sequence (default 0)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most entries (default 100, at most 10,000)")),
+    responses(
+        (status = 200, description = "Dead letters in order", body = crate::api::openapi::DeadLetterPage),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no dead letters", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -127,6 +209,22 @@ pub async fn dead_letters(
 }
 
 /// Sends a dead letter again (its `id` is its sequence).
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/dead-letters/{id}/retry",
+    tag = "notifiers",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("id" = u64, Path, description = "The dead letter's id (its sequence)")),
+    responses(
+        (status = 202, description = "`{\"retrying\": id}`", body = crate::api::openapi::CommandAnswer),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_path`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found` or `dead_letter_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: a projection has no dead letters", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path((raw, id)): Path<(String, u64)>,
@@ -160,6 +258,22 @@ pub struct LiveQuery {
 /// notification`, `id: <sequence>`, `data: <the notification's JSON>`).
 /// With `plugin`, a feed can start from a sequence and resume with
 /// `Last-Event-ID`; without, it is live only.
+#[utoipa::path(
+    get,
+    path = "/notifications/live",
+    tag = "notifiers",
+    params(("plugin" = Option<String>, Query, description = "Only this notifier's"), ("channel" = Option<String>, Query, description = "Only this channel"), ("after" = Option<u64>, Query, description = "Catch up after this sequence (needs `plugin`)"), ("last-event-id" = Option<u64>, Header, description = "Resume after this sequence (needs `plugin`)")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: notification`, `data: <Notification>`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query`, `invalid_plugin_name` or `invalid_last_event_id`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: not a notifier", body = crate::api::openapi::Error),
+        (status = 503, description = "`too_many_live_feeds` or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -20,6 +20,27 @@ fn name(raw: String) -> Result<PluginName, ApiError> {
 }
 
 /// Deploys or replaces a plugin: the body is the component.
+#[utoipa::path(
+    put,
+    path = "/plugins/{name}",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("labels" = Option<String>, Query, description = "Comma-separated labels a node's --hold may select the plugin by")),
+    request_body(content((Vec<u8> = "application/wasm"), (Vec<u8> = "application/octet-stream")), description = "The component (.wasm)"),
+    responses(
+        (status = 201, description = "`created`: a new plugin", body = crate::api::openapi::PluginStatus),
+        (status = 202, description = "`rebuilding` beside the serving version, or `recorded` for other nodes", body = crate::api::openapi::PluginStatus),
+        (status = 200, description = "`unchanged`: the same code serves already", body = crate::api::openapi::PluginStatus),
+        (status = 400, description = "`invalid_plugin_name`, `invalid_query` or `empty_body`", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: the deploy would change the plugin's kind", body = crate::api::openapi::Error),
+        (status = 413, description = "`body_too_large`", body = crate::api::openapi::Error),
+        (status = 415, description = "`unsupported_media_type`: send application/wasm", body = crate::api::openapi::Error),
+        (status = 422, description = "`invalid_plugin`", body = crate::api::openapi::Error),
+        (status = 503, description = "`cluster_unavailable` (several nodes): the shared records could not be read or written", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn deploy(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -99,12 +120,37 @@ fn parse_labels(list: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// Every plugin's status.
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "Every plugin's status, by name", body = crate::api::openapi::PluginList),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let plugins = state.plugins.list().await?;
     Ok(axum::Json(json!({ "plugins": plugins })).into_response())
 }
 
 /// One plugin's status.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The plugin's status", body = crate::api::openapi::PluginStatus),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -121,6 +167,21 @@ pub async fn status(
 }
 
 /// Unloads a plugin and deletes its state.
+#[utoipa::path(
+    delete,
+    path = "/plugins/{name}",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("purge" = Option<bool>, Query, description = "Also delete a notifier's mailbox")),
+    responses(
+        (status = 200, description = "`{\"deleted\", \"purged\"}`", body = crate::api::openapi::CommandAnswer),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn remove(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -142,6 +203,21 @@ pub struct RemoveQuery {
 }
 
 /// Rebuilds a plugin from position 0 beside its serving version.
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/replay",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 202, description = "Rebuilding from position 0 beside the serving version (or `recorded` for other nodes)", body = crate::api::openapi::PluginStatus),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -157,6 +233,21 @@ pub async fn replay(
 }
 
 /// Pauses a plugin.
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/pause",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "`{\"paused\": name}`", body = crate::api::openapi::CommandAnswer),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -167,6 +258,21 @@ pub async fn pause(
 }
 
 /// Resumes a paused plugin, or retries a failed one now.
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/resume",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "`{\"resumed\": name}`", body = crate::api::openapi::CommandAnswer),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -177,6 +283,22 @@ pub async fn resume(
 }
 
 /// Passes over the event a failed plugin is stuck on (it is parked, not lost).
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/skip",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "`{\"skipped\": position}`", body = crate::api::openapi::CommandAnswer),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 409, description = "`conflict`: the plugin has not failed", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn skip(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -187,6 +309,21 @@ pub async fn skip(
 }
 
 /// The events skipped so far, with the errors that stopped them.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/parked",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The events skipped, with their errors", body = crate::api::openapi::Parked),
+        (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn parked(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -272,6 +409,22 @@ async fn reach(
 }
 
 /// The serving state's value under `key`; 404 when absent.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/state/{key}",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("key" = String, Path, description = "The key (may hold /)"), ("min_position" = Option<u64>, Query, description = "Answer once the state includes this position (an append's `last_position`)"), ("wait" = Option<String>, Query, description = "How long to wait for `min_position`, e.g. 500ms (default 5s, at most 20s)")),
+    responses(
+        (status = 200, description = "The value as stored: JSON when it parses", content_type = "application/json", body = Object, headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found` or `key_not_found` (with `checkpoint`)", body = crate::api::openapi::Error),
+        (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
+        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn state_get(
     State(state): State<AppState>,
     Path((raw, key)): Path<(String, String)>,
@@ -308,6 +461,22 @@ pub struct ScanQuery {
 }
 
 /// Serving state entries by key prefix: `{"entries": [{"key", "value"}], "next"}`.
+#[utoipa::path(
+    get,
+    path = "/plugins/{name}/state",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("prefix" = Option<String>, Query, description = "Keys starting with this"), ("after" = Option<String>, Query, description = "Start after this key (the previous page's `next`)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most entries (default 100, at most 10,000)"), ("min_position" = Option<u64>, Query, description = "Answer once the state includes this position (an append's `last_position`)"), ("wait" = Option<String>, Query, description = "How long to wait for `min_position`, e.g. 500ms (default 5s, at most 20s)")),
+    responses(
+        (status = 200, description = "Entries in key order", body = crate::api::openapi::StatePage, headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
+        (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
+        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn state_scan(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -332,6 +501,23 @@ pub async fn state_scan(
 }
 
 /// Runs the plugin's `query` export with the request body.
+#[utoipa::path(
+    post,
+    path = "/plugins/{name}/query",
+    tag = "plugins",
+    params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("min_position" = Option<u64>, Query, description = "Answer once the state includes this position (an append's `last_position`)"), ("wait" = Option<String>, Query, description = "How long to wait for `min_position`, e.g. 500ms (default 5s, at most 20s)")),
+    request_body(content = Object, description = "Handed to the plugin's `query` export as it is"),
+    responses(
+        (status = 200, description = "The plugin's answer, as it wrote it", content_type = "application/json", body = Object, headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
+        (status = 400, description = "`invalid_plugin_name`, `invalid_query` or `query_rejected` (with `checkpoint`)", body = crate::api::openapi::Error),
+        (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
+        (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
+        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn query(
     State(state): State<AppState>,
     Path(raw): Path<String>,

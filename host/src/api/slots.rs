@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use crate::config::Limits;
+use crate::metrics::Metrics;
 
 /// The slots of long-lived requests, shared by every request.
 #[derive(Clone)]
@@ -61,6 +62,21 @@ impl Slots {
     pub fn append_socket(&self) -> Result<Slot, ApiError> {
         self.append_sockets.take()
     }
+
+    /// Has `metrics` read the live feeds and append sockets open from these
+    /// slots when scraped.
+    pub fn export(&self, metrics: &Metrics) {
+        let live_feeds = self.live_feeds.clone();
+        metrics
+            .connections
+            .live_feeds
+            .sample_from(move || live_feeds.taken());
+        let append_sockets = self.append_sockets.clone();
+        metrics
+            .connections
+            .append_sockets
+            .sample_from(move || append_sockets.taken());
+    }
 }
 
 impl Kind {
@@ -72,6 +88,11 @@ impl Kind {
             what,
             flag,
         }
+    }
+
+    /// How many slots are taken.
+    fn taken(&self) -> i64 {
+        self.limit.saturating_sub(self.free.available_permits()) as i64
     }
 
     fn take(&self) -> Result<Slot, ApiError> {

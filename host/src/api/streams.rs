@@ -15,6 +15,26 @@ use crate::log::{AppendOutcome, Direction, StreamName};
 
 /// Appends events to one stream: 201 with where they landed, 200 when every
 /// event was already there (an idempotent retry), 409 on a version conflict.
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}",
+    tag = "log",
+    params(("stream" = String, Path, description = "The stream: 1-256 bytes, no control characters")),
+    request_body = crate::api::openapi::AppendRequest,
+    responses(
+        (status = 201, description = "Appended", body = crate::api::openapi::AppendOutcome),
+        (status = 200, description = "A retry: every event was there already; nothing was appended", body = crate::api::openapi::AppendOutcome),
+        (status = 400, description = "`invalid_body`, `invalid_name`, `invalid_expected_version`, `invalid_metadata`, `no_events`, `no_appends`, `duplicate_event_id`, `reserved_event_id`", body = crate::api::openapi::Error),
+        (status = 409, description = "`wrong_expected_version` or `idempotency_conflict`: nothing was appended", body = crate::api::openapi::Error),
+        (status = 413, description = "`event_too_large`, `body_too_large` or `too_many_events`", body = crate::api::openapi::Error),
+        (status = 415, description = "`unsupported_media_type`: send application/json", body = crate::api::openapi::Error),
+        (status = 503, description = "`overloaded`, `log_unavailable` or `shutting_down` (`Retry-After`)", body = crate::api::openapi::Error),
+        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was appended", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn append(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -61,6 +81,21 @@ enum DirectionParam {
 }
 
 /// Reads one stream; 404 when it has no events.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}",
+    tag = "log",
+    params(("stream" = String, Path, description = "The stream: 1-256 bytes, no control characters"), ("from" = Option<u64>, Query, description = "First version (default: the first forward, the last backward)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most events (default 1000, at most --max-read-count)"), ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`")),
+    responses(
+        (status = 200, description = "A page of the stream", body = crate::api::openapi::StreamPage),
+        (status = 400, description = "`invalid_name` or `invalid_query`", body = crate::api::openapi::Error),
+        (status = 404, description = "`stream_not_found`", body = crate::api::openapi::Error),
+        (status = 503, description = "`log_unavailable`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
+        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
+        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     Path(stream): Path<String>,

@@ -120,16 +120,18 @@ pub async fn update(
             .map_err(|e| ClusterError::Internal(e.to_string()))?
             .into();
         let written = match revision {
-            Some(revision) => match super::patiently(|| store.update(name, bytes.clone(), revision)).await {
-                Ok(_) => true,
-                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => false,
-                Err(error) => {
-                    return Err(ClusterError::unavailable(
-                        format!("the record of plugin {name}"),
-                        error,
-                    ));
+            Some(revision) => {
+                match super::patiently(|| store.update(name, bytes.clone(), revision)).await {
+                    Ok(_) => true,
+                    Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => false,
+                    Err(error) => {
+                        return Err(ClusterError::unavailable(
+                            format!("the record of plugin {name}"),
+                            error,
+                        ));
+                    }
                 }
-            },
+            }
             None => match super::patiently(|| store.create(name, bytes.clone())).await {
                 Ok(_) => true,
                 Err(error) if error.kind() == CreateErrorKind::AlreadyExists => false,

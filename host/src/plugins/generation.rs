@@ -15,6 +15,7 @@ use super::status::LastError;
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
 use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
+use crate::metrics::{Metrics, PluginSeries};
 use crate::notify::Mailbox;
 use crate::runtime::{
     CallError, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
@@ -41,6 +42,8 @@ pub(super) struct Host {
     pub limits: SandboxLimits,
     /// Most events a second one rebuild reads (`--replay-rate`).
     pub replay_rate: Option<u64>,
+    /// The server's metrics, where each runner finds its plugin's series.
+    pub metrics: Metrics,
 }
 
 /// What a step needs besides the generation: the plugin's name (for its
@@ -89,6 +92,8 @@ pub(super) struct Generation {
     /// The last batch's events, freed by the next read-ahead (on the other
     /// core: as records, that is five allocations per event).
     spent: Option<EventBatch>,
+    /// The plugin's metrics, handed over by its runner ([`Generation::attach`]).
+    series: PluginSeries,
 }
 
 /// A failure being retried, or given up on.
@@ -180,6 +185,8 @@ struct Batch {
     positions: Vec<u64>,
     /// One past the last event examined (the filter may have skipped some).
     next: u64,
+    /// The position and time recorded of its first event.
+    first: Option<(u64, u64)>,
 }
 
 impl Batch {
@@ -194,6 +201,7 @@ impl Batch {
         Ok(Self {
             from,
             limit,
+            first: page.events.first().map(|e| (e.position.0, e.recorded_at)),
             positions: page.events.iter().map(|e| e.position.0).collect(),
             events: plugin.batch(page.events),
             next: page.next.0,
@@ -231,7 +239,20 @@ impl Generation {
             outbox_pending: true,
             read_ahead: None,
             spent: None,
+            series: PluginSeries::detached(),
         })
+    }
+
+    /// Counts what the generation does in the plugin's `series` from now on.
+    pub fn attach(&mut self, series: PluginSeries) {
+        self.series = series;
+    }
+
+    /// When the event at `position` was recorded, if the batch read ahead
+    /// starts with it (catching up, it is the one after the checkpoint).
+    pub fn recorded_at(&self, position: u64) -> Option<u64> {
+        let (first, at) = self.read_ahead.as_ref()?.first?;
+        (first == position).then_some(at)
     }
 
     /// Makes the commits since the last durable one durable. A storage
@@ -263,6 +284,9 @@ impl Generation {
             self.failure = None;
             self.meter.idle();
             return false;
+        }
+        if self.failure.is_some() {
+            self.series.retries.inc();
         }
         let limit = if self.checkpoint < self.narrow_until {
             1
@@ -399,13 +423,18 @@ impl Generation {
                         Batch::read(log, plugin, checkpoint + 1, limit, filter)
                     })
             });
+            let started = Instant::now();
             let handled = instance.handle(&events, view);
+            self.series
+                .handle_seconds
+                .observe(started.elapsed().as_secs_f64());
             // A reader that could not start or failed leaves the next batch
             // to be read on this thread.
             let read_ahead = reader.and_then(|r| r.ok()?.join().ok()?.ok());
             (handled, read_ahead)
         });
         let memory_peak = instance.memory_peak();
+        self.series.raise_memory_peak(memory_peak);
         self.read_ahead = read_ahead;
         // Kept for the next read-ahead to free, if there is one coming.
         self.spent = more.then_some(events);
@@ -418,6 +447,7 @@ impl Generation {
         if memory_peak > cx.host.limits.memory_bytes / 4 * 3 {
             tracing::debug!(plugin = %cx.name, memory_peak, "recycling the instance");
             self.instance = None;
+            self.series.recycled_near_cap.inc();
         }
     }
 
@@ -454,6 +484,7 @@ impl Generation {
     fn call_failed(&mut self, name: &PluginName, error: CallError, positions: &[u64]) {
         if error.poisons_instance() {
             self.instance = None;
+            self.series.recycled_after_trap.inc();
         }
         let count = positions.len();
         let first = positions[0];
@@ -502,6 +533,7 @@ impl Generation {
                 self.checkpoint = checkpoint;
                 self.failure = None;
                 self.meter.record(handled.max(1));
+                self.series.events_handled.inc_by(handled);
                 if durable {
                     self.dirty = false;
                     self.last_sync = Instant::now();
@@ -556,6 +588,7 @@ impl Generation {
         if attempt == Attempt::Storage {
             message.push_str("; retrying every second");
         }
+        self.series.failures.inc();
         let counted = u32::from(attempt == Attempt::Counts);
         let attempts = match &self.failure {
             Some(f) if f.position == position => f.attempts + counted,

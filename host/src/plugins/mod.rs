@@ -30,8 +30,8 @@ mod watch;
 use std::fmt;
 
 pub use generation::MAX_BATCH;
-pub use registry::{DeployOutcome, Plugins, PluginsConfig};
 pub use reads::Behind;
+pub use registry::{DeployOutcome, Plugins, PluginsConfig};
 pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};
 pub use store::PluginStore;
 pub use watch::{DeployFiles, watch_dir};

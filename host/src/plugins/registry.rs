@@ -26,6 +26,7 @@ use super::{PluginError, PluginName};
 use crate::blocking;
 use crate::durable;
 use crate::log::EventLog;
+use crate::metrics::Metrics;
 use crate::named_locks::NamedLocks;
 use crate::notify::{Mailbox, NotificationFeed, Retention, SharedHandover, dispatcher};
 use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
@@ -42,6 +43,8 @@ pub struct PluginsConfig {
     /// Who delivers each notifier's notifications when nodes share the log
     /// (`crate::cluster`); `None`: this node delivers all of them.
     pub handover: Option<SharedHandover>,
+    /// Where each plugin's series go (`eventfold_plugin_*`).
+    pub metrics: Metrics,
 }
 
 /// What a deploy did.
@@ -138,6 +141,9 @@ impl Plugins {
         let dir = data_dir.join("plugins");
         durable::create_dir_all(&dir)?;
         let found = deployed_plugins(&dir)?;
+        for (name, _) in &found {
+            config.metrics.plugins.compiling(name.as_str());
+        }
         let slots = found
             .iter()
             .map(|(name, _)| (name.clone(), Slot::Compiling { loads: 1 }))
@@ -150,6 +156,7 @@ impl Plugins {
                     runtime,
                     limits: config.limits,
                     replay_rate: config.replay_rate,
+                    metrics: config.metrics,
                 },
                 slots: Mutex::new(Slots {
                     plugins: slots,
@@ -485,7 +492,8 @@ impl Plugins {
 
     /// Stops the plugin and deletes its directory (state, code, checkpoint).
     /// A notifier's mailbox is kept aside for a notifier deployed again
-    /// under the name, unless `purge` ([`PluginDir::remove`]).
+    /// under the name, unless `purge` ([`PluginDir::remove`]). Its metrics
+    /// series go with its runner.
     pub async fn remove(&self, name: &PluginName, purge: bool) -> Result<(), PluginError> {
         let _lifecycle = self.lifecycle(name).await;
         self.shared(name)?;
@@ -579,6 +587,7 @@ impl Plugins {
             *loads -= 1;
             if *loads == 0 {
                 slots.plugins.remove(name);
+                self.inner.host.metrics.plugins.remove(name.as_str());
             }
         }
     }
@@ -610,6 +619,7 @@ impl<'a> Loading<'a> {
                 slots
                     .plugins
                     .insert(name.clone(), Slot::Compiling { loads: 1 });
+                plugins.inner.host.metrics.plugins.compiling(name.as_str());
             }
         }
         Self { plugins, name }

@@ -1,13 +1,14 @@
 //! One runner thread per plugin: steps its serving generation and, during a
 //! rebuild, the next one (`generation.rs`), applies the operator's commands,
-//! swaps a rebuild in once it has caught up, and publishes the status.
+//! swaps a rebuild in once it has caught up, and publishes the status and
+//! the plugin's metrics (`eventfold_plugin_*`).
 //!
 //! The thread blocks in wasmtime calls, so it is a plain thread, not a task;
 //! it waits for new events on the log's head watch, never on a timer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -17,7 +18,8 @@ use super::generation::{Failure, Generation, Host, StepContext};
 use super::shared::{Progress, Serving, Shared};
 use super::status::{RebuildStatus, RunState};
 use super::throttle::Throttle;
-use crate::log::Position;
+use crate::log::{EventFilter, Position};
+use crate::metrics::PluginSeries;
 
 /// What the registry asks of a runner.
 pub(super) enum Control {
@@ -53,6 +55,11 @@ pub(super) struct Runner {
     head: watch::Receiver<Position>,
     /// The rebuild's read budget, with `--replay-rate`.
     throttle: Option<Throttle>,
+    /// The plugin's metrics; removed when the runner goes.
+    series: PluginSeries,
+    /// The position after the serving checkpoint and when that event was
+    /// recorded, once read for the lag in seconds.
+    next_recorded: Option<(u64, u64)>,
 }
 
 impl Runner {
@@ -62,11 +69,16 @@ impl Runner {
         dir: PluginDir,
         host: Host,
         control: mpsc::UnboundedReceiver<Control>,
-        live: Generation,
-        rebuild: Option<Generation>,
+        mut live: Generation,
+        mut rebuild: Option<Generation>,
     ) -> Self {
         let head = host.log.watch_head();
         let throttle = host.replay_rate.map(Throttle::new);
+        let series = host.metrics.plugins.series(shared.name.as_str());
+        live.attach(series.clone());
+        if let Some(rebuild) = rebuild.as_mut() {
+            rebuild.attach(series.clone());
+        }
         Self {
             shared,
             dir,
@@ -78,11 +90,14 @@ impl Runner {
             pending: VecDeque::new(),
             head,
             throttle,
+            series,
+            next_recorded: None,
         }
     }
 
     /// Runs until told to stop (or until the registry goes away).
     pub fn run(mut self, wait: tokio::runtime::Handle) {
+        self.export_parked();
         loop {
             while let Some(control) = self
                 .pending
@@ -103,6 +118,7 @@ impl Runner {
                 self.try_swap(head);
             }
             self.publish(head);
+            self.export(head);
             if !worked {
                 self.sync();
                 self.wait(&wait);
@@ -167,7 +183,11 @@ impl Runner {
             Control::Skip { reply } => {
                 let _ = reply.send(self.skip());
             }
-            Control::Rebuild { generation, saved } => {
+            Control::Rebuild {
+                mut generation,
+                saved,
+            } => {
+                generation.attach(self.series.clone());
                 if let Some(old) = self.rebuild.replace(*generation) {
                     remove_generation(old);
                 }
@@ -185,7 +205,9 @@ impl Runner {
             Some(rebuild) if !gave_up(&self.live) && gave_up(rebuild) => rebuild,
             _ => &mut self.live,
         };
-        generation.skip_failed(&self.shared.name)
+        let skipped = generation.skip_failed(&self.shared.name);
+        self.export_parked();
+        skipped
     }
 
     fn step_live(&mut self, head: u64) -> bool {
@@ -252,6 +274,7 @@ impl Runner {
         tracing::info!(plugin = %self.shared.name, generation = self.live.number, checkpoint = self.live.checkpoint, "rebuild caught up; swapped in");
         let old_hash = old.plugin.hash.clone();
         remove_generation(old);
+        self.export_parked();
         if old_hash != self.live.plugin.hash {
             self.dir.remove_wasm(&old_hash);
         }
@@ -319,6 +342,82 @@ impl Runner {
             changed
         });
     }
+
+    /// Updates the plugin's gauges after a round: where it is, how far
+    /// behind, and in which state. (Counters move where things happen, in
+    /// `generation.rs`.)
+    fn export(&mut self, head: u64) {
+        let checkpoint = self.live.checkpoint;
+        let series = &self.series;
+        series.checkpoint.set(gauge_value(checkpoint));
+        series
+            .lag_events
+            .set(gauge_value(head.saturating_sub(checkpoint)));
+        series.set_state(self.run_state(head).as_str());
+        let rebuild = self.rebuild.as_ref().map_or(0, |r| r.checkpoint);
+        series.rebuild_checkpoint.set(gauge_value(rebuild));
+        if let Some(lag) = self.lag_seconds(head) {
+            self.series.lag_seconds.set(lag);
+        }
+    }
+
+    /// The age of the oldest event the serving generation has not handled,
+    /// the one after its checkpoint; 0 when caught up. Its time is known
+    /// from the batch read ahead while catching up, else read (one event,
+    /// on this thread) once per checkpoint. `None`: the log cannot say now.
+    fn lag_seconds(&mut self, head: u64) -> Option<f64> {
+        let next = self.live.checkpoint + 1;
+        if next > head {
+            return Some(0.0);
+        }
+        let known = self
+            .next_recorded
+            .filter(|(position, _)| *position == next)
+            .map(|(_, at)| at);
+        let recorded_at = match known.or_else(|| self.live.recorded_at(next)) {
+            Some(at) => at,
+            None => {
+                let everything = EventFilter::default();
+                let page = self
+                    .host
+                    .log
+                    .read_log_blocking(Position(next), 1, &everything);
+                let event = page.ok()?.events.into_iter().next()?;
+                (event.position.0 == next).then_some(event.recorded_at)?
+            }
+        };
+        self.next_recorded = Some((next, recorded_at));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Some(now.saturating_sub(recorded_at) as f64 / 1e6)
+    }
+
+    /// Counts the events parked in the serving generation (at start, after
+    /// a skip, after a swap: a read of its state file).
+    fn export_parked(&self) {
+        match self.live.store.parked() {
+            Ok(parked) => {
+                self.series.parked.set(gauge_value(parked.len() as u64));
+            }
+            Err(error) => {
+                tracing::warn!(plugin = %self.shared.name, %error, "cannot count the parked events");
+            }
+        }
+    }
+}
+
+impl Drop for Runner {
+    /// The plugin's series go with its runner: when it is removed, or its
+    /// start is undone (at shutdown, too).
+    fn drop(&mut self) {
+        self.host.metrics.plugins.remove(self.shared.name.as_str());
+    }
+}
+
+/// A position or a count as a gauge's value.
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Drops a generation and removes its state file.

@@ -25,6 +25,20 @@ pub enum RunState {
     Failed,
 }
 
+impl RunState {
+    /// Its name, as the status shows it and `eventfold_plugin_state` labels it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Compiling => "compiling",
+            RunState::CatchingUp => "catching-up",
+            RunState::Running => "running",
+            RunState::Replaying => "replaying",
+            RunState::Paused => "paused",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
 /// The last failure: which event, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastError {

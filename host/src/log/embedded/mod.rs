@@ -114,6 +114,7 @@ impl EmbeddedLog {
         let db = Arc::new(durable::create_database(&db_path)?);
         let (head_tx, head) = watch::channel(Position(0));
         let wal_path = data_dir.join(WAL_FILE);
+        let counted = metrics.clone();
         let writer = Writer::new(db.clone(), &db_path, &wal_path, options, head_tx, metrics)?;
         let db = Arc::new(DbSlot::new(db));
         let queue = Arc::new(Queue::new(
@@ -122,6 +123,7 @@ impl EmbeddedLog {
             options.queue_wait,
             db.clone(),
         ));
+        queue.export(&counted);
         let thread = {
             let queue = queue.clone();
             std::thread::Builder::new()

@@ -37,6 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use super::storage::DbSlot;
 use super::writer::{Broken, Command, MAX_GROUP_BYTES, MAX_GROUP_EVENTS, Writer};
 use super::{AppendOutcome, LogError, StreamAppend};
+use crate::metrics::Metrics;
 
 /// The writer, and the requests waiting for it.
 pub(super) struct Queue {
@@ -104,6 +105,17 @@ impl Queue {
             failure: RwLock::new(None),
             reopened_at: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Has `metrics` read the queue's depth (requests queued or being
+    /// committed: the permits taken) when scraped, so that an append pays
+    /// nothing for it.
+    pub fn export(&self, metrics: &Metrics) {
+        let (permits, depth) = (self.permits.clone(), self.depth);
+        metrics
+            .writer
+            .queue_depth
+            .sample_from(move || depth.saturating_sub(permits.available_permits()) as i64);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -327,6 +327,7 @@ impl Writer {
             metrics,
         };
         writer.wal.reset();
+        writer.metrics.writer.wal_bytes.set(0);
         writer.head.send_replace(Position(last));
         writer.metrics.head_position.set(last as i64);
         Ok(writer)
@@ -355,6 +356,7 @@ impl Writer {
                     self.head.send_replace(Position(head));
                     self.metrics.head_position.set(head as i64);
                     self.metrics.events_per_commit.observe(written as f64);
+                    self.metrics.writer.wal_bytes.set(self.wal.written() as i64);
                 }
                 for (command, result) in group.into_iter().zip(results) {
                     let _ = command.reply.send(result);
@@ -556,6 +558,8 @@ impl Writer {
         txn.commit()?;
         self.wal.reset();
         self.last_checkpoint = Instant::now();
+        self.metrics.writer.wal_bytes.set(0);
+        self.metrics.writer.wal_checkpoints.inc();
         Ok(())
     }
 
