@@ -179,12 +179,13 @@ impl From<ClusterError> for ApiError {
     }
 }
 
-/// A read whose `min_position` the plugin has not reached: 503 with
-/// `Retry-After` when the wait ran out, 409 when the plugin is failed or
-/// paused (asking again will not help until it runs).
+/// A read whose `min_position` the plugin has not reached: 412 (its
+/// precondition does not hold yet) with `Retry-After` when the wait ran
+/// out, 409 when the plugin is failed or paused (asking again will not help
+/// until it runs).
 fn behind_error(behind: crate::plugins::Behind, message: String) -> ApiError {
     let status = match behind.timed_out {
-        true => StatusCode::SERVICE_UNAVAILABLE,
+        true => StatusCode::PRECONDITION_FAILED,
         false => StatusCode::CONFLICT,
     };
     let error = ApiError::new(status, "min_position_not_reached", message)

@@ -402,6 +402,14 @@ async fn reach(
     let Some(min_position) = min_position else {
         return Ok(());
     };
+    let head = state.log.head().0;
+    if min_position > head && state.deployments.cluster().is_none() {
+        // Alone, the head is exact: no append has been acknowledged past it.
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("min_position {min_position} is past the log's head, {head}: no append is there yet"),
+        ));
+    }
     Ok(state
         .plugins
         .wait_for(name, min_position, wait.min(MAX_WAIT))
@@ -415,11 +423,12 @@ async fn reach(
     tag = "plugins",
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("key" = String, Path, description = "The key (may hold /)"), ("min_position" = Option<u64>, Query, description = "Answer once the state includes this position (an append's `last_position`)"), ("wait" = Option<String>, Query, description = "How long to wait for `min_position`, e.g. 500ms (default 5s, at most 20s)")),
     responses(
-        (status = 200, description = "The value as stored: JSON when it parses", content_type = "application/json", body = Object, headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
+        (status = 200, description = "The value as stored: `application/json` when it parses, else `application/octet-stream`", content((serde_json::Value = "application/json"), (Vec<u8> = "application/octet-stream")), headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
         (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found` or `key_not_found` (with `checkpoint`)", body = crate::api::openapi::Error),
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
-        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
         (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
         (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
         (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
@@ -471,7 +480,8 @@ pub struct ScanQuery {
         (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
-        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
         (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
         (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
         (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
@@ -506,13 +516,14 @@ pub async fn state_scan(
     path = "/plugins/{name}/query",
     tag = "plugins",
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("min_position" = Option<u64>, Query, description = "Answer once the state includes this position (an append's `last_position`)"), ("wait" = Option<String>, Query, description = "How long to wait for `min_position`, e.g. 500ms (default 5s, at most 20s)")),
-    request_body(content = Object, description = "Handed to the plugin's `query` export as it is"),
+    request_body(content = serde_json::Value, description = "Handed to the plugin's `query` export as it is"),
     responses(
-        (status = 200, description = "The plugin's answer, as it wrote it", content_type = "application/json", body = Object, headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
+        (status = 200, description = "The plugin's answer, as it wrote it: `application/json` when it parses, else `application/octet-stream`", content((serde_json::Value = "application/json"), (Vec<u8> = "application/octet-stream")), headers(("eventfold-checkpoint" = u64, description = "The position the answer reflects"))),
         (status = 400, description = "`invalid_plugin_name`, `invalid_query` or `query_rejected` (with `checkpoint`)", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
-        (status = 503, description = "`min_position_not_reached` when the wait ran out (`Retry-After`), or `plugin_compiling`", body = crate::api::openapi::Error),
+        (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
+        (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
         (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
         (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
         (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
