@@ -112,8 +112,15 @@ async fn racing_appends_never_read_a_state_older_than_their_own(backend: Backend
     // exact: refused at once. On JetStream this node's head may lag another
     // node's append: a clear 412 once the wait runs out.
     let head = server.head().await;
-    let path = format!("/plugins/counter/state/last?min_position={}&wait=50ms", head + 10);
-    let response = server.request(reqwest::Method::GET, &path).send().await.expect("read");
+    let path = format!(
+        "/plugins/counter/state/last?min_position={}&wait=50ms",
+        head + 10
+    );
+    let response = server
+        .request(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .expect("read");
     match backend {
         Backend::Embedded => assert_eq!(response.status(), StatusCode::BAD_REQUEST),
         Backend::JetStream => {

@@ -61,6 +61,7 @@ pub async fn serve() -> axum::Json<utoipa::openapi::OpenApi> {
         super::notifications::dead_letters,
         super::notifications::retry_dead_letter,
         super::notifications::live,
+        super::plugins_live::live,
         super::cluster::view,
         super::health::health,
         super::health::metrics,

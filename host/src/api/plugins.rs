@@ -407,7 +407,9 @@ async fn reach(
         // Alone, the head is exact: no append has been acknowledged past it.
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("min_position {min_position} is past the log's head, {head}: no append is there yet"),
+            format!(
+                "min_position {min_position} is past the log's head, {head}: no append is there yet"
+            ),
         ));
     }
     Ok(state

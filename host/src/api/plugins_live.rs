@@ -30,6 +30,16 @@ const INTERVAL: Duration = Duration::from_millis(500);
 
 /// Server-Sent Events of every plugin's status: at once, then at most every
 /// 500 ms when something changed. Ends when the server shuts down.
+#[utoipa::path(
+    get,
+    path = "/plugins/live",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: plugins`, `data: {\"plugins\": [status…], \"head\"}` at once and whenever something changed (at most every 500 ms)", content_type = "text/event-stream", body = String),
+        (status = 503, description = "`too_many_live_feeds`", body = crate::api::openapi::Error),
+        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error)
+    )
+)]
 pub async fn live(State(state): State<AppState>) -> Result<Response, ApiError> {
     let slot = state.slots.live_feed()?;
     // Read once before answering, so that a failure is an error status

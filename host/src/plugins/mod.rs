@@ -53,7 +53,9 @@ impl PluginName {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            && name.as_bytes()[0].is_ascii_alphanumeric();
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            // `/plugins/live` is the live feed of every plugin's status.
+            && name != "live";
         if ok {
             Ok(Self(name))
         } else {
@@ -78,7 +80,7 @@ impl fmt::Display for PluginName {
 pub enum PluginError {
     /// The name breaks the naming rules.
     #[error(
-        "invalid plugin name {0:?}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        "invalid plugin name {0:?}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit (not \"live\")"
     )]
     InvalidName(String),
     /// No plugin by that name.

@@ -106,7 +106,8 @@ function follow(path, onMessage, onState = () => {}) {
         const headers = { Accept: 'text/event-stream' };
         if (lastId !== null) headers['Last-Event-ID'] = lastId;
         const response = await request(path, { headers, signal: controller.signal });
-        if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+        if (!response.ok)
+          throw new ApiError(response.status, await response.json().catch(() => null));
         onState('open');
         delay = 500;
         for await (const message of sseMessages(response.body)) {
@@ -251,24 +252,68 @@ function renderPlugins({ plugins, head }) {
 function pluginView(name) {
   const field = (name, cls = '') => el('td', { class: cls, 'data-field': name });
   const view = { name, open: false, cells: {}, buttons: {}, counts: '' };
-  for (const f of ['state', 'generation', 'checkpoint', 'head', 'lag', 'events_per_sec', 'last_error']) {
+  for (const f of [
+    'state',
+    'generation',
+    'checkpoint',
+    'head',
+    'lag',
+    'events_per_sec',
+    'last_error',
+  ]) {
     view.cells[f] = field(f, ['state', 'last_error'].includes(f) ? f : 'num');
   }
   view.cells.kind = el('span', { class: 'kind', 'data-field': 'kind' });
-  const title = el('button', { class: 'link', type: 'button', title: 'Show details', onclick: () => toggleDetails(view) }, name);
+  const title = el(
+    'button',
+    { class: 'link', type: 'button', title: 'Show details', onclick: () => toggleDetails(view) },
+    name,
+  );
   const actions = el('td', { class: 'actions' });
   for (const [action, [label, help]] of Object.entries(ACTIONS)) {
-    view.buttons[action] = el('button', { type: 'button', 'data-action': action, title: help, class: action === 'skip' ? 'danger' : '', onclick: () => act(name, action) }, label);
+    view.buttons[action] = el(
+      'button',
+      {
+        type: 'button',
+        'data-action': action,
+        title: help,
+        class: action === 'skip' ? 'danger' : '',
+        onclick: () => act(name, action),
+      },
+      label,
+    );
     actions.append(view.buttons[action]);
   }
   const c = view.cells;
-  view.main = el('tr', { class: 'main' }, el('td', { class: 'name' }, title, c.kind), c.state, c.generation, c.checkpoint, c.head, c.lag, c.events_per_sec, c.last_error, actions);
+  view.main = el(
+    'tr',
+    { class: 'main' },
+    el('td', { class: 'name' }, title, c.kind),
+    c.state,
+    c.generation,
+    c.checkpoint,
+    c.head,
+    c.lag,
+    c.events_per_sec,
+    c.last_error,
+    actions,
+  );
   view.progress = el('div', { class: 'progress-line', hidden: true });
   view.delivery = el('div', { class: 'delivery', hidden: true });
-  view.extra = el('tr', { class: 'extra', hidden: true }, el('td', { colspan: 9 }, view.progress, view.delivery));
+  view.extra = el(
+    'tr',
+    { class: 'extra', hidden: true },
+    el('td', { colspan: 9 }, view.progress, view.delivery),
+  );
   view.detailsCell = el('td', { colspan: 9 });
   view.details = el('tr', { class: 'details', hidden: true }, view.detailsCell);
-  view.body = el('tbody', { class: 'plugin', 'data-plugin': name }, view.main, view.extra, view.details);
+  view.body = el(
+    'tbody',
+    { class: 'plugin', 'data-plugin': name },
+    view.main,
+    view.extra,
+    view.details,
+  );
   return view;
 }
 
@@ -304,7 +349,10 @@ function updatePlugin(view, s) {
 function lastError(error) {
   if (!error) return [];
   const where = `position ${int(error.position)} · ${error.attempts} attempt${error.attempts === 1 ? '' : 's'}`;
-  return [el('span', { class: 'error-text', title: `${error.message}\n${error.at}` }, error.message), el('small', {}, where)];
+  return [
+    el('span', { class: 'error-text', title: `${error.message}\n${error.at}` }, error.message),
+    el('small', {}, where),
+  ];
 }
 
 /** The rebuild's progress bar (or a catch-up's); false when there is none. */
@@ -314,10 +362,22 @@ function updateProgress(line, s) {
   if (s.rebuild) {
     const r = s.rebuild;
     const eta = r.eta_secs == null ? 'ETA –' : `ETA ${duration(r.eta_secs)}`;
-    bar = { what: `rebuilding generation ${r.generation}`, at: r.checkpoint, eps: r.events_per_sec, eta, generation: r.generation };
+    bar = {
+      what: `rebuilding generation ${r.generation}`,
+      at: r.checkpoint,
+      eps: r.events_per_sec,
+      eta,
+      generation: r.generation,
+    };
   } else if (s.state === 'catching-up' && s.lag > 0) {
     const eta = s.events_per_sec > 0 ? `ETA ${duration(s.lag / s.events_per_sec)}` : 'ETA –';
-    bar = { what: 'catching up', at: s.checkpoint, eps: s.events_per_sec, eta, generation: s.generation };
+    bar = {
+      what: 'catching up',
+      at: s.checkpoint,
+      eps: s.events_per_sec,
+      eta,
+      generation: s.generation,
+    };
   }
   line.hidden = !bar;
   if (!bar) {
@@ -329,7 +389,11 @@ function updateProgress(line, s) {
   line.replaceChildren(
     el('span', { class: 'what' }, bar.what),
     el('progress', { max: head, value: Math.min(bar.at, head) }),
-    el('span', {}, `${int(bar.at)} of ${int(head)} (${percent} %) · ${rate(bar.eps)} events/s · ${bar.eta}`),
+    el(
+      'span',
+      {},
+      `${int(bar.at)} of ${int(head)} (${percent} %) · ${rate(bar.eps)} events/s · ${bar.eta}`,
+    ),
   );
   return true;
 }
@@ -338,14 +402,25 @@ function updateProgress(line, s) {
 function updateDelivery(line, n) {
   line.hidden = !n;
   if (!n) return false;
-  const stat = (name, value, label, bad) => el('span', { class: `stat${bad ? ' bad' : ''}`, 'data-stat': name }, el('b', {}, value), ` ${label}`);
+  const stat = (name, value, label, bad) =>
+    el(
+      'span',
+      { class: `stat${bad ? ' bad' : ''}`, 'data-stat': name },
+      el('b', {}, value),
+      ` ${label}`,
+    );
   line.replaceChildren(
     el('span', { class: 'what' }, 'delivery'),
     stat('pending', int(n.pending), 'pending', false),
     stat('delivered', int(n.delivered), 'delivered', false),
     stat('failed_attempts', int(n.failed_attempts), 'failed attempts', n.failed_attempts > 0),
     stat('dead_lettered', int(n.dead_lettered), 'dead-lettered', n.dead_letters > 0),
-    stat('oldest_pending_age', n.oldest_pending_age_secs == null ? '–' : duration(n.oldest_pending_age_secs), 'oldest pending', false),
+    stat(
+      'oldest_pending_age',
+      n.oldest_pending_age_secs == null ? '–' : duration(n.oldest_pending_age_secs),
+      'oldest pending',
+      false,
+    ),
     el('span', { class: 'muted' }, n.webhook ? `→ ${n.webhook.url}` : 'no webhook set'),
   );
   return true;
@@ -355,10 +430,18 @@ function updateDelivery(line, n) {
 function renderAlert(failed) {
   const alert = $('#alert');
   alert.hidden = failed.length === 0;
-  document.title = failed.length ? `✖ ${failed.length} failed · eventfold console` : 'eventfold console';
+  document.title = failed.length
+    ? `✖ ${failed.length} failed · eventfold console`
+    : 'eventfold console';
   if (!failed.length) return;
-  const names = failed.map((p) => `${p.name}${p.last_error ? ` (at position ${int(p.last_error.position)}: ${p.last_error.message})` : ''}`);
-  alert.textContent = `✖ ${failed.length === 1 ? '1 plugin has' : `${failed.length} plugins have`} failed and stopped: ${names.join('; ')}. Resume retries it; Skip parks the event and goes on.`;
+  const names = failed.map((p) => {
+    const error = p.last_error;
+    return error ? `${p.name} (at position ${int(error.position)}: ${error.message})` : p.name;
+  });
+  const count = failed.length === 1 ? '1 plugin has' : `${failed.length} plugins have`;
+  alert.textContent =
+    `✖ ${count} failed and stopped: ${names.join('; ')}. ` +
+    'Resume retries it; Skip parks the event and goes on.';
 }
 
 async function act(name, action) {
@@ -392,10 +475,21 @@ async function loadDetails(view) {
     const dead = s.notifications ? await api(`/plugins/${enc(name)}/dead-letters?limit=100`) : null;
     view.detailsCell.replaceChildren(
       facts(s),
-      list('Parked events', 'parked', ['position', 'error'], parked.map((p) => [int(p.position), p.error]),
-        'None. Skip parks the event a failed plugin is stuck on.'),
-      dead && list('Dead letters', 'dead-letters', ['id', 'key', 'attempts', 'last error', 'at', ''],
-        dead.dead_letters.map((d) => deadLetterRow(name, d)), 'None: every notification got through or is still being tried.'),
+      list(
+        'Parked events',
+        'parked',
+        ['position', 'error'],
+        parked.map((p) => [int(p.position), p.error]),
+        'None. Skip parks the event a failed plugin is stuck on.',
+      ),
+      dead &&
+        list(
+          'Dead letters',
+          'dead-letters',
+          ['id', 'key', 'attempts', 'last error', 'at', ''],
+          dead.dead_letters.map((d) => deadLetterRow(name, d)),
+          'None: every notification got through or is still being tried.',
+        ),
     );
   } catch (error) {
     view.detailsCell.replaceChildren(el('p', { class: 'error-text' }, error.message));
@@ -403,7 +497,10 @@ async function loadDetails(view) {
 }
 
 function facts(s) {
-  const subscription = [...s.categories.map((c) => `category ${c}`), ...s.event_types.map((t) => `type ${t}`)];
+  const subscription = [
+    ...s.categories.map((c) => `category ${c}`),
+    ...s.event_types.map((t) => `type ${t}`),
+  ];
   const pairs = [
     ['version', s.version || '–'],
     ['WIT', `${s.wit || '–'} (${s.encoding || '–'})`],
@@ -411,46 +508,104 @@ function facts(s) {
     ['subscribes to', subscription.length ? subscription.join(', ') : 'every event'],
     ['parked', int(s.parked)],
   ];
-  return el('dl', { class: 'facts' }, pairs.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  return el(
+    'dl',
+    { class: 'facts' },
+    pairs.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]),
+  );
 }
 
 function deadLetterRow(name, d) {
-  const retry = el('button', { type: 'button', 'data-action': 'retry', disabled: d.retrying, onclick: async () => {
-    try {
-      await api(`/plugins/${enc(name)}/dead-letters/${d.id}/retry`, { method: 'POST' });
-      toast(`${name}: dead letter ${d.id} sent again`, 'ok');
-      retry.disabled = true;
-      retry.textContent = 'retrying';
-    } catch (error) {
-      toast(`retry ${d.id}: ${error.message}`, 'bad');
-    }
-  } }, d.retrying ? 'retrying' : 'Retry');
-  return [d.id, d.notification.key, d.attempts, d.error, d.at.slice(0, 19).replace('T', ' '), retry];
+  const retry = el(
+    'button',
+    {
+      type: 'button',
+      'data-action': 'retry',
+      disabled: d.retrying,
+      onclick: async () => {
+        try {
+          await api(`/plugins/${enc(name)}/dead-letters/${d.id}/retry`, { method: 'POST' });
+          toast(`${name}: dead letter ${d.id} sent again`, 'ok');
+          retry.disabled = true;
+          retry.textContent = 'retrying';
+        } catch (error) {
+          toast(`retry ${d.id}: ${error.message}`, 'bad');
+        }
+      },
+    },
+    d.retrying ? 'retrying' : 'Retry',
+  );
+  return [
+    d.id,
+    d.notification.key,
+    d.attempts,
+    d.error,
+    d.at.slice(0, 19).replace('T', ' '),
+    retry,
+  ];
 }
 
 /** A titled table of rows (cells are text or elements), or a note. */
 function list(title, kind, headings, rows, empty) {
   const table = rows.length
-    ? el('table', { class: 'grid small' },
-      el('thead', {}, el('tr', {}, headings.map((h) => el('th', {}, h)))),
-      el('tbody', {}, rows.map((cells) => el('tr', {}, cells.map((c) => el('td', {}, c))))))
+    ? el(
+        'table',
+        { class: 'grid small' },
+        el(
+          'thead',
+          {},
+          el(
+            'tr',
+            {},
+            headings.map((h) => el('th', {}, h)),
+          ),
+        ),
+        el(
+          'tbody',
+          {},
+          rows.map((cells) =>
+            el(
+              'tr',
+              {},
+              cells.map((c) => el('td', {}, c)),
+            ),
+          ),
+        ),
+      )
     : el('p', { class: 'muted' }, empty);
-  return el('div', { class: 'list', 'data-list': kind }, el('h3', {}, `${title} (${rows.length})`), table);
+  return el(
+    'div',
+    { class: 'list', 'data-list': kind },
+    el('h3', {}, `${title} (${rows.length})`),
+    table,
+  );
 }
 
 // Deploy by drag-and-drop (or the file chooser): PUT /plugins/{name}, the
 // name taken from the file's: stem, lower case, `_` → `-`.
 
 function pluginName(fileName) {
-  return fileName.replace(/\.[^.]*$/, '').toLowerCase().replaceAll('_', '-');
+  return fileName
+    .replace(/\.[^.]*$/, '')
+    .toLowerCase()
+    .replaceAll('_', '-');
 }
 
 async function deploy(file) {
   const name = pluginName(file.name);
   toast(`deploying ${name}…`);
   try {
-    const answer = await api(`/plugins/${enc(name)}`, { method: 'PUT', headers: { 'Content-Type': 'application/wasm' }, body: file });
-    const said = { created: 'deployed', rebuilding: 'new code, rebuilding beside the serving version', unchanged: 'unchanged: this code is already serving', recorded: 'recorded for the nodes that hold it' };
+    const answer = await api(`/plugins/${enc(name)}`, {
+      method: 'PUT',
+      headers: { 'Content-Type': 'application/wasm' },
+      body: file,
+    });
+    const said = {
+      created: 'deployed',
+      rebuilding: 'new code, rebuilding beside the serving version',
+      unchanged: 'unchanged: this code is already serving',
+      recorded: 'recorded for the nodes that hold it',
+    };
     toast(`${name}: ${said[answer.deploy] || answer.deploy}`, 'ok');
   } catch (error) {
     toast(`deploy ${name}: ${error.message}`, 'bad');
@@ -476,7 +631,8 @@ function setUpDeploy() {
     if (file) deploy(file);
   });
   // A file dropped beside the zone must not make the browser open it.
-  for (const type of ['dragover', 'drop']) window.addEventListener(type, (event) => event.preventDefault());
+  for (const type of ['dragover', 'drop'])
+    window.addEventListener(type, (event) => event.preventDefault());
 }
 
 // ---------------------------------------------------------------------------
@@ -488,7 +644,18 @@ function setUpDeploy() {
 // - One stream: read backward from its newest event.
 // On its newest page the browser follows new events live (GET /events/live).
 
-const browser = { filter: {}, from: 1, next: null, head: 0, last: 0, starts: [], atEnd: true, maxShown: 0, stopLive: null, info: () => '' };
+const browser = {
+  filter: {},
+  from: 1,
+  next: null,
+  head: 0,
+  last: 0,
+  starts: [],
+  atEnd: true,
+  maxShown: 0,
+  stopLive: null,
+  info: () => '',
+};
 
 const isFiltered = () => Boolean(browser.filter.category || browser.filter.type);
 
@@ -520,7 +687,8 @@ async function showLog(from) {
   Object.assign(browser, { from, next: page.next, head: page.head, atEnd: page.next > page.head });
   renderEvents(page.events.slice().reverse());
   browser.last = Math.min(page.next - 1, page.head);
-  browser.info = () => `${isFiltered() ? 'matches in positions' : 'positions'} ${int(from)}–${int(browser.last)}`;
+  browser.info = () =>
+    `${isFiltered() ? 'matches in positions' : 'positions'} ${int(from)}–${int(browser.last)}`;
   if (browser.atEnd) followLog(page.next);
   pager();
 }
@@ -540,7 +708,11 @@ async function showStream(fromVersion) {
   }
   Object.assign(browser, { from: fromVersion, next: page.next, head, atEnd: fromVersion == null });
   renderEvents(page.events);
-  browser.info = () => `stream ${stream}: ${page.events.length ? `versions ${int(page.events.at(-1).version)}–${int(page.events[0].version)} of ${int(page.stream_version)}` : 'no events yet'}`;
+  const [newest, oldest] = [page.events[0], page.events.at(-1)];
+  const shown = newest
+    ? `versions ${int(oldest.version)}–${int(newest.version)} of ${int(page.stream_version)}`
+    : 'no events yet';
+  browser.info = () => `stream ${stream}: ${shown}`;
   if (browser.atEnd) followStream(stream, head + 1);
   pager();
 }
@@ -555,20 +727,38 @@ function renderEvents(events) {
 
 function eventRow(e) {
   const compact = JSON.stringify(e.data);
-  const data = el('td', { class: 'data', 'data-field': 'data', title: 'Click to show it all' }, el('code', {}, compact));
+  const data = el(
+    'td',
+    { class: 'data', 'data-field': 'data', title: 'Click to show it all' },
+    el('code', {}, compact),
+  );
   data.addEventListener('click', () => {
     const open = data.classList.toggle('open');
-    data.firstChild.textContent = open ? JSON.stringify({ data: e.data, metadata: e.metadata, id: e.id }, null, 2) : compact;
+    data.firstChild.textContent = open
+      ? JSON.stringify({ data: e.data, metadata: e.metadata, id: e.id }, null, 2)
+      : compact;
   });
-  const stream = el('button', { type: 'button', class: 'link', title: `Show stream ${e.stream}`, onclick: () => openStream(e.stream) }, e.stream);
+  const stream = el(
+    'button',
+    {
+      type: 'button',
+      class: 'link',
+      title: `Show stream ${e.stream}`,
+      onclick: () => openStream(e.stream),
+    },
+    e.stream,
+  );
   const time = e.recorded_at.slice(11, 23);
-  return el('tr', { 'data-position': e.position },
+  return el(
+    'tr',
+    { 'data-position': e.position },
     el('td', { class: 'num', 'data-field': 'position' }, int(e.position)),
     el('td', { 'data-field': 'stream' }, stream),
     el('td', { class: 'num' }, e.version),
     el('td', { 'data-field': 'type' }, el('span', { class: 'type' }, e.type)),
     data,
-    el('td', { class: 'time', title: e.recorded_at }, time));
+    el('td', { class: 'time', title: e.recorded_at }, time),
+  );
 }
 
 /** Puts a new event on top, keeping at most LIVE_ROWS rows. */
@@ -580,7 +770,8 @@ function addLive(e) {
   while (body.rows.length > LIVE_ROWS) body.lastElementChild.remove();
   $('#no-events').hidden = true;
   if (browser.filter.stream) {
-    browser.info = () => `stream ${e.stream}: ${body.rows.length} newest events, up to version ${int(e.version)}`;
+    browser.info = () =>
+      `stream ${e.stream}: ${body.rows.length} newest events, up to version ${int(e.version)}`;
   } else {
     browser.last = e.position;
   }
@@ -589,7 +780,9 @@ function addLive(e) {
 
 function followLog(from) {
   if (!$('#follow').checked) return;
-  browser.stopLive = follow(`/events/live?${logQuery({ from })}`, (m) => addLive(JSON.parse(m.data)));
+  browser.stopLive = follow(`/events/live?${logQuery({ from })}`, (m) =>
+    addLive(JSON.parse(m.data)),
+  );
 }
 
 /** A stream's new events: the live feed of its category from `from`,
@@ -613,13 +806,21 @@ function pager() {
   const stream = Boolean(browser.filter.stream);
   const filtered = !stream && isFiltered();
   const following = Boolean(browser.stopLive);
-  $('#older').disabled = stream ? browser.next == null : filtered ? browser.starts.length === 0 : browser.from <= 1;
+  $('#older').disabled = stream
+    ? browser.next == null
+    : filtered
+      ? browser.starts.length === 0
+      : browser.from <= 1;
   $('#newer').disabled = browser.atEnd;
   // With a filter the log reads forward, so its first page is the way back.
   $('#newest').textContent = filtered ? '⇤ first' : '⇤ newest';
   $('#newest').disabled = filtered ? browser.starts.length === 0 : browser.atEnd;
   $('#page-info').textContent = `${browser.info()}${following ? ' · following live' : ''}`;
-  $('#events-title').textContent = stream ? `Stream ${browser.filter.stream}` : filtered ? 'Events (filtered)' : 'Events';
+  $('#events-title').textContent = stream
+    ? `Stream ${browser.filter.stream}`
+    : filtered
+      ? 'Events (filtered)'
+      : 'Events';
 }
 
 async function page(direction) {
@@ -651,7 +852,12 @@ function setUpBrowser() {
     event.preventDefault();
     const value = (name) => form.elements[name].value.trim();
     const from = Number.parseInt(value('from'), 10);
-    browser.filter = { category: value('category'), type: value('type'), stream: value('stream'), from: from > 0 ? from : null };
+    browser.filter = {
+      category: value('category'),
+      type: value('type'),
+      stream: value('stream'),
+      from: from > 0 ? from : null,
+    };
     showing(showNewest());
   });
   $('#clear-filters').addEventListener('click', () => {
@@ -687,12 +893,22 @@ function setUpAppend() {
       return show(result, `data is not JSON: ${error.message}`, 'bad');
     }
     const expected = value('expected_version');
-    const version = expected ? `"expected_version":${/^\d+$/.test(expected) ? expected : JSON.stringify(expected)},` : '';
+    const version = expected
+      ? `"expected_version":${/^\d+$/.test(expected) ? expected : JSON.stringify(expected)},`
+      : '';
     const body = `{${version}"events":[{"type":${JSON.stringify(value('type'))},"data":${data}}]}`;
     try {
-      const answer = await api(`/streams/${enc(value('stream'))}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+      const answer = await api(`/streams/${enc(value('stream'))}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body,
+      });
       result.dataset.position = answer.last_position;
-      show(result, `appended at position ${int(answer.last_position)}; next expected version ${answer.next_expected_version}`, 'ok');
+      show(
+        result,
+        `appended at position ${int(answer.last_position)}; next expected version ${answer.next_expected_version}`,
+        'ok',
+      );
     } catch (error) {
       show(result, `${error.code || 'error'}: ${error.message}`, 'bad');
     }
@@ -719,7 +935,11 @@ async function sampleRate() {
     const head = await currentHead();
     const now = performance.now();
     const last = samples.at(-1);
-    samples.push({ now, head, rate: last ? Math.max(0, ((head - last.head) * 1000) / (now - last.now)) : 0 });
+    samples.push({
+      now,
+      head,
+      rate: last ? Math.max(0, ((head - last.head) * 1000) / (now - last.now)) : 0,
+    });
     if (samples.length > RATE_SAMPLES) samples.shift();
     setHead(head);
     drawSpark();
@@ -733,7 +953,9 @@ function drawSpark() {
   const max = Math.max(1, ...rates);
   const step = 120 / (RATE_SAMPLES - 1);
   const offset = RATE_SAMPLES - rates.length;
-  const points = rates.map((r, i) => `${((offset + i) * step).toFixed(1)},${(26 - (r / max) * 24).toFixed(1)}`);
+  const points = rates.map(
+    (r, i) => `${((offset + i) * step).toFixed(1)},${(26 - (r / max) * 24).toFixed(1)}`,
+  );
   $('#spark polyline').setAttribute('points', points.join(' '));
   $('#rate').textContent = rate(rates.at(-1) || 0);
 }
@@ -752,9 +974,13 @@ function start() {
   setUpDeploy();
   setUpBrowser();
   setUpAppend();
-  follow('/plugins/live', (m) => {
-    if (m.event === 'plugins') renderPlugins(JSON.parse(m.data));
-  }, setConnection);
+  follow(
+    '/plugins/live',
+    (m) => {
+      if (m.event === 'plugins') renderPlugins(JSON.parse(m.data));
+    },
+    setConnection,
+  );
   showing(showNewest());
   sampleRate();
   setInterval(sampleRate, 1000);
