@@ -19,7 +19,9 @@
 //!   retries and dead letters, and the live feed.
 //! - [`api`]: the HTTP API (axum), one file per resource: `streams`, `events`
 //!   (including the live SSE feed), `batch`, `plugins`, `notifications`,
-//!   `health`; `error` turns every failure into the JSON error body.
+//!   `cluster`, `health`; `error` turns every failure into the JSON error
+//!   body; `openapi` is the OpenAPI document; `console` serves the web
+//!   console at `/ui`.
 //! - [`cluster`]: several nodes on one JetStream log: each plugin's record
 //!   in a shared bucket that every node converges to, the components in an
 //!   object store, notifier leases and the delivery ledger, heartbeats and
@@ -29,8 +31,12 @@
 //!   token is cancelled; then drains requests, stops the runners and commits.
 //! - [`cli`]: the `eventfold` command line: `serve`, and the client
 //!   subcommands that talk to a running server (`append`, `read`, `tail`;
-//!   `deploy`, `plugins`, `replay`, `state`; `webhook`, `notifications`).
-//! - [`config`], [`metrics`]: configuration with its defaults; Prometheus metrics.
+//!   `deploy`, `plugins`, `replay`, `state`, `query`; `webhook`,
+//!   `notifications`; `cluster status`).
+//! - [`config`], [`metrics`]: configuration with its defaults; Prometheus
+//!   metrics, the server's and each plugin's.
+//! - [`named_locks`]: one async lock per name (a plugin's changes, one at a
+//!   time).
 //! - [`blocking`]: the one rule for blocking work in async code, and the
 //!   helper that follows it.
 
