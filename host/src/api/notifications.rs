@@ -35,7 +35,7 @@ fn mailbox(state: &AppState, raw: String) -> Result<Arc<Mailbox>, ApiError> {
     path = "/plugins/{name}/webhook",
     tag = "notifiers",
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
-    request_body = crate::api::openapi::WebhookRequest,
+    request_body = crate::notify::WebhookRequest,
     responses(
         (status = 200, description = "The settings, without the secret", body = crate::api::openapi::WebhookAnswer),
         (status = 400, description = "`invalid_plugin_name`, `invalid_body` or `invalid_webhook`", body = crate::api::openapi::Error),

@@ -5,10 +5,11 @@
 //! runs schemathesis against a live server with it, so a response that does
 //! not match it is a failing test.
 //!
-//! The shapes here are what the handlers write: several of them assemble
-//! their JSON with `json!` or splice stored event payloads in as they are
-//! (`render.rs`), so the shape is declared once here rather than derived
-//! from a type the handler does not serialise.
+//! Where a handler serialises a type of its own (a plugin's status, the
+//! webhook settings it takes), the schema is derived on that type. The
+//! shapes declared here are those the handlers assemble with `json!` or
+//! splice together from stored payloads (`render.rs`), which no type
+//! describes.
 
 #![allow(dead_code)]
 
@@ -305,34 +306,15 @@ pub struct LogPage {
 /// `GET /plugins`.
 #[derive(Serialize, ToSchema)]
 pub struct PluginList {
-    pub plugins: Vec<PluginStatus>,
+    pub plugins: Vec<crate::plugins::PluginStatus>,
 }
 
-/// A plugin's status (docs/api.md has every field).
+/// A plugin's status as `GET /plugins/{name}` answers it: the status the
+/// runner publishes, and what the route adds.
 #[derive(Serialize, ToSchema)]
-pub struct PluginStatus {
-    pub name: String,
-    /// `projection` or `notifier` (`null` while compiling).
-    pub kind: Option<String>,
-    /// `compiling`, `catching-up`, `running`, `replaying`, `paused` or `failed`.
-    pub state: String,
-    pub version: String,
-    pub wit: Option<String>,
-    pub encoding: Option<String>,
-    pub hash: String,
-    pub generation: u64,
-    pub checkpoint: u64,
-    pub head: u64,
-    pub lag: u64,
-    pub events_per_sec: f64,
-    pub categories: Vec<String>,
-    pub event_types: Vec<String>,
-    pub compiled: Option<String>,
-    pub compile_ms: u64,
-    pub last_error: Option<Object>,
-    pub rebuild: Option<Object>,
-    pub parked: u64,
-    pub notifications: Option<Object>,
+pub struct PluginAnswer {
+    #[serde(flatten)]
+    pub status: crate::plugins::PluginStatus,
     /// On a cluster, a notifier's lease: `{"node", "since_ms"}`.
     pub delivery: Option<Object>,
     /// After a deploy: `created`, `rebuilding`, `unchanged` or `recorded`.
@@ -377,21 +359,6 @@ pub struct Parked {
 pub struct ParkedEvent {
     pub position: u64,
     pub error: String,
-}
-
-/// A notifier's webhook settings, as set.
-#[derive(Serialize, ToSchema)]
-pub struct WebhookRequest {
-    /// Where to POST (http or https).
-    pub url: String,
-    /// `whsec_` and base64 of 24 to 64 bytes.
-    pub secret: String,
-    pub timeout_ms: Option<u64>,
-    pub max_attempts: Option<u32>,
-    pub max_per_second: Option<f64>,
-    pub max_in_flight: Option<u32>,
-    pub backoff_ms: Option<u64>,
-    pub channels: Option<Vec<String>>,
 }
 
 /// `{"webhook": settings without the secret, or null}`.

@@ -27,9 +27,9 @@ fn name(raw: String) -> Result<PluginName, ApiError> {
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit"), ("labels" = Option<String>, Query, description = "Comma-separated labels a node's --hold may select the plugin by")),
     request_body(content((Vec<u8> = "application/wasm"), (Vec<u8> = "application/octet-stream")), description = "The component (.wasm)"),
     responses(
-        (status = 201, description = "`created`: a new plugin", body = crate::api::openapi::PluginStatus),
-        (status = 202, description = "`rebuilding` beside the serving version, or `recorded` for other nodes", body = crate::api::openapi::PluginStatus),
-        (status = 200, description = "`unchanged`: the same code serves already", body = crate::api::openapi::PluginStatus),
+        (status = 201, description = "`created`: a new plugin", body = crate::api::openapi::PluginAnswer),
+        (status = 202, description = "`rebuilding` beside the serving version, or `recorded` for other nodes", body = crate::api::openapi::PluginAnswer),
+        (status = 200, description = "`unchanged`: the same code serves already", body = crate::api::openapi::PluginAnswer),
         (status = 400, description = "`invalid_plugin_name`, `invalid_query` or `empty_body`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: the deploy would change the plugin's kind", body = crate::api::openapi::Error),
         (status = 413, description = "`body_too_large`", body = crate::api::openapi::Error),
@@ -143,7 +143,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     tag = "plugins",
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
     responses(
-        (status = 200, description = "The plugin's status", body = crate::api::openapi::PluginStatus),
+        (status = 200, description = "The plugin's status", body = crate::api::openapi::PluginAnswer),
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
@@ -209,7 +209,7 @@ pub struct RemoveQuery {
     tag = "plugins",
     params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "counter", description = "The plugin: 1-64 of a-z, 0-9, - and _, starting with a letter or digit")),
     responses(
-        (status = 202, description = "Rebuilding from position 0 beside the serving version (or `recorded` for other nodes)", body = crate::api::openapi::PluginStatus),
+        (status = 202, description = "Rebuilding from position 0 beside the serving version (or `recorded` for other nodes)", body = crate::api::openapi::PluginAnswer),
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),

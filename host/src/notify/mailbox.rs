@@ -112,7 +112,7 @@ pub struct DeadLetter {
 }
 
 /// Counters of a mailbox, for the plugin's status and `/metrics`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct MailboxStats {
     /// Notifications accepted so far (the last sequence).
     pub emitted: u64,

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use super::{NotifyError, StoredNotification};
 
 /// What `PUT /plugins/{name}/webhook` accepts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     /// Where to POST: an `http://` or `https://` URL (certificates are

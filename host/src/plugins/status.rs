@@ -8,7 +8,7 @@ use crate::notify::MailboxStats;
 use crate::runtime::{CompileOrigin, Encoding, LoadedPlugin, PluginKind, WitVersion};
 
 /// Where a plugin is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     /// Its component is being validated and compiled.
@@ -40,7 +40,7 @@ impl RunState {
 }
 
 /// The last failure: which event, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LastError {
     /// Position of the event that failed (the first of the batch when the
     /// failure could not be pinned to one event).
@@ -54,7 +54,7 @@ pub struct LastError {
 }
 
 /// Progress of a rebuild from position 0 beside the serving version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RebuildStatus {
     /// The generation being built.
     pub generation: u64,
@@ -71,7 +71,7 @@ pub struct RebuildStatus {
 }
 
 /// A plugin's status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     /// The plugin's name.
     pub name: String,
@@ -177,7 +177,7 @@ impl PluginStatus {
 }
 
 /// How a notifier's notifications are getting out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NotificationStatus {
     /// Counters of its mailbox.
     #[serde(flatten)]

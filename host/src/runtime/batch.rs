@@ -52,7 +52,7 @@ impl EventForm {
 }
 
 /// A released version of the `eventfold:plugin` WIT package (`wit/`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub enum WitVersion {
     /// `0.1.0`: records only.
     #[serde(rename = "0.1.0")]
@@ -66,7 +66,7 @@ pub enum WitVersion {
 }
 
 /// How a batch of events reaches the plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// A list of `event` records.

@@ -49,7 +49,7 @@ impl Compiled {
 }
 
 /// Where a plugin's compiled code came from, as its status shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CompileOrigin {
     /// The on-disk cache of compiled components.

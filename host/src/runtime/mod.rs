@@ -95,7 +95,7 @@ impl PluginPre {
 }
 
 /// What a plugin does with the events it is handed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     /// Folds events into queryable state.
