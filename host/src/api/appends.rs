@@ -42,9 +42,7 @@ const READ_BUFFER_BYTES: usize = 8 << 10;
         (status = 405, description = "`websocket_required`", body = crate::api::openapi::Error),
         (status = 426, description = "`websocket_required`: upgrade to a WebSocket", body = crate::api::openapi::Error),
         (status = 503, description = "`too_many_append_sockets`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn upgrade(

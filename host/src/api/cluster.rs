@@ -17,9 +17,7 @@ use super::error::ApiError;
     tag = "server",
     responses(
         (status = 200, description = "The nodes, their plugins, the leases, the records and the log's stream (docs/api.md#the-cluster)", body = Object),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn view(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -78,9 +78,7 @@ fn filter(category: Option<String>, event_type: Option<String>) -> EventFilter {
         (status = 200, description = "A page of the global log", body = crate::api::openapi::LogPage),
         (status = 400, description = "`invalid_query`", body = crate::api::openapi::Error),
         (status = 503, description = "`log_unavailable`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn read(
@@ -110,9 +108,7 @@ pub async fn read(
         (status = 200, description = "Server-Sent Events: `event: event`, `id: <position>`, `data: <Event>`, until the client goes", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_query` or `invalid_last_event_id`", body = crate::api::openapi::Error),
         (status = 503, description = "`too_many_live_feeds` or `log_unavailable`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn live(

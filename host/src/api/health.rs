@@ -20,9 +20,7 @@ use crate::notify::MailboxStats;
     responses(
         (status = 200, description = "Serving", body = crate::api::openapi::Health),
         (status = 503, description = "`degraded`: the log refuses appends until its storage is back", body = crate::api::openapi::Health),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
@@ -50,9 +48,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     tag = "server",
     responses(
         (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

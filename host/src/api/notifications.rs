@@ -43,9 +43,7 @@ fn mailbox(state: &AppState, raw: String) -> Result<Arc<Mailbox>, ApiError> {
         (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
         (status = 415, description = "`unsupported_media_type`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn put_webhook(
@@ -76,9 +74,7 @@ pub async fn put_webhook(
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn get_webhook(
@@ -102,9 +98,7 @@ pub async fn get_webhook(
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: a projection has no webhook", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn delete_webhook(
@@ -146,9 +140,7 @@ impl PageQuery {
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: a projection has no notifications", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn list(
@@ -177,9 +169,7 @@ pub async fn list(
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: a projection has no dead letters", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn dead_letters(
@@ -220,9 +210,7 @@ pub async fn dead_letters(
         (status = 404, description = "`plugin_not_found` or `dead_letter_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: a projection has no dead letters", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn retry_dead_letter(
@@ -269,9 +257,7 @@ pub struct LiveQuery {
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: not a notifier", body = crate::api::openapi::Error),
         (status = 503, description = "`too_many_live_feeds` or `plugin_compiling`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn live(

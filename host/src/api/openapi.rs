@@ -100,6 +100,20 @@ impl Modify for BearerToken {
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 fn openapi_json() {}
 
+/// The failures any route may answer.
+#[derive(utoipa::IntoResponses)]
+pub enum EveryRoute {
+    /// A token is required and missing or wrong.
+    #[response(status = 401, description = "`unauthorized`: a token is required and missing or wrong")]
+    Unauthorized(Error),
+    /// The request ran too long.
+    #[response(status = 408, description = "`timeout`: the request took longer than the request timeout")]
+    Timeout(Error),
+    /// Storage or I/O failed.
+    #[response(status = 500, description = "`internal`: storage or I/O failed")]
+    Internal(Error),
+}
+
 /// Every failure: a machine-readable `code` and a message for people, and
 /// for some codes more fields beside them.
 #[derive(Serialize, ToSchema)]

@@ -36,9 +36,7 @@ fn name(raw: String) -> Result<PluginName, ApiError> {
         (status = 415, description = "`unsupported_media_type`: send application/wasm", body = crate::api::openapi::Error),
         (status = 422, description = "`invalid_plugin`", body = crate::api::openapi::Error),
         (status = 503, description = "`cluster_unavailable` (several nodes): the shared records could not be read or written", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn deploy(
@@ -126,9 +124,7 @@ fn parse_labels(list: &str) -> Result<Vec<String>, ApiError> {
     tag = "plugins",
     responses(
         (status = 200, description = "Every plugin's status, by name", body = crate::api::openapi::PluginList),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -146,9 +142,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
         (status = 200, description = "The plugin's status", body = crate::api::openapi::PluginAnswer),
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn status(
@@ -177,9 +171,7 @@ pub async fn status(
         (status = 400, description = "`invalid_plugin_name` or `invalid_query`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn remove(
@@ -213,9 +205,7 @@ pub struct RemoveQuery {
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn replay(
@@ -243,9 +233,7 @@ pub async fn replay(
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn pause(
@@ -268,9 +256,7 @@ pub async fn pause(
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn resume(
@@ -294,9 +280,7 @@ pub async fn resume(
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
         (status = 409, description = "`conflict`: the plugin has not failed", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn skip(
@@ -319,9 +303,7 @@ pub async fn skip(
         (status = 400, description = "`invalid_plugin_name`", body = crate::api::openapi::Error),
         (status = 404, description = "`plugin_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`: try again once it has started", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn parked(
@@ -431,9 +413,7 @@ async fn reach(
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
         (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn state_get(
@@ -484,9 +464,7 @@ pub struct ScanQuery {
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
         (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn state_scan(
@@ -526,9 +504,7 @@ pub async fn state_scan(
         (status = 409, description = "`min_position_not_reached`: the plugin is failed or paused", body = crate::api::openapi::Error),
         (status = 412, description = "`min_position_not_reached`: the wait ran out (`Retry-After`)", body = crate::api::openapi::Error),
         (status = 503, description = "`plugin_compiling`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn query(

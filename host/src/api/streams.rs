@@ -30,9 +30,7 @@ use crate::log::{AppendOutcome, Direction, StreamName};
         (status = 415, description = "`unsupported_media_type`: send application/json", body = crate::api::openapi::Error),
         (status = 503, description = "`overloaded`, `log_unavailable` or `shutting_down` (`Retry-After`)", body = crate::api::openapi::Error),
         (status = 507, description = "`insufficient_storage`: the disk is full; nothing was appended", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn append(
@@ -91,9 +89,7 @@ enum DirectionParam {
         (status = 400, description = "`invalid_name` or `invalid_query`", body = crate::api::openapi::Error),
         (status = 404, description = "`stream_not_found`", body = crate::api::openapi::Error),
         (status = 503, description = "`log_unavailable`", body = crate::api::openapi::Error),
-        (status = 401, description = "`unauthorized`: a token is required and missing or wrong", body = crate::api::openapi::Error),
-        (status = 408, description = "`timeout`: the request took longer than the request timeout", body = crate::api::openapi::Error),
-        (status = 500, description = "`internal`: storage or I/O failed", body = crate::api::openapi::Error)
+        crate::api::openapi::EveryRoute
     )
 )]
 pub async fn read(
