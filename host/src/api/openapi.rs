@@ -104,10 +104,16 @@ fn openapi_json() {}
 #[derive(utoipa::IntoResponses)]
 pub enum EveryRoute {
     /// A token is required and missing or wrong.
-    #[response(status = 401, description = "`unauthorized`: a token is required and missing or wrong")]
+    #[response(
+        status = 401,
+        description = "`unauthorized`: a token is required and missing or wrong"
+    )]
     Unauthorized(Error),
     /// The request ran too long.
-    #[response(status = 408, description = "`timeout`: the request took longer than the request timeout")]
+    #[response(
+        status = 408,
+        description = "`timeout`: the request took longer than the request timeout"
+    )]
     Timeout(Error),
     /// Storage or I/O failed.
     #[response(status = 500, description = "`internal`: storage or I/O failed")]
