@@ -61,7 +61,7 @@ async fn follow_once(cluster: &Cluster) -> Result<(), ClusterError> {
             entry = watch.next() => match entry {
                 Some(Ok(entry)) => {
                     let record = records::parse(&entry.key, &entry.value);
-                    remember(cluster, &entry.key, record);
+                    cluster.remember(&entry.key, record, entry.revision);
                     converge_logged(cluster, &entry.key).await;
                 }
                 Some(Err(error)) => {
@@ -86,20 +86,14 @@ async fn load_all(cluster: &Cluster) -> Result<(), ClusterError> {
     while let Some(key) = keys.next().await {
         let key =
             key.map_err(|e| ClusterError::unavailable("listing the plugin records".into(), e))?;
-        if let Some((record, _)) = records::read(store, &key).await? {
-            all.insert(key, record);
+        if let Some((record, revision)) = records::read(store, &key).await? {
+            all.insert(key, (record, revision));
         }
     }
-    *cluster.inner.records.lock() = all;
+    for (name, (record, revision)) in all {
+        cluster.remember(&name, Some(record), revision);
+    }
     Ok(())
-}
-
-fn remember(cluster: &Cluster, name: &str, record: Option<Record>) {
-    let mut records = cluster.inner.records.lock();
-    match record {
-        Some(record) => records.insert(name.to_owned(), record),
-        None => records.remove(name),
-    };
 }
 
 /// Converges every plugin recorded or present here.
@@ -128,7 +122,7 @@ async fn converge_logged(cluster: &Cluster, name: &str) {
 /// documentation).
 async fn converge(cluster: &Cluster, name: &PluginName) -> Result<(), ClusterError> {
     let _lock = cluster.lock(name.as_str()).await;
-    let record = cluster.inner.records.lock().get(name.as_str()).cloned();
+    let record = cluster.known_record(name.as_str());
     let plugins = &cluster.inner.plugins;
     let local = match plugins.published_status(name) {
         Ok(status) => Some(status),
@@ -280,22 +274,22 @@ async fn adopt(cluster: &Cluster, name: &PluginName) -> Result<(), ClusterError>
         Err(_) => None,
     };
     let node = cluster.node().to_owned();
-    let written = records::update(&cluster.inner.buckets.plugins, name.as_str(), |live| {
-        Ok(match live {
-            Some(_) => None,
-            None => Some(Record {
-                webhook: webhook.clone(),
-                ..Record::new(hash.clone(), Vec::new(), &node)
-            }),
+    let written = cluster
+        .write_record(name.as_str(), |live| {
+            Ok(match live {
+                Some(_) => None,
+                None => Some(Record {
+                    webhook: webhook.clone(),
+                    ..Record::new(hash.clone(), Vec::new(), &node)
+                }),
+            })
         })
-    })
-    .await?;
+        .await?;
     if let Some(record) = written {
         tracing::info!(plugin = %name, "recorded a plugin deployed before this node joined the cluster");
         cluster
             .set_applied(name.as_str(), Some(Applied::all_of(&record)))
             .await?;
-        super::converge::remember(cluster, name.as_str(), Some(record));
     }
     Ok(())
 }

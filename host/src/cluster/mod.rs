@@ -127,8 +127,9 @@ struct Inner {
     plugins: Plugins,
     leases: Leases,
     applied: Arc<Mutex<AppliedFile>>,
-    /// The records as the watch last delivered them.
-    records: Mutex<BTreeMap<String, Record>>,
+    /// The records as this node last knew them (from the watch, or its own
+    /// writes), each with its revision.
+    records: Mutex<BTreeMap<String, (Record, u64)>>,
     /// One lock per plugin name: an operation and the convergence of one
     /// plugin never interleave on this node.
     locks: NamedLocks<String>,
@@ -188,6 +189,47 @@ impl Cluster {
     /// Waits for this node's lock on plugin `name`.
     async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
         self.inner.locks.lock(&name.to_owned()).await
+    }
+
+    /// Keeps `record` (`None`: none) at `revision` as `name`'s record,
+    /// unless a later revision is known already: the watch may deliver
+    /// this node's own write after the node has acted on it, or an
+    /// earlier write after a later one was remembered.
+    fn remember(&self, name: &str, record: Option<Record>, revision: u64) {
+        let mut records = self.inner.records.lock();
+        if records
+            .get(name)
+            .is_some_and(|(_, known)| *known >= revision)
+        {
+            return;
+        }
+        match record {
+            Some(record) => records.insert(name.to_owned(), (record, revision)),
+            None => records.remove(name),
+        };
+    }
+
+    /// The record of `name` as this node knows it.
+    fn known_record(&self, name: &str) -> Option<Record> {
+        self.inner
+            .records
+            .lock()
+            .get(name)
+            .map(|(record, _)| record.clone())
+    }
+
+    /// Changes `name`'s record in the cluster ([`records::update`]) and
+    /// remembers what was written.
+    async fn write_record(
+        &self,
+        name: &str,
+        change: impl FnMut(Option<Record>) -> Result<Option<Record>, ClusterError>,
+    ) -> Result<Option<Record>, ClusterError> {
+        let written = records::update(&self.inner.buckets.plugins, name, change).await?;
+        Ok(written.map(|(record, revision)| {
+            self.remember(name, Some(record.clone()), revision);
+            record
+        }))
     }
 
     /// Whether this node holds `record`'s plugin.

@@ -178,7 +178,7 @@ impl Cluster {
         let records = self.inner.records.lock().clone();
         let plugins = records
             .into_iter()
-            .map(|(name, record)| (name, shown(&record)))
+            .map(|(name, (record, _))| (name, shown(&record)))
             .collect();
         ClusterView {
             clustered: true,

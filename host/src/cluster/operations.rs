@@ -194,21 +194,22 @@ impl Cluster {
         let hash = wasm_hash(&wasm);
         self.store_component(&hash, &wasm).await?;
         let node = self.node().to_owned();
-        let record = records::update(store, name.as_str(), |live| {
-            Ok(Some(match live {
-                Some(mut record) => {
-                    if record.hash != hash {
-                        record.hash.clone_from(&hash);
-                        record.skips.clear();
+        let record = self
+            .write_record(name.as_str(), |live| {
+                Ok(Some(match live {
+                    Some(mut record) => {
+                        if record.hash != hash {
+                            record.hash.clone_from(&hash);
+                            record.skips.clear();
+                        }
+                        record.labels.clone_from(&labels);
+                        record.by.clone_from(&node);
+                        record
                     }
-                    record.labels.clone_from(&labels);
-                    record.by.clone_from(&node);
-                    record
-                }
-                None => Record::new(hash.clone(), labels.clone(), &node),
-            }))
-        })
-        .await?;
+                    None => Record::new(hash.clone(), labels.clone(), &node),
+                }))
+            })
+            .await?;
         if let (Some(record), true) = (record, held) {
             let applied = match (deployed, self.applied(name.as_str())) {
                 // The same code: replays asked for elsewhere are still due.
@@ -260,7 +261,7 @@ impl Cluster {
         mut change: impl FnMut(&mut Record),
     ) -> Result<Record, ClusterError> {
         let node = self.node().to_owned();
-        records::update(&self.inner.buckets.plugins, name.as_str(), |live| {
+        self.write_record(name.as_str(), |live| {
             Ok(live.map(|mut record| {
                 change(&mut record);
                 record.by.clone_from(&node);

@@ -103,12 +103,12 @@ pub fn parse(name: &str, value: &[u8]) -> Option<Record> {
 /// Changes `name`'s record with `change` (given the current live record,
 /// if any) and writes it with a compare-and-set, trying again when another
 /// node wrote in between. `change` answering `None` writes nothing.
-/// Answers the record written.
+/// Answers the record written and its revision.
 pub async fn update(
     store: &kv::Store,
     name: &str,
     mut change: impl FnMut(Option<Record>) -> Result<Option<Record>, ClusterError>,
-) -> Result<Option<Record>, ClusterError> {
+) -> Result<Option<(Record, u64)>, ClusterError> {
     loop {
         let current = read(store, name).await?;
         let revision = current.as_ref().map(|(_, revision)| *revision);
@@ -122,8 +122,8 @@ pub async fn update(
         let written = match revision {
             Some(revision) => {
                 match super::patiently(|| store.update(name, bytes.clone(), revision)).await {
-                    Ok(_) => true,
-                    Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => false,
+                    Ok(written) => Some(written),
+                    Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => None,
                     Err(error) => {
                         return Err(ClusterError::unavailable(
                             format!("the record of plugin {name}"),
@@ -133,8 +133,8 @@ pub async fn update(
                 }
             }
             None => match super::patiently(|| store.create(name, bytes.clone())).await {
-                Ok(_) => true,
-                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => false,
+                Ok(written) => Some(written),
+                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => None,
                 Err(error) => {
                     return Err(ClusterError::unavailable(
                         format!("the record of plugin {name}"),
@@ -143,8 +143,8 @@ pub async fn update(
                 }
             },
         };
-        if written {
-            return Ok(Some(record));
+        if let Some(revision) = written {
+            return Ok(Some((record, revision)));
         }
     }
 }
