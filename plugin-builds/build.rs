@@ -41,6 +41,20 @@ const OTHER_LANGUAGES: &[Plugin] = &[
         world: "projection",
         name: "JS_ENDLESS_LOOP",
     },
+    Plugin {
+        language: Language::Python,
+        dir: "order-fulfilment",
+        wit: "wit/v0.4",
+        world: "reactor",
+        name: "PYTHON_ORDER_FULFILMENT",
+    },
+    Plugin {
+        language: Language::JavaScript,
+        dir: "order-fulfilment",
+        wit: "wit/v0.4",
+        world: "reactor",
+        name: "JS_ORDER_FULFILMENT",
+    },
 ];
 
 /// The plugins built, by crate name.

@@ -76,6 +76,7 @@ const FOLDS: [Fold; 2] = [
         filter: || EventFilter {
             categories: vec!["order".into()],
             event_types: vec!["OrderPlaced".into()],
+            ..EventFilter::default()
         },
         apply: order_totals,
     },

@@ -298,6 +298,8 @@ pub struct PluginMetrics {
     rebuild_checkpoint: PerPlugin<Gauge>,
     recycles: Family<RecycleLabels, Counter>,
     memory_peak: PerPlugin<Gauge>,
+    outputs_appended: PerPlugin<Counter>,
+    outputs_suppressed: PerPlugin<Counter>,
 }
 
 /// The buckets of a plugin's handle time: 50 µs to about 6.5 s (the
@@ -383,6 +385,18 @@ impl PluginMetrics {
                 "Most linear memory an instance of the plugin has held",
                 Family::default(),
             ),
+            outputs_appended: register(
+                r,
+                "plugin_outputs_appended",
+                "Events a reactor appended to the log (retries of a redone batch included)",
+                Family::default(),
+            ),
+            outputs_suppressed: register(
+                r,
+                "plugin_outputs_suppressed",
+                "Events a reactor's rebuild did not append: caused by events the serving version had handled",
+                Family::default(),
+            ),
         }
     }
 
@@ -411,6 +425,8 @@ impl PluginMetrics {
             recycled_after_trap: recycles("trap"),
             recycled_near_cap: recycles("memory"),
             memory_peak: self.memory_peak.get_or_create_owned(&label),
+            outputs_appended: self.outputs_appended.get_or_create_owned(&label),
+            outputs_suppressed: self.outputs_suppressed.get_or_create_owned(&label),
         }
     }
 
@@ -445,6 +461,8 @@ impl PluginMetrics {
         self.parked.remove(&label);
         self.rebuild_checkpoint.remove(&label);
         self.memory_peak.remove(&label);
+        self.outputs_appended.remove(&label);
+        self.outputs_suppressed.remove(&label);
         for state in PLUGIN_STATES {
             let plugin = label.plugin.clone();
             self.state.remove(&StateLabels { plugin, state });
@@ -486,6 +504,10 @@ pub struct PluginSeries {
     pub recycled_near_cap: Counter,
     /// Most linear memory an instance of the plugin has held, in bytes.
     pub memory_peak: Gauge,
+    /// Events a reactor appended.
+    pub outputs_appended: Counter,
+    /// Events a reactor's rebuild suppressed.
+    pub outputs_suppressed: Counter,
 }
 
 impl PluginSeries {
@@ -506,6 +528,8 @@ impl PluginSeries {
             recycled_after_trap: Counter::default(),
             recycled_near_cap: Counter::default(),
             memory_peak: Gauge::default(),
+            outputs_appended: Counter::default(),
+            outputs_suppressed: Counter::default(),
         }
     }
 

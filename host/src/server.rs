@@ -15,6 +15,7 @@ use crate::log::{EventLog, JetStreamLog, LogError};
 use crate::metrics::Metrics;
 use crate::notify::SharedHandover;
 use crate::plugins::{PluginError, Plugins, PluginsConfig};
+use crate::runtime::SandboxLimits;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,12 @@ impl Server {
             }
         };
         let plugins_config = PluginsConfig {
-            limits: config.plugin_limits,
+            // What a reactor appends meets the limits of what a client does.
+            limits: SandboxLimits {
+                max_event_bytes: config.limits.max_event_bytes,
+                max_json_depth: config.limits.max_json_depth,
+                ..config.plugin_limits
+            },
             replay_rate: config.replay_rate,
             retention: config.notification_retention,
             handover: shared

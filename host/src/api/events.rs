@@ -37,6 +37,8 @@ pub struct ReadLogQuery {
     /// Comma-separated event types to keep.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only the events of this business process (see `filter`).
+    correlation_id: Option<String>,
 }
 
 /// Query of a live feed.
@@ -50,9 +52,18 @@ pub struct LiveQuery {
     /// Comma-separated event types to keep.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only the events of this business process (see `filter`).
+    correlation_id: Option<String>,
 }
 
-fn filter(category: Option<String>, event_type: Option<String>) -> EventFilter {
+/// The filter of a read: categories and types as comma-separated lists,
+/// and a correlation id, which keeps the events whose metadata names it as
+/// `correlation_id` and the event whose id it is.
+fn filter(
+    category: Option<String>,
+    event_type: Option<String>,
+    correlation_id: Option<String>,
+) -> EventFilter {
     let list = |s: Option<String>| -> Vec<String> {
         s.iter()
             .flat_map(|s| s.split(','))
@@ -64,6 +75,7 @@ fn filter(category: Option<String>, event_type: Option<String>) -> EventFilter {
     EventFilter {
         categories: list(category),
         event_types: list(event_type),
+        correlation_id: correlation_id.filter(|id| !id.is_empty()),
     }
 }
 
@@ -73,7 +85,7 @@ fn filter(category: Option<String>, event_type: Option<String>) -> EventFilter {
     get,
     path = "/events",
     tag = "log",
-    params(("from" = Option<u64>, Query, description = "First position (default 1)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most events (default 1000)"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep")),
+    params(("from" = Option<u64>, Query, description = "First position (default 1)"), ("limit" = Option<u32>, Query, minimum = 1, description = "Most events (default 1000)"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep"), ("correlation_id" = Option<String>, Query, description = "Only one business process: the events whose metadata's `correlation_id` is this, and the event whose id it is")),
     responses(
         (status = 200, description = "A page of the global log", body = crate::api::openapi::LogPage),
         (status = 400, description = "`invalid_query`", body = crate::api::openapi::Error),
@@ -87,7 +99,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let limit = state.read_limit(query.limit)?;
     let from = Position(query.from.unwrap_or(1));
-    let filter = filter(query.category, query.event_type);
+    let filter = filter(query.category, query.event_type, query.correlation_id);
     let page = state.log.read_log(from, limit, filter, MAX_SCAN).await?;
     Ok(events_response(
         &page.events,
@@ -103,7 +115,7 @@ pub async fn read(
     get,
     path = "/events/live",
     tag = "log",
-    params(("from" = Option<u64>, Query, description = "First position (default 1); `Last-Event-ID` takes precedence"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep"), ("last-event-id" = Option<u64>, Header, description = "Resume after this position")),
+    params(("from" = Option<u64>, Query, description = "First position (default 1); `Last-Event-ID` takes precedence"), ("category" = Option<String>, Query, description = "Comma-separated stream categories to keep"), ("type" = Option<String>, Query, description = "Comma-separated event types to keep"), ("correlation_id" = Option<String>, Query, description = "Only one business process: the events whose metadata's `correlation_id` is this, and the event whose id it is"), ("last-event-id" = Option<u64>, Header, description = "Resume after this position")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: event`, `id: <position>`, `data: <Event>`, until the client goes", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_query` or `invalid_last_event_id`", body = crate::api::openapi::Error),
@@ -124,7 +136,7 @@ pub async fn live(
         next: from,
         buffered: VecDeque::new(),
         head: state.log.watch_head(),
-        filter: filter(query.category, query.event_type),
+        filter: filter(query.category, query.event_type, query.correlation_id),
     };
     let stream = live_events(cursor)
         .take_until(state.shutdown.clone().cancelled_owned())

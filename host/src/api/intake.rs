@@ -7,9 +7,8 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::portable_json;
 use crate::config::Limits;
-use crate::log::{EventType, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+use crate::log::{EventType, ExpectedVersion, NewEvent, StreamAppend, StreamName, portable_json};
 
 /// The body of `POST /streams/{stream}`.
 #[derive(Deserialize)]
@@ -111,8 +110,10 @@ fn to_event(event: EventBody<'_>, limits: &Limits) -> Result<NewEvent, ApiError>
             ));
         }
     };
-    portable_json::check("data", data, limits.max_json_depth)?;
-    portable_json::check("metadata", metadata, limits.max_json_depth)?;
+    for (field, json) in [("data", data), ("metadata", metadata)] {
+        portable_json::check(field, json, limits.max_json_depth)
+            .map_err(|problem| ApiError::bad_request("invalid_body", problem))?;
+    }
     let size = event_type.as_str().len() + data.len() + metadata.len();
     if size > limits.max_event_bytes {
         return Err(ApiError::new(

@@ -17,7 +17,6 @@ mod notifications;
 mod openapi;
 mod plugins;
 mod plugins_live;
-mod portable_json;
 mod render;
 mod slots;
 mod streams;

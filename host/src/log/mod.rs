@@ -5,14 +5,16 @@
 //! - [`jetstream`]: a NATS JetStream stream, replicated by its cluster.
 //!
 //! Shared by both: the types of appends and events (`types`), of reads
-//! (`read`), the errors (`error`), and the binary form of one event
-//! (`codec`). It knows nothing of HTTP or plugins: the API and the plugin
-//! runners use [`EventLog`].
+//! (`read`), the errors (`error`), the binary form of one event
+//! (`codec`), and the rules for the JSON an event may hold
+//! (`portable_json`). It knows nothing of HTTP or plugins: the API and the
+//! plugin runners use [`EventLog`].
 
 mod codec;
 pub mod embedded;
 mod error;
 pub mod jetstream;
+pub mod portable_json;
 mod read;
 mod types;
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::reactor::{self, OutputFailure, Sources};
 use super::shared::Shared;
 use super::status::LastError;
 use super::store::PluginStore;
@@ -18,8 +19,8 @@ use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
 use crate::metrics::{Metrics, PluginSeries};
 use crate::notify::Mailbox;
 use crate::runtime::{
-    CallError, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance, Runtime,
-    SandboxLimits, StateView,
+    Appended, CallError, EventBatch, Handled, LoadedPlugin, Notification, PluginInstance,
+    PluginKind, Runtime, SandboxLimits, StateView,
 };
 
 /// Most events handed to a plugin in one call. Large batches matter when
@@ -47,20 +48,33 @@ pub(super) struct Host {
 }
 
 /// What a step needs besides the generation: the plugin's name (for its
-/// logs and its instances), the host, and a notifier's mailbox.
+/// logs and its instances), the host, a notifier's mailbox, and for a
+/// reactor, the runtime its appends wait on and which outputs it suppresses.
 pub(super) struct StepContext<'a> {
     pub name: &'a PluginName,
     pub host: &'a Host,
     pub mailbox: Option<&'a Mailbox>,
+    pub tokio: &'a tokio::runtime::Handle,
+    /// A reactor's outputs caused by events at or below this position are
+    /// dropped: the serving generation's checkpoint, for a rebuild; 0 for
+    /// the serving generation itself.
+    pub suppress_through: u64,
 }
 
 impl<'a> StepContext<'a> {
     /// The context of the plugin `shared` describes.
-    pub fn new(shared: &'a Shared, host: &'a Host) -> Self {
+    pub fn new(
+        shared: &'a Shared,
+        host: &'a Host,
+        tokio: &'a tokio::runtime::Handle,
+        suppress_through: u64,
+    ) -> Self {
         Self {
             name: &shared.name,
             host,
             mailbox: shared.mailbox.as_deref(),
+            tokio,
+            suppress_through,
         }
     }
 }
@@ -73,6 +87,9 @@ pub(super) struct Generation {
     pub checkpoint: u64,
     pub failure: Option<Failure>,
     pub meter: RateMeter,
+    /// A reactor's outputs this generation suppressed (since it started:
+    /// not kept across restarts).
+    pub suppressed: u64,
     instance: Option<PluginInstance>,
     filter: EventFilter,
     /// Hand over one event at a time up to here, to pin a trap to its event.
@@ -187,24 +204,32 @@ struct Batch {
     next: u64,
     /// The position and time recorded of its first event.
     first: Option<(u64, u64)>,
+    /// For a reactor, what its outputs need of each event.
+    sources: Sources,
 }
 
 impl Batch {
     fn read(
         log: &EventLog,
-        plugin: &LoadedPlugin,
+        (name, plugin): (&PluginName, &LoadedPlugin),
         from: u64,
         limit: usize,
         filter: &EventFilter,
     ) -> Result<Self, LogError> {
-        let page = log.read_log_blocking(Position(from), limit, filter)?;
+        let mut page = log.read_log_blocking(Position(from), limit, filter)?;
+        let first = page.events.first().map(|e| (e.position.0, e.recorded_at));
+        let sources = match plugin.kind() {
+            PluginKind::Reactor => Sources::take(name, &mut page.events),
+            PluginKind::Projection | PluginKind::Notifier => Sources::default(),
+        };
         Ok(Self {
             from,
             limit,
-            first: page.events.first().map(|e| (e.position.0, e.recorded_at)),
+            first,
             positions: page.events.iter().map(|e| e.position.0).collect(),
             events: plugin.batch(page.events),
             next: page.next.0,
+            sources,
         })
     }
 }
@@ -220,6 +245,7 @@ impl Generation {
         let filter = EventFilter {
             categories: plugin.info.subscription.categories.clone(),
             event_types: plugin.info.subscription.event_types.clone(),
+            correlation_id: None,
         };
         Ok(Self {
             number,
@@ -228,6 +254,7 @@ impl Generation {
             checkpoint,
             failure: None,
             meter: RateMeter::default(),
+            suppressed: 0,
             instance: None,
             filter,
             narrow_until: 0,
@@ -326,7 +353,7 @@ impl Generation {
     fn process(&mut self, cx: &StepContext<'_>, limit: usize) {
         let from = self.checkpoint + 1;
         let log = &cx.host.log;
-        let batch = match self.next_batch(log, from, limit) {
+        let batch = match self.next_batch((log, cx.name), from, limit) {
             Ok(batch) => batch,
             Err(error) => {
                 let attempt = if log_outage(log, &error) {
@@ -346,7 +373,10 @@ impl Generation {
         // Events the subscription skips still advance the checkpoint.
         let checkpoint = batch.next.saturating_sub(1).max(self.checkpoint);
         let Batch {
-            events, positions, ..
+            events,
+            positions,
+            sources,
+            ..
         } = batch;
         let Some(&first) = positions.first() else {
             return self.commit(cx.name, BTreeMap::new(), Vec::new(), checkpoint, 0);
@@ -364,25 +394,91 @@ impl Generation {
             result,
             state,
             emitted,
+            appended,
         } = handled;
-        match result {
-            Ok(()) => {
-                self.recycle_if_large(cx, memory_peak);
-                self.commit_handled(cx, state.writes, emitted, checkpoint, &positions);
+        if let Err(error) = result {
+            return self.call_failed(cx.name, error, &positions);
+        }
+        self.recycle_if_large(cx, memory_peak);
+        let suppressed = match self.append_outputs(cx, appended, &sources) {
+            Ok(suppressed) => suppressed,
+            Err(Some(OutputFailure { index, message })) => {
+                let error = CallError::Rejected {
+                    index: index as u32,
+                    message,
+                };
+                return self.call_failed(cx.name, error, &positions);
             }
-            Err(error) => self.call_failed(cx.name, error, &positions),
+            Err(None) => return,
+        };
+        self.commit_handled(cx, state.writes, emitted, checkpoint, &positions);
+        if self.checkpoint == checkpoint {
+            self.suppressed += suppressed;
+            self.series.outputs_suppressed.inc_by(suppressed);
+        }
+    }
+
+    /// Appends a reactor's outputs to the log, as one atomic append, before
+    /// its checkpoint moves; answers how many it suppressed. A refusal that
+    /// names a source is that event's failure; the log's own trouble
+    /// (`Err(None)`) is recorded here and retried as storage.
+    fn append_outputs(
+        &mut self,
+        cx: &StepContext<'_>,
+        appended: Vec<Appended>,
+        sources: &Sources,
+    ) -> Result<u64, Option<OutputFailure>> {
+        if appended.is_empty() {
+            return Ok(0);
+        }
+        let outputs = reactor::outputs(cx.name, appended, sources, cx.suppress_through)?;
+        if outputs.appends.is_empty() {
+            return Ok(outputs.suppressed);
+        }
+        let log = &cx.host.log;
+        let count = outputs.appends.len() as u64;
+        match cx.tokio.block_on(log.append_all(outputs.appends.clone())) {
+            Ok(_) => {
+                self.series.outputs_appended.inc_by(count);
+                Ok(outputs.suppressed)
+            }
+            Err(error) => match reactor::refused(&error, &outputs) {
+                Some(failure) => Err(Some(failure)),
+                None => {
+                    // What the reactor asked that the log refuses counts;
+                    // the log's own trouble (full, overloaded, electing a
+                    // leader, shutting down) is retried until it passes.
+                    let attempt = match error {
+                        LogError::TooManyEvents { .. }
+                        | LogError::InvalidName { .. }
+                        | LogError::ReservedId(_)
+                        | LogError::DuplicateId(_)
+                        | LogError::NoEvents(_) => Attempt::Counts,
+                        _ => Attempt::Storage,
+                    };
+                    let message = format!("appending the batch's outputs: {error}");
+                    let first = self.checkpoint + 1;
+                    self.fail(cx.name, first, message, attempt);
+                    Err(None)
+                }
+            },
         }
     }
 
     /// The batch read ahead, if it was read for this step; else a fresh read.
-    fn next_batch(&mut self, log: &EventLog, from: u64, limit: usize) -> Result<Batch, LogError> {
+    fn next_batch(
+        &mut self,
+        (log, name): (&EventLog, &PluginName),
+        from: u64,
+        limit: usize,
+    ) -> Result<Batch, LogError> {
         match self
             .read_ahead
             .take()
             .filter(|b| b.from == from && b.limit == limit)
         {
             Some(batch) => Ok(batch),
-            None => Batch::read(log, &self.plugin, from, limit, &self.filter),
+            None => Batch::read(log, (name, &self.plugin), from, limit, &self.filter),
         }
     }
 
@@ -420,7 +516,7 @@ impl Generation {
                     .name(format!("read-{}", cx.name))
                     .spawn_scoped(scope, || {
                         drop(spent.take());
-                        Batch::read(log, plugin, checkpoint + 1, limit, filter)
+                        Batch::read(log, (cx.name, plugin), checkpoint + 1, limit, filter)
                     })
             });
             let started = Instant::now();
@@ -502,7 +598,9 @@ impl Generation {
                 };
                 self.fail(name, position, error.to_string(), attempt);
             }
-            CallError::Memory(_) | CallError::Deadline(_) if count > 1 => {
+            CallError::Memory(_) | CallError::Deadline(_) | CallError::TooManyAppends(_)
+                if count > 1 =>
+            {
                 // Maybe only the batch was too big: halve it and retry at once.
                 self.max_batch = count / 2;
                 tracing::info!(plugin = %name, batch = self.max_batch, "batch too large ({error}); retrying with smaller batches");

@@ -5,7 +5,8 @@
 //! - `registry.rs`: [`Plugins`]: restore, deploy, replay, remove, commands;
 //!   `reads.rs`: the reads the API makes of it.
 //! - `runner.rs`: the runner thread of one plugin; `generation.rs`: one
-//!   version of its code and the step that moves its checkpoint.
+//!   version of its code and the step that moves its checkpoint;
+//!   `reactor.rs`: what a reactor's batch appends, exactly once.
 //! - `shared.rs`: what a runner shares with the registry and the API;
 //!   `status.rs`: the status it publishes.
 //! - `files.rs`: a plugin's directory; `store.rs`: a generation's state file.
@@ -13,11 +14,13 @@
 //!
 //! Where a plugin's checkpoint moves: `Generation::process`
 //! (`generation.rs`), which commits a batch's state writes and the new
-//! checkpoint in one transaction, and an operator's skip, which parks the
+//! checkpoint in one transaction (after appending a reactor's outputs), and
+//! an operator's skip, which parks the
 //! failed event and moves past it.
 
 mod files;
 mod generation;
+mod reactor;
 mod reads;
 mod registry;
 mod runner;

@@ -278,11 +278,11 @@ impl Plugins {
             receiver,
             live,
             rebuild,
+            tokio::runtime::Handle::current(),
         );
-        let handle = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name(format!("plugin-{name}"))
-            .spawn(move || runner.run(handle))
+            .spawn(move || runner.run())
             .map_err(|e| PluginError::Internal(format!("cannot start the plugin's runner: {e}")))?;
         let dispatcher = mailbox.map(|mailbox| {
             let token = CancellationToken::new();

@@ -20,6 +20,7 @@ use super::status::{RebuildStatus, RunState};
 use super::throttle::Throttle;
 use crate::log::{EventFilter, Position};
 use crate::metrics::PluginSeries;
+use crate::runtime::PluginKind;
 
 /// What the registry asks of a runner.
 pub(super) enum Control {
@@ -60,6 +61,8 @@ pub(super) struct Runner {
     /// The position after the serving checkpoint and when that event was
     /// recorded, once read for the lag in seconds.
     next_recorded: Option<(u64, u64)>,
+    /// The async runtime: what the runner waits on, and a reactor's appends.
+    tokio: tokio::runtime::Handle,
 }
 
 impl Runner {
@@ -71,6 +74,7 @@ impl Runner {
         control: mpsc::UnboundedReceiver<Control>,
         mut live: Generation,
         mut rebuild: Option<Generation>,
+        tokio: tokio::runtime::Handle,
     ) -> Self {
         let head = host.log.watch_head();
         let throttle = host.replay_rate.map(Throttle::new);
@@ -92,11 +96,12 @@ impl Runner {
             throttle,
             series,
             next_recorded: None,
+            tokio,
         }
     }
 
     /// Runs until told to stop (or until the registry goes away).
-    pub fn run(mut self, wait: tokio::runtime::Handle) {
+    pub fn run(mut self) {
         self.export_parked();
         loop {
             while let Some(control) = self
@@ -121,7 +126,7 @@ impl Runner {
             self.export(head);
             if !worked {
                 self.sync();
-                self.wait(&wait);
+                self.wait();
             }
         }
     }
@@ -144,7 +149,7 @@ impl Runner {
     }
 
     /// Blocks until a new event, an operator command, or a due retry.
-    fn wait(&mut self, handle: &tokio::runtime::Handle) {
+    fn wait(&mut self) {
         let throttled = self.throttled_until();
         let retry_at = self
             .generations()
@@ -153,7 +158,7 @@ impl Runner {
             .min();
         let head = &mut self.head;
         let control = &mut self.control;
-        let received = handle.block_on(async {
+        let received = self.tokio.block_on(async {
             let retry = async {
                 match retry_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -211,7 +216,7 @@ impl Runner {
     }
 
     fn step_live(&mut self, head: u64) -> bool {
-        let cx = StepContext::new(&self.shared, &self.host);
+        let cx = StepContext::new(&self.shared, &self.host, &self.tokio, 0);
         self.live.step(&cx, head, usize::MAX)
     }
 
@@ -220,7 +225,10 @@ impl Runner {
         let Some(rebuild) = self.rebuild.as_mut() else {
             return false;
         };
-        let cx = StepContext::new(&self.shared, &self.host);
+        // A reactor's rebuild appends nothing the serving generation has
+        // already handled: only new events cause outputs.
+        let serving = self.live.checkpoint;
+        let cx = StepContext::new(&self.shared, &self.host, &self.tokio, serving);
         let Some(throttle) = self.throttle.as_mut() else {
             return rebuild.step(&cx, head, usize::MAX);
         };
@@ -314,6 +322,7 @@ impl Runner {
 
     fn publish(&mut self, head: u64) {
         let state = self.run_state(head);
+        let reactor = self.live.plugin.kind() == PluginKind::Reactor;
         let rebuild = self.rebuild.as_ref().map(|r| RebuildStatus {
             generation: r.number,
             hash: r.plugin.hash.clone(),
@@ -322,6 +331,7 @@ impl Runner {
             eta_secs: (r.meter.rate > 0.0)
                 .then(|| head.saturating_sub(r.checkpoint) as f64 / r.meter.rate),
             last_error: r.failure.as_ref().map(Failure::report),
+            outputs_suppressed: reactor.then_some(r.suppressed),
         });
         let live = &self.live;
         {
@@ -331,6 +341,7 @@ impl Runner {
             status.events_per_sec = live.meter.rate;
             status.last_error = live.failure.as_ref().map(Failure::report);
             status.rebuild = rebuild;
+            status.outputs_suppressed = reactor.then_some(live.suppressed);
         }
         let progress = Progress {
             checkpoint: live.checkpoint,

@@ -53,10 +53,6 @@ impl Shared {
 
     /// The kind of plugin it is (a deploy may not change it).
     pub fn kind(&self) -> PluginKind {
-        if self.mailbox.is_some() {
-            PluginKind::Notifier
-        } else {
-            PluginKind::Projection
-        }
+        self.serving.read().plugin.kind()
     }
 }

@@ -68,6 +68,10 @@ pub struct RebuildStatus {
     pub eta_secs: Option<f64>,
     /// Its failure, if it is stuck.
     pub last_error: Option<LastError>,
+    /// A reactor's outputs the rebuild has not appended so far: caused by
+    /// events the serving version had already handled (`null` for other
+    /// kinds).
+    pub outputs_suppressed: Option<u64>,
 }
 
 /// A plugin's status.
@@ -75,7 +79,7 @@ pub struct RebuildStatus {
 pub struct PluginStatus {
     /// The plugin's name.
     pub name: String,
-    /// `projection` or `notifier` (`null` while compiling).
+    /// `projection`, `notifier` or `reactor` (`null` while compiling).
     pub kind: Option<PluginKind>,
     /// See [`RunState`].
     pub state: RunState,
@@ -114,6 +118,10 @@ pub struct PluginStatus {
     pub parked: u64,
     /// A notifier's delivery figures (`null` for a projection).
     pub notifications: Option<NotificationStatus>,
+    /// A reactor's outputs its serving version did not append, when it was
+    /// a rebuild: caused by events the version before had handled. Counted
+    /// since the server started (`null` for other kinds).
+    pub outputs_suppressed: Option<u64>,
 }
 
 impl PluginStatus {
@@ -141,6 +149,7 @@ impl PluginStatus {
             rebuild: None,
             parked: 0,
             notifications: None,
+            outputs_suppressed: None,
         }
     }
 

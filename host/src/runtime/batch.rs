@@ -1,12 +1,12 @@
 //! A batch of events in the form its plugin takes them: the records of WIT
-//! 0.1; from 0.2 on, records or one JSON array; from 0.3 on, also one packed
-//! byte buffer — as the plugin asked in `describe`. Built by the runner off
+//! 0.1; from 0.2 on, records or one JSON array; from 0.3 on (0.4 too), also
+//! one packed byte buffer — as the plugin asked in `describe`. Built by the runner off
 //! the plugin's thread, beside the call.
 
 use std::io::Write;
 
 use super::bindings::types::Event;
-use super::bindings::{v0_2, v0_3};
+use super::bindings::{v0_2, v0_3, v0_4};
 use crate::log::RecordedEvent;
 
 /// How a plugin takes its events: the WIT version it was built against and,
@@ -25,6 +25,12 @@ pub enum EventForm {
     JsonV0_3,
     /// WIT 0.3, `event-encoding.packed`: one byte buffer per batch.
     PackedV0_3,
+    /// WIT 0.4, `event-encoding.records`.
+    RecordsV0_4,
+    /// WIT 0.4, `event-encoding.json`.
+    JsonV0_4,
+    /// WIT 0.4, `event-encoding.packed`.
+    PackedV0_4,
 }
 
 impl EventForm {
@@ -36,17 +42,21 @@ impl EventForm {
             EventForm::RecordsV0_3 | EventForm::JsonV0_3 | EventForm::PackedV0_3 => {
                 WitVersion::V0_3
             }
+            EventForm::RecordsV0_4 | EventForm::JsonV0_4 | EventForm::PackedV0_4 => {
+                WitVersion::V0_4
+            }
         }
     }
 
     /// How its batches are encoded.
     pub fn encoding(self) -> Encoding {
         match self {
-            EventForm::RecordsV0_1 | EventForm::RecordsV0_2 | EventForm::RecordsV0_3 => {
-                Encoding::Records
-            }
-            EventForm::JsonV0_2 | EventForm::JsonV0_3 => Encoding::Json,
-            EventForm::PackedV0_3 => Encoding::Packed,
+            EventForm::RecordsV0_1
+            | EventForm::RecordsV0_2
+            | EventForm::RecordsV0_3
+            | EventForm::RecordsV0_4 => Encoding::Records,
+            EventForm::JsonV0_2 | EventForm::JsonV0_3 | EventForm::JsonV0_4 => Encoding::Json,
+            EventForm::PackedV0_3 | EventForm::PackedV0_4 => Encoding::Packed,
         }
     }
 }
@@ -63,6 +73,9 @@ pub enum WitVersion {
     /// `0.3.0`: records, JSON or packed.
     #[serde(rename = "0.3.0")]
     V0_3,
+    /// `0.4.0`: 0.3 and the reactor world.
+    #[serde(rename = "0.4.0")]
+    V0_4,
 }
 
 /// How a batch of events reaches the plugin.
@@ -102,6 +115,8 @@ pub enum EventBatch {
     V0_2(v0_2::types::Events),
     /// For a WIT 0.3 plugin, in its encoding.
     V0_3(v0_3::types::Events),
+    /// For a WIT 0.4 plugin, in its encoding.
+    V0_4(v0_4::types::Events),
 }
 
 impl EventBatch {
@@ -126,6 +141,14 @@ impl EventBatch {
             )),
             EventForm::JsonV0_3 => EventBatch::V0_3(v0_3::types::Events::Json(json(&events))),
             EventForm::PackedV0_3 => EventBatch::V0_3(v0_3::types::Events::Packed(packed(&events))),
+            EventForm::RecordsV0_4 => EventBatch::V0_4(v0_4::types::Events::Records(
+                events
+                    .into_iter()
+                    .map(|e| record!(v0_4::types::Event, e))
+                    .collect(),
+            )),
+            EventForm::JsonV0_4 => EventBatch::V0_4(v0_4::types::Events::Json(json(&events))),
+            EventForm::PackedV0_4 => EventBatch::V0_4(v0_4::types::Events::Packed(packed(&events))),
         }
     }
 }

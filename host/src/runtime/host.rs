@@ -11,8 +11,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::format_err;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, notify};
+use super::bindings::{self, notify, v0_4};
 use super::limits::SandboxLimits;
+use crate::log::{EventType, ExpectedVersion, StreamName, portable_json};
 use super::memory::MemoryLimiter;
 use super::output::PluginOutput;
 
@@ -122,6 +123,13 @@ pub struct PluginHost {
     /// Notifications emitted by the current call (notifiers only): committed
     /// to the outbox with the batch, or dropped with it.
     pub emitted: Vec<notify::Notification>,
+    /// Events appended by the current call (reactors only): appended to the
+    /// log after the batch, or dropped with it.
+    pub appended: Vec<Appended>,
+    /// Bytes of `appended`, and whether the call tried to append past the
+    /// per-call limits (the batch is then retried smaller).
+    appended_bytes: usize,
+    pub appends_overflowed: bool,
     /// The memory cap enforced by the store.
     pub memory: MemoryLimiter,
     /// The plugin's stdout (reset after each call).
@@ -159,6 +167,9 @@ impl PluginHost {
             limits,
             state: StateView::default(),
             emitted: Vec::new(),
+            appended: Vec::new(),
+            appended_bytes: 0,
+            appends_overflowed: false,
             memory: MemoryLimiter::new(limits.memory_bytes),
             output: stdout,
             log_budget: limits.max_output_bytes,
@@ -187,6 +198,34 @@ impl WasiView for PluginHost {
             table: &mut self.table,
         }
     }
+}
+
+/// The metadata keys the host sets on a reactor's output, which the
+/// reactor's own metadata may not hold.
+pub const HOST_METADATA_KEYS: [&str; 4] = [
+    "causation_id",
+    "correlation_id",
+    "causation_depth",
+    "reactor",
+];
+/// Bytes of an output's metadata left for the keys the host adds.
+const HOST_METADATA_BYTES: usize = 256;
+/// Most bytes (types, data and metadata) one call of a reactor may append.
+const MAX_APPENDED_BYTES_PER_CALL: usize = 16 << 20;
+
+/// An event a reactor appended while it handled a batch, checked as the
+/// log checks a client's.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The position of the event that caused it.
+    pub source: u64,
+    pub stream: StreamName,
+    pub event_type: EventType,
+    /// JSON.
+    pub data: Vec<u8>,
+    /// The reactor's own metadata, without the keys the host sets.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub expected: ExpectedVersion,
 }
 
 /// Longest notification channel name, in bytes.
@@ -259,6 +298,76 @@ impl PluginHost {
         }
         self.emitted.push(n);
         Ok(())
+    }
+
+    /// Collects one event a reactor appends. What the log would refuse
+    /// traps the call; so does going past the per-call limits, noted in
+    /// `appends_overflowed` so that the runner retries a smaller batch.
+    fn append(
+        &mut self,
+        source: u64,
+        stream: String,
+        event_type: String,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+        expected: ExpectedVersion,
+    ) -> wasmtime::Result<()> {
+        let stream = StreamName::new(stream).map_err(|e| format_err!("append: {e}"))?;
+        let event_type = EventType::new(event_type).map_err(|e| format_err!("append: {e}"))?;
+        let to = format!("append of {} to {stream}", event_type.as_str());
+        let depth = self.limits.max_json_depth;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&data)
+            .map_err(|e| format_err!("{to}: `data` is not JSON: {e}"))?;
+        portable_json::check("data", &data, depth).map_err(|e| format_err!("{to}: {e}"))?;
+        let size = event_type.as_str().len() + data.len() + metadata.len();
+        let metadata = match metadata.as_slice() {
+            b"" => serde_json::Map::new(),
+            json => {
+                portable_json::check("metadata", json, depth)
+                    .map_err(|e| format_err!("{to}: {e}"))?;
+                serde_json::from_slice(json)
+                    .map_err(|e| format_err!("{to}: `metadata` must be a JSON object: {e}"))?
+            }
+        };
+        if let Some(key) = HOST_METADATA_KEYS.iter().find(|k| metadata.contains_key(**k)) {
+            return Err(format_err!(
+                "{to}: `metadata` holds `{key}`, which the host sets (causation_id, \
+                 correlation_id, causation_depth, reactor)"
+            ));
+        }
+        let most = self.limits.max_event_bytes.saturating_sub(HOST_METADATA_BYTES);
+        if size > most {
+            return Err(format_err!(
+                "{to}: the event is {size} bytes, the limit is {most} (--max-event-bytes, less \
+                 {HOST_METADATA_BYTES} for the metadata the host adds)"
+            ));
+        }
+        let calls = self.limits.max_appends_per_call;
+        if self.appended.len() >= calls || self.appended_bytes + size > MAX_APPENDED_BYTES_PER_CALL
+        {
+            self.appends_overflowed = true;
+            return Err(format_err!(
+                "one call appended more than {calls} events or {MAX_APPENDED_BYTES_PER_CALL} \
+                 bytes: what the log appends in one atomic step"
+            ));
+        }
+        self.appended_bytes += size;
+        self.appended.push(Appended {
+            source,
+            stream,
+            event_type,
+            data,
+            metadata,
+            expected,
+        });
+        Ok(())
+    }
+
+    /// Forgets the previous call's appends.
+    pub fn clear_appended(&mut self) {
+        self.appended.clear();
+        self.appended_bytes = 0;
+        self.appends_overflowed = false;
     }
 
     fn log_message(&mut self, level: tracing::Level, message: String) -> wasmtime::Result<()> {
@@ -351,3 +460,25 @@ macro_rules! implement_imports {
 implement_imports!(bindings);
 implement_imports!(bindings::v0_2);
 implement_imports!(bindings::v0_3);
+implement_imports!(bindings::v0_4);
+
+impl v0_4::append::Host for PluginHost {
+    fn append(
+        &mut self,
+        source: u64,
+        stream: String,
+        event_type: String,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+        expected: v0_4::append::ExpectedVersion,
+    ) -> wasmtime::Result<()> {
+        use v0_4::append::ExpectedVersion as Wit;
+        let expected = match expected {
+            Wit::Any => ExpectedVersion::Any,
+            Wit::NoStream => ExpectedVersion::NoStream,
+            Wit::Exists => ExpectedVersion::Exists,
+            Wit::Exact(version) => ExpectedVersion::Exact(version),
+        };
+        PluginHost::append(self, source, stream, event_type, data, metadata, expected)
+    }
+}

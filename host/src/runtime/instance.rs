@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use wasmtime::{Engine, Store, Trap};
 
-use super::EPOCH_TICK;
-use super::PluginPre;
 use super::batch::{EventBatch, EventForm};
+use super::host::Appended;
+use super::{EPOCH_TICK, PluginKind, PluginPre};
 use super::bindings::notifier::Notifier;
 use super::bindings::notify::Notification;
 use super::bindings::projection::Projection;
-use super::bindings::types::{HandleError, PluginInfo, PluginKind, Subscription};
-use super::bindings::{v0_2, v0_3};
+use super::bindings::types::{HandleError, PluginKind as WitPluginKind, Subscription};
+use super::bindings::{v0_2, v0_3, v0_4};
 use super::host::{PluginHost, StateView};
 use super::limits::SandboxLimits;
 
@@ -33,9 +33,23 @@ pub enum CallError {
     /// The plugin tried to grow its memory past the limit.
     #[error("memory limit exceeded: the plugin tried to grow past {0} bytes")]
     Memory(usize),
+    /// A reactor appended more in one call than the log appends in one
+    /// atomic step.
+    #[error("{0}")]
+    TooManyAppends(String),
     /// Any other trap: a panic, an out-of-bounds access, a host call refused.
     #[error("trap: {0}")]
     Trap(String),
+}
+
+/// What a plugin says about itself, in the host's terms whatever its WIT
+/// version.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub kind: PluginKind,
+    pub subscription: Subscription,
+    /// The plugin's own version.
+    pub version: String,
 }
 
 impl CallError {
@@ -53,6 +67,9 @@ enum Bindings {
     NotifierV0_2(v0_2::notifier::Notifier),
     ProjectionV0_3(v0_3::projection::Projection),
     NotifierV0_3(v0_3::notifier::Notifier),
+    ProjectionV0_4(v0_4::projection::Projection),
+    NotifierV0_4(v0_4::notifier::Notifier),
+    ReactorV0_4(v0_4::reactor::Reactor),
 }
 
 /// A plugin instance and its store.
@@ -67,8 +84,10 @@ pub struct Handled {
     pub result: Result<(), CallError>,
     /// The state view, with the batch's writes.
     pub state: StateView,
-    /// The notifications the batch emitted (always empty for a projection).
+    /// The notifications the batch emitted (a notifier's).
     pub emitted: Vec<Notification>,
+    /// The events the batch appended (a reactor's).
+    pub appended: Vec<Appended>,
 }
 
 impl PluginInstance {
@@ -93,26 +112,29 @@ impl PluginInstance {
                 pre.instantiate(&mut store).map(Bindings::ProjectionV0_3)
             }
             PluginPre::NotifierV0_3(pre) => pre.instantiate(&mut store).map(Bindings::NotifierV0_3),
+            PluginPre::ProjectionV0_4(pre) => {
+                pre.instantiate(&mut store).map(Bindings::ProjectionV0_4)
+            }
+            PluginPre::NotifierV0_4(pre) => pre.instantiate(&mut store).map(Bindings::NotifierV0_4),
+            PluginPre::ReactorV0_4(pre) => pre.instantiate(&mut store).map(Bindings::ReactorV0_4),
         }
         .map_err(|e| classify(e, store.data()))?;
         Ok(Self { store, bindings })
     }
 
-    /// The plugin's own description (in the terms of WIT 0.1, which every
-    /// later version extends), and how it takes its events.
+    /// The plugin's own description, and how it takes its events.
     pub fn describe(&mut self) -> Result<(PluginInfo, EventForm), CallError> {
         self.arm();
         let result = match &self.bindings {
-            Bindings::Projection(b) => b
-                .call_describe(&mut self.store)
-                .map(|info| (info, EventForm::RecordsV0_1)),
-            Bindings::Notifier(b) => b
-                .call_describe(&mut self.store)
-                .map(|info| (info, EventForm::RecordsV0_1)),
+            Bindings::Projection(b) => b.call_describe(&mut self.store).map(from_v0_1),
+            Bindings::Notifier(b) => b.call_describe(&mut self.store).map(from_v0_1),
             Bindings::ProjectionV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
             Bindings::NotifierV0_2(b) => b.call_describe(&mut self.store).map(from_v0_2),
             Bindings::ProjectionV0_3(b) => b.call_describe(&mut self.store).map(from_v0_3),
             Bindings::NotifierV0_3(b) => b.call_describe(&mut self.store).map(from_v0_3),
+            Bindings::ProjectionV0_4(b) => b.call_describe(&mut self.store).map(from_v0_4),
+            Bindings::NotifierV0_4(b) => b.call_describe(&mut self.store).map(from_v0_4),
+            Bindings::ReactorV0_4(b) => b.call_describe(&mut self.store).map(from_v0_4),
         };
         self.finish_call();
         result.map_err(|e| classify(e, self.store.data()))
@@ -123,6 +145,7 @@ impl PluginInstance {
     pub fn handle(&mut self, events: &EventBatch, state: StateView) -> Handled {
         self.store.data_mut().state = state;
         self.store.data_mut().emitted.clear();
+        self.store.data_mut().clear_appended();
         self.arm();
         let result = match (&self.bindings, events) {
             (Bindings::Projection(b), EventBatch::V0_1(events)) => {
@@ -143,6 +166,15 @@ impl PluginInstance {
             (Bindings::NotifierV0_3(b), EventBatch::V0_3(events)) => b
                 .call_handle(&mut self.store, events)
                 .map(|r| r.map_err(from_v0_3_error)),
+            (Bindings::ProjectionV0_4(b), EventBatch::V0_4(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_4_error)),
+            (Bindings::NotifierV0_4(b), EventBatch::V0_4(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_4_error)),
+            (Bindings::ReactorV0_4(b), EventBatch::V0_4(events)) => b
+                .call_handle(&mut self.store, events)
+                .map(|r| r.map_err(from_v0_4_error)),
             _ => Err(wasmtime::format_err!(
                 "a batch built for another WIT version than the plugin's"
             )),
@@ -156,10 +188,12 @@ impl PluginInstance {
         let host = self.store.data_mut();
         let state = std::mem::take(&mut host.state);
         let emitted = std::mem::take(&mut host.emitted);
+        let appended = std::mem::take(&mut host.appended);
         Handled {
             result,
             state,
             emitted,
+            appended,
         }
     }
 
@@ -172,7 +206,10 @@ impl PluginInstance {
         let notifier_answer = || Err("this plugin is a notifier: it answers no queries".into());
         if matches!(
             self.bindings,
-            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) | Bindings::NotifierV0_3(_)
+            Bindings::Notifier(_)
+                | Bindings::NotifierV0_2(_)
+                | Bindings::NotifierV0_3(_)
+                | Bindings::NotifierV0_4(_)
         ) {
             return Ok(notifier_answer());
         }
@@ -182,9 +219,12 @@ impl PluginInstance {
             Bindings::Projection(b) => b.call_query(&mut self.store, request),
             Bindings::ProjectionV0_2(b) => b.call_query(&mut self.store, request),
             Bindings::ProjectionV0_3(b) => b.call_query(&mut self.store, request),
-            Bindings::Notifier(_) | Bindings::NotifierV0_2(_) | Bindings::NotifierV0_3(_) => {
-                Ok(notifier_answer())
-            }
+            Bindings::ProjectionV0_4(b) => b.call_query(&mut self.store, request),
+            Bindings::ReactorV0_4(b) => b.call_query(&mut self.store, request),
+            Bindings::Notifier(_)
+            | Bindings::NotifierV0_2(_)
+            | Bindings::NotifierV0_3(_)
+            | Bindings::NotifierV0_4(_) => Ok(notifier_answer()),
         };
         self.finish_call();
         self.store.data_mut().state = StateView::default();
@@ -214,10 +254,27 @@ impl PluginInstance {
     }
 }
 
-/// Converts a later version's description and handle error into 0.1 terms.
+/// A 0.1 description in the host's terms (0.1 has one encoding).
+fn from_v0_1(info: super::bindings::types::PluginInfo) -> (PluginInfo, EventForm) {
+    let kind = match info.kind {
+        WitPluginKind::Projection => PluginKind::Projection,
+        WitPluginKind::Notifier => PluginKind::Notifier,
+    };
+    let info = PluginInfo {
+        kind,
+        subscription: info.subscription,
+        version: info.version,
+    };
+    (info, EventForm::RecordsV0_1)
+}
+
+/// Converts a later version's description and handle error into the
+/// host's terms.
 macro_rules! from_version {
-    ($version:ident, $describe:ident, $error:ident, { $($encoding:ident => $form:ident),+ $(,)? }) => {
-        /// A description in 0.1 terms, and the encoding it asks for.
+    ($version:ident, $describe:ident, $error:ident,
+     { $($wit_kind:ident => $kind:ident),+ $(,)? },
+     { $($encoding:ident => $form:ident),+ $(,)? }) => {
+        /// A description in the host's terms, and the encoding it asks for.
         fn $describe(info: $version::types::PluginInfo) -> (PluginInfo, EventForm) {
             let $version::types::PluginInfo {
                 kind,
@@ -226,8 +283,7 @@ macro_rules! from_version {
                 encoding,
             } = info;
             let kind = match kind {
-                $version::types::PluginKind::Projection => PluginKind::Projection,
-                $version::types::PluginKind::Notifier => PluginKind::Notifier,
+                $($version::types::PluginKind::$wit_kind => PluginKind::$kind,)+
             };
             let subscription = Subscription {
                 categories: subscription.categories,
@@ -253,15 +309,15 @@ macro_rules! from_version {
     };
 }
 
-from_version!(v0_2, from_v0_2, from_v0_2_error, {
-    Records => RecordsV0_2,
-    Json => JsonV0_2,
-});
-from_version!(v0_3, from_v0_3, from_v0_3_error, {
-    Records => RecordsV0_3,
-    Json => JsonV0_3,
-    Packed => PackedV0_3,
-});
+from_version!(v0_2, from_v0_2, from_v0_2_error,
+    { Projection => Projection, Notifier => Notifier },
+    { Records => RecordsV0_2, Json => JsonV0_2 });
+from_version!(v0_3, from_v0_3, from_v0_3_error,
+    { Projection => Projection, Notifier => Notifier },
+    { Records => RecordsV0_3, Json => JsonV0_3, Packed => PackedV0_3 });
+from_version!(v0_4, from_v0_4, from_v0_4_error,
+    { Projection => Projection, Notifier => Notifier, Reactor => Reactor },
+    { Records => RecordsV0_4, Json => JsonV0_4, Packed => PackedV0_4 });
 
 fn ticks(deadline: std::time::Duration) -> u64 {
     (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
@@ -275,6 +331,9 @@ fn classify(error: wasmtime::Error, host: &PluginHost) -> CallError {
     // The guest was refused memory and then trapped (an allocator aborting).
     if host.memory.refused {
         return CallError::Memory(limits.memory_bytes);
+    }
+    if host.appends_overflowed {
+        return CallError::TooManyAppends(error.root_cause().to_string());
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return CallError::Trap(trap.to_string());

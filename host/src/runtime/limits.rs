@@ -21,6 +21,14 @@ pub struct SandboxLimits {
     pub max_notification_bytes: usize,
     /// Most notifications one call may emit.
     pub max_notifications_per_call: usize,
+    /// Most events one call of a reactor may append: what the log appends
+    /// in one atomic step on every backend (JetStream's batch limit).
+    pub max_appends_per_call: usize,
+    /// Largest event a reactor may append (type + data + metadata), in
+    /// bytes: the server's `--max-event-bytes`.
+    pub max_event_bytes: usize,
+    /// Deepest JSON a reactor may append: the server's `--max-json-depth`.
+    pub max_json_depth: usize,
 }
 
 impl Default for SandboxLimits {
@@ -34,6 +42,9 @@ impl Default for SandboxLimits {
             max_output_bytes: 64 << 10,
             max_notification_bytes: 256 << 10,
             max_notifications_per_call: 100_000,
+            max_appends_per_call: 1000,
+            max_event_bytes: 1 << 20,
+            max_json_depth: 128,
         }
     }
 }

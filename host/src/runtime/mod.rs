@@ -27,14 +27,14 @@ use wasmtime::{Config, Engine};
 pub use batch::{Encoding, EventBatch, EventForm, WitVersion};
 pub use cache::{CompileOrigin, Compiled, wasm_hash};
 pub use host::{PluginHost, StateView};
-pub use instance::{CallError, Handled, PluginInstance};
+pub use host::Appended;
+pub use instance::{CallError, Handled, PluginInfo, PluginInstance};
 pub use limits::SandboxLimits;
 
 use bindings::notifier::NotifierPre;
 pub use bindings::notify::Notification;
 use bindings::projection::{Projection, ProjectionPre};
-use bindings::types::{PluginInfo, PluginKind as WitPluginKind};
-use bindings::{v0_2, v0_3};
+use bindings::{v0_2, v0_3, v0_4};
 use cache::ComponentCache;
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
@@ -83,14 +83,25 @@ enum PluginPre {
     NotifierV0_2(v0_2::notifier::NotifierPre<PluginHost>),
     ProjectionV0_3(v0_3::projection::ProjectionPre<PluginHost>),
     NotifierV0_3(v0_3::notifier::NotifierPre<PluginHost>),
+    ProjectionV0_4(v0_4::projection::ProjectionPre<PluginHost>),
+    NotifierV0_4(v0_4::notifier::NotifierPre<PluginHost>),
+    ReactorV0_4(v0_4::reactor::ReactorPre<PluginHost>),
 }
 
 impl PluginPre {
-    fn is_projection(&self) -> bool {
-        matches!(
-            self,
-            PluginPre::Projection(_) | PluginPre::ProjectionV0_2(_) | PluginPre::ProjectionV0_3(_)
-        )
+    /// The kind of plugin the world it was linked against is for.
+    fn world(&self) -> PluginKind {
+        match self {
+            PluginPre::Projection(_)
+            | PluginPre::ProjectionV0_2(_)
+            | PluginPre::ProjectionV0_3(_)
+            | PluginPre::ProjectionV0_4(_) => PluginKind::Projection,
+            PluginPre::Notifier(_)
+            | PluginPre::NotifierV0_2(_)
+            | PluginPre::NotifierV0_3(_)
+            | PluginPre::NotifierV0_4(_) => PluginKind::Notifier,
+            PluginPre::ReactorV0_4(_) => PluginKind::Reactor,
+        }
     }
 }
 
@@ -102,6 +113,8 @@ pub enum PluginKind {
     Projection,
     /// Folds events into state and emits notifications.
     Notifier,
+    /// Folds events into state and appends new events to the log.
+    Reactor,
 }
 
 impl std::fmt::Display for PluginKind {
@@ -109,6 +122,7 @@ impl std::fmt::Display for PluginKind {
         f.write_str(match self {
             PluginKind::Projection => "projection",
             PluginKind::Notifier => "notifier",
+            PluginKind::Reactor => "reactor",
         })
     }
 }
@@ -116,10 +130,7 @@ impl std::fmt::Display for PluginKind {
 impl LoadedPlugin {
     /// The plugin's kind.
     pub fn kind(&self) -> PluginKind {
-        match self.info.kind {
-            WitPluginKind::Projection => PluginKind::Projection,
-            WitPluginKind::Notifier => PluginKind::Notifier,
-        }
+        self.info.kind
     }
 
     /// Whether it is a notifier (it may emit notifications).
@@ -140,6 +151,8 @@ pub struct Runtime {
     projection_linker: Linker<PluginHost>,
     /// The same plus `notify`: what a notifier may import.
     notifier_linker: Linker<PluginHost>,
+    /// The projection's plus `append`: what a reactor may import.
+    reactor_linker: Linker<PluginHost>,
     cache: ComponentCache,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -178,8 +191,19 @@ impl Runtime {
                 host
             }),
         )?;
-        // Least privilege: only a component of the notifier world gets `notify`.
+        link(
+            v0_4::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
+        // Least privilege: only a component of the notifier world gets
+        // `notify`, only a reactor `append`.
         let projection_linker = linker.clone();
+        let mut reactor_linker = linker.clone();
+        link(v0_4::append::add_to_linker::<PluginHost, Own>(
+            &mut reactor_linker,
+            |host| host,
+        ))?;
         link(bindings::notify::add_to_linker::<PluginHost, Own>(
             &mut linker,
             |host| host,
@@ -189,6 +213,10 @@ impl Runtime {
             |host| host,
         ))?;
         link(v0_3::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_4::notify::add_to_linker::<PluginHost, Own>(
             &mut linker,
             |host| host,
         ))?;
@@ -208,6 +236,7 @@ impl Runtime {
             engine,
             projection_linker,
             notifier_linker: linker,
+            reactor_linker,
             cache,
             ticker_stop,
         })
@@ -232,22 +261,14 @@ impl Runtime {
         let (info, form) = instance
             .describe()
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
-        match (pre.is_projection(), info.kind) {
-            (true, WitPluginKind::Projection) | (false, WitPluginKind::Notifier) => {}
-            (true, WitPluginKind::Notifier) => {
-                return Err(RuntimeError::WrongWorld(
-                    "describe() says it is a notifier, but the component targets the projection \
-                     world (it exports query and cannot import notify)"
-                        .into(),
-                ));
-            }
-            (false, WitPluginKind::Projection) => {
-                return Err(RuntimeError::WrongWorld(
-                    "describe() says it is a projection, but the component targets the notifier \
-                     world: a projection may not import notify"
-                        .into(),
-                ));
-            }
+        let world = pre.world();
+        if info.kind != world {
+            return Err(RuntimeError::WrongWorld(format!(
+                "describe() says it is a {}, but the component targets the {world} world: \
+                 each kind of plugin imports only its own world's interfaces (a projection \
+                 neither notify nor append, a notifier not append, a reactor not notify)",
+                info.kind
+            )));
         }
         Ok(LoadedPlugin {
             hash,
@@ -259,7 +280,8 @@ impl Runtime {
     }
 
     /// Links the component against the projection world, or failing that
-    /// the notifier world, of the WIT version whose interfaces it imports.
+    /// the notifier world (or, from 0.4 on, the reactor world), of the WIT
+    /// version whose interfaces it imports.
     fn prepare(&self, component: &Component) -> Result<PluginPre, RuntimeError> {
         let imports = |version: &str| {
             component
@@ -267,43 +289,66 @@ impl Runtime {
                 .imports(&self.engine)
                 .any(|(name, _)| name.starts_with("eventfold:plugin/") && name.ends_with(version))
         };
-        let version = ["0.3.0", "0.2.0"]
+        let version = ["0.4.0", "0.3.0", "0.2.0"]
             .into_iter()
             .find(|v| imports(&format!("@{v}")))
             .unwrap_or("0.1.0");
-        let link = |linker: &Linker<PluginHost>| linker.instantiate_pre(component);
-        // The notifier world is only tried when the projection world does not fit.
-        let projection = {
-            let pre = link(&self.projection_linker);
-            match version {
-                "0.3.0" => pre
-                    .and_then(v0_3::projection::ProjectionPre::new)
-                    .map(PluginPre::ProjectionV0_3),
-                "0.2.0" => pre
-                    .and_then(v0_2::projection::ProjectionPre::new)
-                    .map(PluginPre::ProjectionV0_2),
-                _ => pre.and_then(ProjectionPre::new).map(PluginPre::Projection),
+        let mut errors = Vec::new();
+        for kind in [
+            PluginKind::Projection,
+            PluginKind::Notifier,
+            PluginKind::Reactor,
+        ] {
+            match self.link(component, version, kind) {
+                Some(Ok(pre)) => return Ok(pre),
+                Some(Err(error)) => errors.push(format!("as a {version} {kind}: {error:#}")),
+                None => {}
             }
+        }
+        Err(RuntimeError::WrongWorld(errors.join("; ")))
+    }
+
+    /// Links the component against the world of `kind` in `version`;
+    /// `None` when that version has no such world.
+    fn link(
+        &self,
+        component: &Component,
+        version: &str,
+        kind: PluginKind,
+    ) -> Option<wasmtime::Result<PluginPre>> {
+        let linker = match kind {
+            PluginKind::Projection => &self.projection_linker,
+            PluginKind::Notifier => &self.notifier_linker,
+            PluginKind::Reactor => &self.reactor_linker,
         };
-        let projection_error = match projection {
-            Ok(pre) => return Ok(pre),
-            Err(e) => e,
-        };
-        let pre = link(&self.notifier_linker);
-        let notifier = match version {
-            "0.3.0" => pre
+        let pre = linker.instantiate_pre(component);
+        Some(match (version, kind) {
+            ("0.4.0", PluginKind::Projection) => pre
+                .and_then(v0_4::projection::ProjectionPre::new)
+                .map(PluginPre::ProjectionV0_4),
+            ("0.4.0", PluginKind::Notifier) => pre
+                .and_then(v0_4::notifier::NotifierPre::new)
+                .map(PluginPre::NotifierV0_4),
+            ("0.4.0", PluginKind::Reactor) => pre
+                .and_then(v0_4::reactor::ReactorPre::new)
+                .map(PluginPre::ReactorV0_4),
+            ("0.3.0", PluginKind::Projection) => pre
+                .and_then(v0_3::projection::ProjectionPre::new)
+                .map(PluginPre::ProjectionV0_3),
+            ("0.3.0", PluginKind::Notifier) => pre
                 .and_then(v0_3::notifier::NotifierPre::new)
                 .map(PluginPre::NotifierV0_3),
-            "0.2.0" => pre
+            ("0.2.0", PluginKind::Projection) => pre
+                .and_then(v0_2::projection::ProjectionPre::new)
+                .map(PluginPre::ProjectionV0_2),
+            ("0.2.0", PluginKind::Notifier) => pre
                 .and_then(v0_2::notifier::NotifierPre::new)
                 .map(PluginPre::NotifierV0_2),
-            _ => pre.and_then(NotifierPre::new).map(PluginPre::Notifier),
-        };
-        notifier.map_err(|notifier_error| {
-            RuntimeError::WrongWorld(format!(
-                "as a {version} projection: {projection_error:#}; as a {version} notifier: \
-                 {notifier_error:#}"
-            ))
+            (_, PluginKind::Reactor) => return None,
+            (_, PluginKind::Projection) => {
+                pre.and_then(ProjectionPre::new).map(PluginPre::Projection)
+            }
+            (_, PluginKind::Notifier) => pre.and_then(NotifierPre::new).map(PluginPre::Notifier),
         })
     }
 

@@ -40,7 +40,10 @@ pub fn read_log(
                     continue;
                 }
             }
-            events.push(codec::decode(position, bytes)?);
+            let event = codec::decode(position, bytes)?;
+            if filter.admits(&event) {
+                events.push(event);
+            }
         }
     }
     Ok(LogPage { events, next, head })

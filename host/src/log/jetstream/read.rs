@@ -102,7 +102,10 @@ pub async fn read_log(
                         continue;
                     }
                 }
-                events.push(decode(stored)?);
+                let event = decode(stored)?;
+                if filter.admits(&event) {
+                    events.push(event);
+                }
             }
             if batch.len() < want || events.len() >= limit || scanned >= max_scan {
                 break;

@@ -14,27 +14,19 @@
 //! bracket count and a few `memchr` scans; only JSON that might break a
 //! rule is walked byte by byte.
 
-use super::error::ApiError;
-
-/// Refuses `json` (valid JSON, the request's `field`) if it breaks one of
-/// the rules above.
-pub fn check(field: &str, json: &[u8], max_depth: usize) -> Result<(), ApiError> {
+/// Refuses `json` (valid JSON, the `field` of an event) if it breaks one of
+/// the rules above; the error is the message that says which.
+pub fn check(field: &str, json: &[u8], max_depth: usize) -> Result<(), String> {
     let depth = json_depth(json, max_depth);
     if depth > max_depth {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!(
-                "`{field}` nests arrays and objects more than {max_depth} deep (the limit, --max-json-depth)"
-            ),
+        return Err(format!(
+            "`{field}` nests arrays and objects more than {max_depth} deep (the limit, --max-json-depth)"
         ));
     }
     if might_not_be_portable(json)
         && let Err(problem) = find_unportable(json)
     {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("`{field}` {problem}"),
-        ));
+        return Err(format!("`{field}` {problem}"));
     }
     Ok(())
 }

@@ -1,0 +1,306 @@
+//! What a reactor's batch appends, and how it reaches the log exactly once
+//! (`docs/design.md#reactors`):
+//! - each event of a batch is a possible *source*: its id, its correlation
+//!   id and its causation depth are read from its metadata when the batch
+//!   is read ([`Sources`]), and the events the reactor appended itself are
+//!   left out;
+//! - each output gets a name-based id (the reactor's name, the source's
+//!   position, the output's index among the source's outputs) and the
+//!   lineage metadata, and the batch's outputs go to the log as one atomic
+//!   append before the checkpoint moves. A batch redone after a crash
+//!   appends the same ids again, which the log answers as a retry;
+//! - a rebuild suppresses the outputs of events at or below the serving
+//!   generation's checkpoint: history is not emitted twice.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::PluginName;
+use crate::log::{LogError, NewEvent, RecordedEvent, StreamAppend};
+use crate::runtime::Appended;
+
+/// The longest chain of reactor outputs: an event at this depth causes
+/// nothing more. A cycle between reactors stops here with a failure.
+pub const MAX_CAUSATION_DEPTH: u64 = 16;
+
+/// The namespace of output ids (UUIDv5): a constant of this project.
+const OUTPUT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_7466_6f6c_6400_7265_6163_7472);
+
+/// What a reactor's outputs need of each event of its batch.
+#[derive(Debug, Default)]
+pub(super) struct Sources {
+    by_position: HashMap<u64, Source>,
+}
+
+/// One event of a batch, as the cause of outputs.
+#[derive(Debug)]
+struct Source {
+    /// Its index in the batch handed to the reactor.
+    index: usize,
+    id: Uuid,
+    /// Its own `correlation_id`, else its id.
+    correlation_id: String,
+    /// Its own `causation_depth` (0 for an event a client appended).
+    depth: u64,
+}
+
+/// The lineage keys of an event's metadata, as far as they are there.
+#[derive(Deserialize)]
+struct Lineage<'a> {
+    #[serde(borrow, default)]
+    correlation_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    causation_depth: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reactor: Option<&'a RawValue>,
+}
+
+impl Sources {
+    /// Takes out of `events` those `reactor` appended itself, and notes the
+    /// lineage of the rest, which are the reactor's batch.
+    pub fn take(reactor: &PluginName, events: &mut Vec<RecordedEvent>) -> Self {
+        let own = serde_json::to_string(reactor.as_str()).unwrap_or_default();
+        let mut by_position = HashMap::with_capacity(events.len());
+        events.retain(|event| {
+            let lineage = lineage(&event.metadata);
+            if lineage
+                .as_ref()
+                .and_then(|l| l.reactor)
+                .is_some_and(|r| r.get() == own)
+            {
+                return false;
+            }
+            let correlation_id = lineage
+                .as_ref()
+                .and_then(|l| l.correlation_id)
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+                .unwrap_or_else(|| event.id.hyphenated().to_string());
+            let depth = lineage
+                .as_ref()
+                .and_then(|l| l.causation_depth)
+                .and_then(|raw| raw.get().parse::<u64>().ok())
+                .unwrap_or(0);
+            let source = Source {
+                index: by_position.len(),
+                id: event.id,
+                correlation_id,
+                depth,
+            };
+            by_position.insert(event.position.0, source);
+            true
+        });
+        Self { by_position }
+    }
+}
+
+/// The lineage keys of `metadata`; `None` when it has none (`{}`, the
+/// common case, costs nothing).
+fn lineage(metadata: &[u8]) -> Option<Lineage<'_>> {
+    if metadata.len() <= 2 || memchr::memmem::find(metadata, b"\"c").is_none() {
+        // Every lineage key starts with `"c` but `reactor`, which a source
+        // without the other two never has (the host writes all of them).
+        return None;
+    }
+    serde_json::from_slice(metadata).ok()
+}
+
+/// A batch's outputs, ready for the log.
+pub(super) struct Outputs {
+    /// One append per output (each is recognised as a retry on its own).
+    pub appends: Vec<StreamAppend>,
+    /// The source of each append, by its index in the batch.
+    pub sources: Vec<usize>,
+    /// Outputs dropped because their source is at or below the serving
+    /// generation's checkpoint (a rebuild).
+    pub suppressed: u64,
+}
+
+/// Why a batch's outputs cannot be appended: the failure of the event at
+/// `index` of the batch.
+#[derive(Debug)]
+pub(super) struct OutputFailure {
+    pub index: usize,
+    pub message: String,
+}
+
+/// Turns what `reactor` appended while handling a batch into the log's
+/// appends: ids, lineage metadata, and nothing for sources at or below
+/// `suppress_through`.
+pub(super) fn outputs(
+    reactor: &PluginName,
+    appended: Vec<Appended>,
+    sources: &Sources,
+    suppress_through: u64,
+) -> Result<Outputs, OutputFailure> {
+    let mut outputs = Outputs {
+        appends: Vec::with_capacity(appended.len()),
+        sources: Vec::with_capacity(appended.len()),
+        suppressed: 0,
+    };
+    let mut per_source: HashMap<u64, u64> = HashMap::new();
+    for output in appended {
+        let Some(source) = sources.by_position.get(&output.source) else {
+            return Err(OutputFailure {
+                index: 0,
+                message: format!(
+                    "append to {} names source position {}, which is not an event of this batch",
+                    output.stream, output.source
+                ),
+            });
+        };
+        let index = per_source.entry(output.source).or_default();
+        let output_index = *index;
+        *index += 1;
+        if output.source <= suppress_through {
+            outputs.suppressed += 1;
+            continue;
+        }
+        if source.depth >= MAX_CAUSATION_DEPTH {
+            return Err(OutputFailure {
+                index: source.index,
+                message: format!(
+                    "causation depth limit: the event at {} is already {} reactor outputs away \
+                     from the event a client appended (correlation {}), the most there may be \
+                     ({MAX_CAUSATION_DEPTH}); its append to {} would go further. Do reactors \
+                     trigger each other in a loop?",
+                    output.source, source.depth, source.correlation_id, output.stream
+                ),
+            });
+        }
+        let mut metadata = output.metadata;
+        let lineage = [
+            ("causation_id", source.id.hyphenated().to_string().into()),
+            ("correlation_id", source.correlation_id.clone().into()),
+            ("causation_depth", (source.depth + 1).into()),
+            ("reactor", reactor.as_str().into()),
+        ];
+        for (key, value) in lineage {
+            metadata.insert(key.to_owned(), value);
+        }
+        let metadata = serde_json::to_vec(&metadata).map_err(|e| OutputFailure {
+            index: source.index,
+            message: format!("cannot write an output's metadata: {e}"),
+        })?;
+        outputs.appends.push(StreamAppend {
+            stream: output.stream,
+            expected_version: output.expected,
+            events: vec![NewEvent {
+                id: Some(output_id(reactor, output.source, output_index)),
+                event_type: output.event_type,
+                data: output.data,
+                metadata,
+            }],
+        });
+        outputs.sources.push(source.index);
+    }
+    Ok(outputs)
+}
+
+/// The id of the `index`th output caused by the event at `source`.
+pub fn output_id(reactor: &PluginName, source: u64, index: u64) -> Uuid {
+    let name = format!("{}/{source}/{index}", reactor.as_str());
+    Uuid::new_v5(&OUTPUT_ID_NAMESPACE, name.as_bytes())
+}
+
+/// What an append of outputs refused by the log means for the batch: the
+/// failure of its source when the log says which append it refused (an
+/// expectation, an id used by other events); `None` for the log's own
+/// trouble, retried as storage.
+pub(super) fn refused(error: &LogError, outputs: &Outputs) -> Option<OutputFailure> {
+    let (append, message) = match error {
+        LogError::WrongExpectedVersion { append_index, .. } => (*append_index, error.to_string()),
+        LogError::IdempotencyConflict { id } => {
+            let index = outputs
+                .appends
+                .iter()
+                .position(|a| a.events.iter().any(|e| e.id == Some(*id)))?;
+            let message = format!(
+                "{error}: an output id is already taken by other events (a reactor of this name \
+                 was deployed before, and appended otherwise)"
+            );
+            (index, message)
+        }
+        _ => return None,
+    };
+    let stream = outputs.appends.get(append)?.stream.as_str();
+    Some(OutputFailure {
+        index: *outputs.sources.get(append)?,
+        message: format!("append to {stream} refused: {message}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{EventType, ExpectedVersion, Position, StreamName};
+
+    fn event(position: u64, metadata: &str) -> RecordedEvent {
+        RecordedEvent {
+            position: Position(position),
+            stream: "order-1".into(),
+            version: position - 1,
+            event_type: "OrderPlaced".into(),
+            id: Uuid::from_u128(position as u128),
+            data: b"{}".to_vec(),
+            metadata: metadata.as_bytes().to_vec(),
+            recorded_at: 0,
+        }
+    }
+
+    fn appended(source: u64) -> Appended {
+        Appended {
+            source,
+            stream: StreamName::new("shipment-1").unwrap(),
+            event_type: EventType::new("ShipmentRequested").unwrap(),
+            data: b"{}".to_vec(),
+            metadata: serde_json::Map::new(),
+            expected: ExpectedVersion::Any,
+        }
+    }
+
+    #[test]
+    fn outputs_carry_lineage_and_name_based_ids() {
+        let name = PluginName::new("fulfil").unwrap();
+        let mut events = vec![
+            event(1, "{}"),
+            event(2, r#"{"correlation_id":"flow-9","causation_depth":3,"reactor":"other"}"#),
+            event(3, r#"{"correlation_id":"x","causation_depth":1,"reactor":"fulfil"}"#),
+        ];
+        let sources = Sources::take(&name, &mut events);
+        assert_eq!(events.len(), 2, "its own output is left out");
+        let out = outputs(&name, vec![appended(1), appended(2), appended(2)], &sources, 0).unwrap();
+        let metadata: Vec<serde_json::Value> = out
+            .appends
+            .iter()
+            .map(|a| serde_json::from_slice(&a.events[0].metadata).unwrap())
+            .collect();
+        assert_eq!(metadata[0]["correlation_id"], Uuid::from_u128(1).to_string());
+        assert_eq!(metadata[0]["causation_depth"], 1);
+        assert_eq!(metadata[1]["correlation_id"], "flow-9");
+        assert_eq!(metadata[1]["causation_id"], Uuid::from_u128(2).to_string());
+        assert_eq!(metadata[1]["causation_depth"], 4);
+        assert_eq!(metadata[2]["reactor"], "fulfil");
+        let ids: Vec<_> = out.appends.iter().map(|a| a.events[0].id).collect();
+        assert_eq!(ids[1], Some(output_id(&name, 2, 0)));
+        assert_eq!(ids[2], Some(output_id(&name, 2, 1)));
+        assert_eq!(out.sources, [0, 1, 1]);
+    }
+
+    #[test]
+    fn a_rebuild_suppresses_history_and_depth_is_limited() {
+        let name = PluginName::new("fulfil").unwrap();
+        let deep = format!(r#"{{"causation_depth":{MAX_CAUSATION_DEPTH}}}"#);
+        let mut events = vec![event(1, "{}"), event(2, "{}"), event(3, &deep)];
+        let sources = Sources::take(&name, &mut events);
+        let out = outputs(&name, vec![appended(1), appended(2)], &sources, 1).unwrap();
+        assert_eq!((out.appends.len(), out.suppressed), (1, 1));
+        let failure = outputs(&name, vec![appended(3)], &sources, 0).unwrap_err();
+        assert_eq!(failure.index, 2);
+        assert!(failure.message.contains("causation depth limit"), "{failure:?}");
+        let stray = outputs(&name, vec![appended(9)], &sources, 0).unwrap_err();
+        assert!(stray.message.contains("not an event of this batch"));
+    }
+}
