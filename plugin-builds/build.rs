@@ -73,9 +73,17 @@ const PLUGINS: &[&str] = &[
     "oversize-notifier",
     "sneaky-projection",
     "records-notifier-v0-2",
+    "order-fulfilment",
+    "scripted-reactor",
+    "scripted-reactor-v2",
 ];
 /// The ones copied to `target/plugins/examples/`.
-const EXAMPLES: &[&str] = &["user-directory", "order-totals", "shipment-notifier"];
+const EXAMPLES: &[&str] = &[
+    "user-directory",
+    "order-totals",
+    "shipment-notifier",
+    "order-fulfilment",
+];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

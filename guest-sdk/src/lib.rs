@@ -52,13 +52,21 @@
 //! A notifier implements [`Notifier`] instead: its `apply` also gets an
 //! [`Outbox`] to emit notifications into, and it is exported with
 //! [`export_notifier!`]. See `plugins/shipment-notifier` for a complete one.
+//!
+//! A reactor implements [`Reactor`]: its `apply` gets an [`Output`] to
+//! append new events with, each caused by the event being applied, and it
+//! is exported with [`export_reactor!`]. The host appends them exactly
+//! once, with causation and correlation in their metadata. See
+//! `plugins/order-fulfilment` for a complete one.
 
 mod event;
 mod outbox;
+mod output;
 mod state;
 
 pub use event::Event;
 pub use outbox::Outbox;
+pub use output::{ExpectedVersion, Output};
 pub use state::State;
 
 use std::fmt;
@@ -66,7 +74,7 @@ use std::fmt;
 #[doc(hidden)]
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../wit/v0.3",
+        path: "../wit/v0.4",
         world: "projection",
         pub_export_macro: true,
         export_macro_name: "__export_projection_world",
@@ -79,15 +87,32 @@ pub mod wit {
 #[doc(hidden)]
 pub mod wit_notifier {
     wit_bindgen::generate!({
-        path: "../wit/v0.3",
+        path: "../wit/v0.4",
         world: "notifier",
         pub_export_macro: true,
         export_macro_name: "__export_notifier_world",
         default_bindings_module: "eventfold_sdk::wit_notifier",
         with: {
-            "eventfold:plugin/types@0.3.0": crate::wit::eventfold::plugin::types,
-            "eventfold:plugin/state@0.3.0": crate::wit::eventfold::plugin::state,
-            "eventfold:plugin/log@0.3.0": crate::wit::eventfold::plugin::log,
+            "eventfold:plugin/types@0.4.0": crate::wit::eventfold::plugin::types,
+            "eventfold:plugin/state@0.4.0": crate::wit::eventfold::plugin::state,
+            "eventfold:plugin/log@0.4.0": crate::wit::eventfold::plugin::log,
+        },
+    });
+}
+
+/// The reactor world's bindings, sharing the projection world's interfaces.
+#[doc(hidden)]
+pub mod wit_reactor {
+    wit_bindgen::generate!({
+        path: "../wit/v0.4",
+        world: "reactor",
+        pub_export_macro: true,
+        export_macro_name: "__export_reactor_world",
+        default_bindings_module: "eventfold_sdk::wit_reactor",
+        with: {
+            "eventfold:plugin/types@0.4.0": crate::wit::eventfold::plugin::types,
+            "eventfold:plugin/state@0.4.0": crate::wit::eventfold::plugin::state,
+            "eventfold:plugin/log@0.4.0": crate::wit::eventfold::plugin::log,
         },
     });
 }
@@ -184,6 +209,33 @@ pub trait Notifier {
     fn apply(event: &Event, state: &mut State, outbox: &mut Outbox) -> Result<()>;
 }
 
+/// A reactor: turns events into new events, appended to the log (a process
+/// manager, a translator from domain to integration events), and may keep
+/// state to do so.
+///
+/// What `apply` appends is appended after the batch, before the reactor's
+/// checkpoint moves, exactly once: a batch redone after a crash appends
+/// nothing twice, and a replay or a redeploy appends nothing for events the
+/// serving version already handled. The reactor never receives the events
+/// it appended itself.
+pub trait Reactor {
+    /// Which events to receive. Default: all of them.
+    fn subscription() -> Subscription {
+        Subscription::all()
+    }
+
+    /// Handles one event: reads and writes state, appends through `output`.
+    /// An error stops the batch (nothing of it is committed or appended):
+    /// the host retries it, then marks the plugin failed at this event.
+    fn apply(event: &Event, state: &mut State, output: &mut Output) -> Result<()>;
+
+    /// Answers `POST /plugins/{name}/query`. Default: no queries.
+    fn query(request: &[u8], state: &mut State) -> Result<Vec<u8>> {
+        let _ = (request, state);
+        Err(Error::msg("this plugin answers no queries"))
+    }
+}
+
 /// Severity of a [`log`] message.
 pub use wit::eventfold::plugin::log::Level;
 
@@ -204,6 +256,11 @@ pub fn __describe<P: Projection>(version: &str) -> wit_types::PluginInfo {
 #[doc(hidden)]
 pub fn __describe_notifier<N: Notifier>(version: &str) -> wit_types::PluginInfo {
     describe(wit_types::PluginKind::Notifier, N::subscription(), version)
+}
+
+#[doc(hidden)]
+pub fn __describe_reactor<R: Reactor>(version: &str) -> wit_types::PluginInfo {
+    describe(wit_types::PluginKind::Reactor, R::subscription(), version)
 }
 
 fn describe(
@@ -234,6 +291,20 @@ pub fn __handle_notifier<N: Notifier>(
 ) -> Result<(), wit_types::HandleError> {
     let mut outbox = Outbox::new();
     handle_batch(events, |event, state| N::apply(event, state, &mut outbox))
+}
+
+#[doc(hidden)]
+pub fn __handle_reactor<R: Reactor>(
+    events: wit_types::Events,
+) -> Result<(), wit_types::HandleError> {
+    handle_batch(events, |event, state| {
+        R::apply(event, state, &mut Output::caused_by(event.position))
+    })
+}
+
+#[doc(hidden)]
+pub fn __query_reactor<R: Reactor>(request: Vec<u8>) -> Result<Vec<u8>, String> {
+    R::query(&request, &mut State::new()).map_err(|e| e.to_string())
 }
 
 /// Applies each event in turn; the first error stops the batch and names
@@ -318,5 +389,33 @@ macro_rules! export_notifier {
         }
 
         $crate::wit_notifier::__export_notifier_world!(__EventfoldNotifier with_types_in $crate::wit_notifier);
+    };
+}
+
+/// Exports a type implementing [`Reactor`] as the plugin's component.
+/// Use it once, at the crate root.
+#[macro_export]
+macro_rules! export_reactor {
+    ($reactor:ty) => {
+        #[doc(hidden)]
+        struct __EventfoldReactor;
+
+        impl $crate::wit_reactor::Guest for __EventfoldReactor {
+            fn describe() -> $crate::wit_reactor::PluginInfo {
+                $crate::__describe_reactor::<$reactor>(env!("CARGO_PKG_VERSION"))
+            }
+            fn handle(
+                events: $crate::wit_reactor::Events,
+            ) -> ::std::result::Result<(), $crate::wit_reactor::HandleError> {
+                $crate::__handle_reactor::<$reactor>(events)
+            }
+            fn query(
+                request: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                $crate::__query_reactor::<$reactor>(request)
+            }
+        }
+
+        $crate::wit_reactor::__export_reactor_world!(__EventfoldReactor with_types_in $crate::wit_reactor);
     };
 }

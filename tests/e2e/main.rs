@@ -22,5 +22,6 @@ mod overload;
 mod plugin_failures;
 mod plugins;
 mod power_loss;
+mod reactors;
 mod read_your_writes;
 mod wit_versions;

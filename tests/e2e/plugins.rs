@@ -335,7 +335,7 @@ async fn a_counting_projection_is_exactly_once_across_kill_9_during_catch_up() {
 
 /// The checkpoint that plugin `name` was restored from at the last start,
 /// read from the server's log (its `restored plugin` line), waiting for it.
-async fn restored_checkpoint(dir: &std::path::Path, name: &str) -> u64 {
+pub(crate) async fn restored_checkpoint(dir: &std::path::Path, name: &str) -> u64 {
     let log = || std::fs::read_to_string(dir.join("server.log")).expect("server.log");
     let logged = crate::harness::wait_until(std::time::Duration::from_secs(30), || async {
         log().contains("restored plugin")

@@ -1,6 +1,8 @@
 //! One notification per shipped order, on channel `webhook`. Orders live in
 //! streams `order-{id}`; the customer comes from the order's `OrderPlaced`,
-//! remembered in state (`order/{id}`) until the order ships.
+//! remembered in state (`order/{id}`) until the order ships. And one per
+//! shipment requested (`ShipmentRequested` on `shipment-{id}`, which the
+//! `order-fulfilment` reactor appends once an order is placed and paid).
 
 use eventfold_sdk::{Event, Notifier, Outbox, State, Subscription};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,12 @@ enum OrderEvent {
     },
     OrderShipped {
         carrier: Option<String>,
+    },
+    ShipmentRequested {
+        #[serde(rename = "orderId")]
+        order_id: String,
+        #[serde(rename = "customerId")]
+        customer_id: Option<String>,
     },
 }
 
@@ -31,11 +39,23 @@ struct Shipped<'a> {
     carrier: Option<String>,
 }
 
+#[derive(Serialize)]
+struct Requested<'a> {
+    #[serde(rename = "orderId")]
+    order_id: &'a str,
+    #[serde(rename = "customerId")]
+    customer_id: Option<&'a str>,
+}
+
 struct ShipmentNotifier;
 
 impl Notifier for ShipmentNotifier {
     fn subscription() -> Subscription {
-        Subscription::categories(["order"]).event_types(["OrderPlaced", "OrderShipped"])
+        Subscription::categories(["order", "shipment"]).event_types([
+            "OrderPlaced",
+            "OrderShipped",
+            "ShipmentRequested",
+        ])
     }
 
     fn apply(event: &Event, state: &mut State, outbox: &mut Outbox) -> eventfold_sdk::Result<()> {
@@ -48,6 +68,10 @@ impl Notifier for ShipmentNotifier {
                 let shipped = Shipped { order_id, customer_id: &customer_id, carrier };
                 outbox.emit("webhook", &format!("order-{order_id}-shipped"), &shipped)?;
                 state.delete(&key);
+            }
+            OrderEvent::ShipmentRequested { order_id, customer_id } => {
+                let requested = Requested { order_id: &order_id, customer_id: customer_id.as_deref() };
+                outbox.emit("webhook", &format!("order-{order_id}-shipment-requested"), &requested)?;
             }
         }
         Ok(())
