@@ -78,6 +78,9 @@ impl Server {
             limits: SandboxLimits {
                 max_event_bytes: config.limits.max_event_bytes,
                 max_json_depth: config.limits.max_json_depth,
+                max_appends_per_call: log
+                    .max_events_per_append()
+                    .unwrap_or(config.plugin_limits.max_appends_per_call),
                 ..config.plugin_limits
             },
             replay_rate: config.replay_rate,

@@ -111,6 +111,15 @@ impl EventLog {
         }
     }
 
+    /// Most events one append (`append_all`) may hold: JetStream's atomic
+    /// batch limit; the embedded log has none of its own.
+    pub fn max_events_per_append(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::JetStream(_) => Some(jetstream::MAX_EVENTS),
+        }
+    }
+
     /// The last position this node knows committed (0 for an empty log).
     pub fn head(&self) -> Position {
         match &self.backend {

@@ -22,7 +22,8 @@ pub struct SandboxLimits {
     /// Most notifications one call may emit.
     pub max_notifications_per_call: usize,
     /// Most events one call of a reactor may append: what the log appends
-    /// in one atomic step on every backend (JetStream's batch limit).
+    /// in one atomic step (JetStream: 1,000; the embedded log: as many as a
+    /// batch has events, at one output each).
     pub max_appends_per_call: usize,
     /// Largest event a reactor may append (type + data + metadata), in
     /// bytes: the server's `--max-event-bytes`.
@@ -42,7 +43,7 @@ impl Default for SandboxLimits {
             max_output_bytes: 64 << 10,
             max_notification_bytes: 256 << 10,
             max_notifications_per_call: 100_000,
-            max_appends_per_call: 1000,
+            max_appends_per_call: 10_000,
             max_event_bytes: 1 << 20,
             max_json_depth: 128,
         }

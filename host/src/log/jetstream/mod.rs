@@ -16,6 +16,8 @@ mod append;
 mod read;
 mod subjects;
 
+pub use append::MAX_EVENTS;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
