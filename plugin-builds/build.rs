@@ -76,6 +76,8 @@ const PLUGINS: &[&str] = &[
     "order-fulfilment",
     "scripted-reactor",
     "scripted-reactor-v2",
+    "relay-reactor",
+    "relay-projection",
 ];
 /// The ones copied to `target/plugins/examples/`.
 const EXAMPLES: &[&str] = &[

@@ -18,6 +18,8 @@
 //!   read back.
 //! - `rebuild`: append latency while a projection rebuilds, with and
 //!   without `--replay-rate`, against no rebuild.
+//! - `reactor`: a reactor appending one event per event against the same
+//!   fold as a projection, with where the reactor's time goes.
 //! - `jetstream`: eventfold on a JetStream cluster (R1 and R3) against the
 //!   same appends published straight to JetStream, and its replay against
 //!   an ordered consumer of the same stream.
@@ -33,6 +35,7 @@ mod notify;
 mod open_loop;
 mod overload;
 mod peers;
+mod reactor;
 mod rebuild;
 mod replay;
 mod storage;
@@ -71,6 +74,9 @@ enum Command {
     /// Append latency during a projection's rebuild, with and without
     /// `--replay-rate`, against no rebuild.
     Rebuild(rebuild::Args),
+    /// A reactor that appends one event per event against the same fold as
+    /// a projection: events/s of each, and where the reactor's time goes.
+    Reactor(reactor::Args),
     /// eventfold on JetStream (R1, R3) against JetStream direct: appends
     /// and replay.
     Jetstream(jetstream::Args),
@@ -131,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Streams(args)) => runtime.block_on(streams::run(args)),
         Some(Command::Overload(args)) => runtime.block_on(overload::run(args)),
         Some(Command::Rebuild(args)) => runtime.block_on(rebuild::run(args)),
+        Some(Command::Reactor(args)) => runtime.block_on(reactor::run(args)),
         Some(Command::Jetstream(args)) => runtime.block_on(jetstream::run(args)),
         Some(Command::All { data_dir }) => {
             // `peers` covers the append and replay benchmarks.

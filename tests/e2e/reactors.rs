@@ -53,10 +53,7 @@ async fn a_reactor_appends_each_output_once_across_kill_9_mid_batch(backend: Bac
         if head > SOURCES as u64 {
             break head;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no output appeared"
-        );
+        assert!(std::time::Instant::now() < deadline, "no output appeared");
     };
     server.kill9();
     assert!(
@@ -73,7 +70,10 @@ async fn a_reactor_appends_each_output_once_across_kill_9_mid_batch(backend: Bac
     let status = server.wait_caught_up("echo").await;
     assert!(status["last_error"].is_null(), "{status}");
     let events = server.read_all().await;
-    let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
     let expected: Vec<u64> = (1..=(SOURCES * 4) as u64).collect();
     assert_eq!(positions, expected, "every output once, positions gapless");
 
@@ -121,7 +121,9 @@ async fn replaying_or_redeploying_a_reactor_appends_nothing_for_old_events() {
     assert_eq!(status["outputs_suppressed"], 10, "{status}");
     assert_eq!(server.head().await, 20, "the replay appended nothing");
 
-    server.deploy_expecting("echo", SCRIPTED_REACTOR_V2, StatusCode::ACCEPTED).await;
+    server
+        .deploy_expecting("echo", SCRIPTED_REACTOR_V2, StatusCode::ACCEPTED)
+        .await;
     let status = server
         .wait_plugin("echo", "version 2 swapped in", |s| {
             s["generation"] == 3 && s["rebuild"].is_null()
@@ -150,7 +152,11 @@ async fn a_conflicting_expected_version_fails_at_its_source_and_skip_parks_it() 
     let dir = data_dir();
     let server = Server::start_in(dir.path(), &[]).await;
     server
-        .append_created("account-1", json!("no_stream"), json!([{"type": "Opened", "data": {}}]))
+        .append_created(
+            "account-1",
+            json!("no_stream"),
+            json!([{"type": "Opened", "data": {}}]),
+        )
         .await;
     server.deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
     let to_account = |expected: Value| {
@@ -233,13 +239,25 @@ async fn reactors_that_trigger_each_other_stop_at_the_depth_limit() {
         .map(|e| e["metadata"]["causation_depth"].as_u64().unwrap())
         .collect();
     assert_eq!(depths.iter().max(), Some(&16), "{depths:?}");
-    assert_eq!(events.len(), 1 + 2 * 16, "each reactor appended once per depth");
+    assert_eq!(
+        events.len(),
+        1 + 2 * 16,
+        "each reactor appended once per depth"
+    );
     let root = &events[0]["id"];
-    assert!(events[1..].iter().all(|e| e["metadata"]["correlation_id"] == *root));
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| e["metadata"]["correlation_id"] == *root)
+    );
 
     // Everything else goes on.
     server
-        .append_created("other-1", json!("any"), json!([{"type": "Fine", "data": {}}]))
+        .append_created(
+            "other-1",
+            json!("any"),
+            json!([{"type": "Fine", "data": {}}]),
+        )
         .await;
     let counter = server.wait_caught_up("counter").await;
     assert_eq!(counter["checkpoint"], events.len() as u64 + 1);
@@ -286,7 +304,16 @@ async fn the_order_fulfilment_reactor_is_the_same_in_rust_python_and_javascript(
         let events = server.read_all().await;
         let appended: Vec<Value> = outputs_of(&events, "order-fulfilment")
             .into_iter()
-            .map(|e| json!([e["position"], e["stream"], e["type"], e["id"], e["data"], e["metadata"]]))
+            .map(|e| {
+                json!([
+                    e["position"],
+                    e["stream"],
+                    e["type"],
+                    e["id"],
+                    e["data"],
+                    e["metadata"]
+                ])
+            })
             .collect();
         assert_eq!(appended.len(), 2, "{language}: {appended:?}");
         let (status, answer) = server
@@ -300,13 +327,33 @@ async fn the_order_fulfilment_reactor_is_the_same_in_rust_python_and_javascript(
         );
         // One business process, followed across streams by its correlation id.
         let flow = server.get_ok("/events?correlation_id=checkout-42").await;
-        let types: Vec<&Value> = flow["events"].as_array().unwrap().iter().map(|e| &e["type"]).collect();
-        assert_eq!(types, ["OrderPlaced", "PaymentReceived", "ShipmentRequested"], "{language}");
+        let types: Vec<&Value> = flow["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["type"])
+            .collect();
+        assert_eq!(
+            types,
+            ["OrderPlaced", "PaymentReceived", "ShipmentRequested"],
+            "{language}"
+        );
         // The shipment notifier fires from the reactor's event.
         server.wait_caught_up("shipments").await;
-        let sent = server.get_ok("/plugins/shipments/notifications?after=0").await;
-        let keys: Vec<&Value> = sent["notifications"].as_array().unwrap().iter().map(|n| &n["key"]).collect();
-        assert_eq!(keys, ["order-42-shipment-requested", "order-43-shipment-requested"], "{language}");
+        let sent = server
+            .get_ok("/plugins/shipments/notifications?after=0")
+            .await;
+        let keys: Vec<&Value> = sent["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| &n["key"])
+            .collect();
+        assert_eq!(
+            keys,
+            ["order-42-shipment-requested", "order-43-shipment-requested"],
+            "{language}"
+        );
         outputs.push((language, appended));
     }
     let (_, rust) = &outputs[0];
@@ -316,7 +363,10 @@ async fn the_order_fulfilment_reactor_is_the_same_in_rust_python_and_javascript(
                {"causation_depth": 1, "causation_id": "0190a000-0000-7000-8000-000000000003",
                 "correlation_id": "checkout-42", "reactor": "order-fulfilment"}])
     );
-    assert_eq!(rust[1][4], json!({"orderId": "43", "customerId": "Zoë \"Z\""}));
+    assert_eq!(
+        rust[1][4],
+        json!({"orderId": "43", "customerId": "Zoë \"Z\""})
+    );
     for (language, appended) in &outputs[1..] {
         assert_eq!(appended, rust, "{language} and Rust differ");
     }

@@ -108,6 +108,7 @@ fn lineage(metadata: &[u8]) -> Option<Lineage<'_>> {
 }
 
 /// A batch's outputs, ready for the log.
+#[derive(Debug)]
 pub(super) struct Outputs {
     /// One append per output (each is recognised as a retry on its own).
     pub appends: Vec<StreamAppend>,
@@ -266,18 +267,33 @@ mod tests {
         let name = PluginName::new("fulfil").unwrap();
         let mut events = vec![
             event(1, "{}"),
-            event(2, r#"{"correlation_id":"flow-9","causation_depth":3,"reactor":"other"}"#),
-            event(3, r#"{"correlation_id":"x","causation_depth":1,"reactor":"fulfil"}"#),
+            event(
+                2,
+                r#"{"correlation_id":"flow-9","causation_depth":3,"reactor":"other"}"#,
+            ),
+            event(
+                3,
+                r#"{"correlation_id":"x","causation_depth":1,"reactor":"fulfil"}"#,
+            ),
         ];
         let sources = Sources::take(&name, &mut events);
         assert_eq!(events.len(), 2, "its own output is left out");
-        let out = outputs(&name, vec![appended(1), appended(2), appended(2)], &sources, 0).unwrap();
+        let out = outputs(
+            &name,
+            vec![appended(1), appended(2), appended(2)],
+            &sources,
+            0,
+        )
+        .unwrap();
         let metadata: Vec<serde_json::Value> = out
             .appends
             .iter()
             .map(|a| serde_json::from_slice(&a.events[0].metadata).unwrap())
             .collect();
-        assert_eq!(metadata[0]["correlation_id"], Uuid::from_u128(1).to_string());
+        assert_eq!(
+            metadata[0]["correlation_id"],
+            Uuid::from_u128(1).to_string()
+        );
         assert_eq!(metadata[0]["causation_depth"], 1);
         assert_eq!(metadata[1]["correlation_id"], "flow-9");
         assert_eq!(metadata[1]["causation_id"], Uuid::from_u128(2).to_string());
@@ -299,7 +315,10 @@ mod tests {
         assert_eq!((out.appends.len(), out.suppressed), (1, 1));
         let failure = outputs(&name, vec![appended(3)], &sources, 0).unwrap_err();
         assert_eq!(failure.index, 2);
-        assert!(failure.message.contains("causation depth limit"), "{failure:?}");
+        assert!(
+            failure.message.contains("causation depth limit"),
+            "{failure:?}"
+        );
         let stray = outputs(&name, vec![appended(9)], &sources, 0).unwrap_err();
         assert!(stray.message.contains("not an event of this batch"));
     }

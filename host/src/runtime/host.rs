@@ -13,9 +13,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, notify, v0_4};
 use super::limits::SandboxLimits;
-use crate::log::{EventType, ExpectedVersion, StreamName, portable_json};
 use super::memory::MemoryLimiter;
 use super::output::PluginOutput;
+use crate::log::{EventType, ExpectedVersion, StreamName, portable_json};
 
 /// A plugin's key-value state as one batch sees it: a snapshot of what is
 /// committed, plus the writes the batch has made so far. The writes are
@@ -329,13 +329,19 @@ impl PluginHost {
                     .map_err(|e| format_err!("{to}: `metadata` must be a JSON object: {e}"))?
             }
         };
-        if let Some(key) = HOST_METADATA_KEYS.iter().find(|k| metadata.contains_key(**k)) {
+        if let Some(key) = HOST_METADATA_KEYS
+            .iter()
+            .find(|k| metadata.contains_key(**k))
+        {
             return Err(format_err!(
                 "{to}: `metadata` holds `{key}`, which the host sets (causation_id, \
                  correlation_id, causation_depth, reactor)"
             ));
         }
-        let most = self.limits.max_event_bytes.saturating_sub(HOST_METADATA_BYTES);
+        let most = self
+            .limits
+            .max_event_bytes
+            .saturating_sub(HOST_METADATA_BYTES);
         if size > most {
             return Err(format_err!(
                 "{to}: the event is {size} bytes, the limit is {most} (--max-event-bytes, less \

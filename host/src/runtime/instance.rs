@@ -6,15 +6,15 @@ use std::sync::Arc;
 use wasmtime::{Engine, Store, Trap};
 
 use super::batch::{EventBatch, EventForm};
-use super::host::Appended;
-use super::{EPOCH_TICK, PluginKind, PluginPre};
 use super::bindings::notifier::Notifier;
 use super::bindings::notify::Notification;
 use super::bindings::projection::Projection;
 use super::bindings::types::{HandleError, PluginKind as WitPluginKind, Subscription};
 use super::bindings::{v0_2, v0_3, v0_4};
+use super::host::Appended;
 use super::host::{PluginHost, StateView};
 use super::limits::SandboxLimits;
+use super::{EPOCH_TICK, PluginKind, PluginPre};
 
 /// How a call into a plugin failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -26,8 +26,8 @@ use wasmtime::{Config, Engine};
 
 pub use batch::{Encoding, EventBatch, EventForm, WitVersion};
 pub use cache::{CompileOrigin, Compiled, wasm_hash};
-pub use host::{PluginHost, StateView};
 pub use host::Appended;
+pub use host::{PluginHost, StateView};
 pub use instance::{CallError, Handled, PluginInfo, PluginInstance};
 pub use limits::SandboxLimits;
 
