@@ -4,7 +4,8 @@
 //! with two nodes under load, `kill -9` of a node and of the stream's
 //! leader loses no append, leaves the projections identical to a fold of
 //! the whole log by a fresh node, and hands the notifier over with every
-//! notification delivered and signed.
+//! notification delivered and signed; a reactor runs on one node at a time
+//! and moves when that node dies, each output appended once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -12,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventfold_plugin_builds::{COUNTER, COUNTER_V2, ORDER_TOTALS, SHIPMENT_NOTIFIER};
+use eventfold_plugin_builds::{
+    COUNTER, COUNTER_V2, ORDER_TOTALS, SCRIPTED_REACTOR, SHIPMENT_NOTIFIER,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -368,6 +371,76 @@ async fn two_nodes_lose_nothing_when_a_node_and_the_stream_leader_are_killed() {
         receiver.received.lock().expect("receiver").bad_signatures,
         0
     );
+}
+
+#[tokio::test]
+async fn a_reactor_runs_on_one_node_and_moves_with_its_lease_appending_each_output_once() {
+    const SOURCES: usize = 10_000;
+    let nats = Cluster::start(3).await;
+    let dirs = [data_dir(), data_dir()];
+    let stream = stream_name(dirs[0].path());
+    let mut nodes = [
+        start_node(dirs[0].path(), &node_args(&nats, &stream, "a", &[])).await,
+        start_node(dirs[1].path(), &node_args(&nats, &stream, "b", &[])).await,
+    ];
+    for chunk in 0..SOURCES / 500 {
+        let events: Vec<Value> = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| crate::reactors::echoing(i, 3))
+            .collect();
+        nodes[0]
+            .append_created(&format!("ask-{chunk}"), json!("any"), Value::Array(events))
+            .await;
+    }
+    nodes[0].deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
+    // Killed once some outputs are in and the reactor is part-way.
+    let running = wait_until(Duration::from_secs(60), || async {
+        nodes[0].head().await > SOURCES as u64
+    })
+    .await;
+    assert!(running, "no output appeared");
+    let owner = lease_owner(&nodes[0], "echo").await;
+    let (dead, survivor) = if owner == "a" { (0, 1) } else { (1, 0) };
+    let idle = nodes[survivor].get_ok("/plugins/echo").await;
+    nodes[dead].kill9();
+    assert_eq!(
+        idle["checkpoint"], 0,
+        "the node without the lease ran the reactor: {idle}"
+    );
+    let head = nodes[survivor].head().await;
+    assert!(
+        head < (SOURCES * 4) as u64,
+        "the reactor had finished before the kill"
+    );
+
+    let survivor_name = ["a", "b"][survivor];
+    let moved = wait_until(Duration::from_secs(30), || async {
+        lease_owner(&nodes[survivor], "echo").await == survivor_name
+    })
+    .await;
+    assert!(moved, "the reactor's lease never moved to {survivor_name}");
+    let done = wait_until(Duration::from_secs(120), || async {
+        let status = nodes[survivor].get_ok("/plugins/echo").await;
+        status["checkpoint"].as_u64() == Some(nodes[survivor].head().await)
+            && nodes[survivor].head().await == (SOURCES * 4) as u64
+    })
+    .await;
+    let status = nodes[survivor].get_ok("/plugins/echo").await;
+    assert!(
+        done,
+        "the reactor never finished on {survivor_name}: {status}"
+    );
+    let log = nodes[survivor].read_all().await;
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=(SOURCES * 4) as u64).collect::<Vec<_>>());
+    let mut outputs = BTreeSet::new();
+    for event in log.iter().filter(|e| e["metadata"]["reactor"] == "echo") {
+        let pair = (event["data"]["i"].as_u64(), event["data"]["k"].as_u64());
+        assert!(outputs.insert(pair), "output {pair:?} twice");
+    }
+    assert_eq!(outputs.len(), SOURCES * 3);
 }
 
 /// The node that delivers `plugin`'s notifications, as `server` sees it.

@@ -26,7 +26,7 @@ fn outputs_of<'a>(events: &'a [Value], reactor: &str) -> Vec<&'a Value> {
 
 /// A source event whose script makes `scripted-reactor` append `copies`
 /// events to `echo-{i % 50}`.
-fn echoing(i: usize, copies: usize) -> Value {
+pub(crate) fn echoing(i: usize, copies: usize) -> Value {
     let append: Vec<Value> = (0..copies)
         .map(|k| json!({"stream": format!("echo-{}", i % 50), "type": "Echoed", "data": {"i": i, "k": k}}))
         .collect();

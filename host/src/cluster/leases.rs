@@ -1,5 +1,5 @@
-//! Notifier leases: exactly one node at a time delivers a notifier's
-//! notifications (`docs/design.md`, "Several nodes").
+//! Plugin leases: exactly one node at a time delivers a notifier's
+//! notifications, or runs a reactor (`docs/design.md`, "Several nodes").
 //!
 //! A lease is an entry of the `<s>-leases` bucket, whose entries expire one
 //! TTL after their last write. A node takes a free lease with `create`
@@ -173,13 +173,13 @@ async fn contend(
                 };
                 match store.create(&plugin, encode(&value)).await {
                     Ok(revision) => {
-                        tracing::info!(plugin, node = %inner.node, "took the notifier's lease");
+                        tracing::info!(plugin, node = %inner.node, "took the plugin's lease");
                         set_held(&inner, &plugin, &owner, true);
                         Some((value, revision, Instant::now()))
                     }
                     Err(error) if error.kind() == CreateErrorKind::AlreadyExists => None,
                     Err(error) => {
-                        tracing::warn!(plugin, %error, "cannot contend for the notifier's lease");
+                        tracing::warn!(plugin, %error, "cannot contend for the plugin's lease");
                         None
                     }
                 }
@@ -190,7 +190,7 @@ async fn contend(
                 match tokio::time::timeout(period, update).await {
                     Ok(Ok(revision)) => Some((value, revision, Instant::now())),
                     Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
-                        tracing::warn!(plugin, "the notifier's lease went to another node");
+                        tracing::warn!(plugin, "the plugin's lease went to another node");
                         set_held(&inner, &plugin, &owner, false);
                         None
                     }
@@ -200,7 +200,7 @@ async fn contend(
                         tracing::warn!(
                             plugin,
                             error,
-                            "cannot renew the notifier's lease: delivery stops here"
+                            "cannot renew the plugin's lease: delivery (or a reactor) stops here"
                         );
                         set_held(&inner, &plugin, &owner, false);
                         None
@@ -217,9 +217,9 @@ async fn contend(
     if let Some((_, revision, _)) = held {
         set_held(&inner, &plugin, &owner, false);
         match store.delete_expect_revision(&plugin, Some(revision)).await {
-            Ok(()) => tracing::info!(plugin, "gave up the notifier's lease"),
+            Ok(()) => tracing::info!(plugin, "gave up the plugin's lease"),
             Err(error) => {
-                tracing::warn!(plugin, %error, "cannot give up the notifier's lease: it expires")
+                tracing::warn!(plugin, %error, "cannot give up the plugin's lease: it expires")
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::named_locks::NamedLocks;
 use crate::notify::{Mailbox, NotificationFeed, Retention, SharedHandover, dispatcher};
-use crate::runtime::{LoadedPlugin, Runtime, SandboxLimits};
+use crate::runtime::{LoadedPlugin, PluginKind, Runtime, SandboxLimits};
 
 /// Settings of the plugin host.
 #[derive(Debug, Clone, Default)]
@@ -270,6 +270,12 @@ impl Plugins {
             })
             .0,
         });
+        // On several nodes a reactor runs on one at a time: its appends are
+        // not repeated by every node that holds it.
+        let lease = match (&self.inner.handover, live.plugin.kind()) {
+            (Some(handover), PluginKind::Reactor) => Some(handover.contend(name.as_str())),
+            _ => None,
+        };
         let (control, receiver) = mpsc::unbounded_channel();
         let runner = Runner::new(
             shared.clone(),
@@ -278,7 +284,7 @@ impl Plugins {
             receiver,
             live,
             rebuild,
-            tokio::runtime::Handle::current(),
+            (tokio::runtime::Handle::current(), lease),
         );
         let thread = std::thread::Builder::new()
             .name(format!("plugin-{name}"))

@@ -20,6 +20,7 @@ use super::status::{RebuildStatus, RunState};
 use super::throttle::Throttle;
 use crate::log::{EventFilter, Position};
 use crate::metrics::PluginSeries;
+use crate::notify::Ownership;
 use crate::runtime::PluginKind;
 
 /// What the registry asks of a runner.
@@ -63,6 +64,9 @@ pub(super) struct Runner {
     next_recorded: Option<(u64, u64)>,
     /// The async runtime: what the runner waits on, and a reactor's appends.
     tokio: tokio::runtime::Handle,
+    /// A reactor's lease, when several nodes share the log: it runs only
+    /// while this node owns it (`docs/design.md#reactors-on-several-nodes`).
+    lease: Option<Ownership>,
 }
 
 impl Runner {
@@ -74,7 +78,7 @@ impl Runner {
         control: mpsc::UnboundedReceiver<Control>,
         mut live: Generation,
         mut rebuild: Option<Generation>,
-        tokio: tokio::runtime::Handle,
+        (tokio, lease): (tokio::runtime::Handle, Option<Ownership>),
     ) -> Self {
         let head = host.log.watch_head();
         let throttle = host.replay_rate.map(Throttle::new);
@@ -97,6 +101,7 @@ impl Runner {
             series,
             next_recorded: None,
             tokio,
+            lease,
         }
     }
 
@@ -116,7 +121,7 @@ impl Runner {
             }
             let head = self.head.borrow_and_update().0;
             let mut worked = false;
-            if !self.paused {
+            if !self.paused && self.runs_here() {
                 worked |= self.step_live(head);
                 self.post_outbox();
                 worked |= self.step_rebuild(head);
@@ -129,6 +134,14 @@ impl Runner {
                 self.wait();
             }
         }
+    }
+
+    /// Whether this node runs the plugin: always, unless it is a reactor
+    /// whose lease another node owns.
+    fn runs_here(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|lease| *lease.owner.borrow())
     }
 
     /// The serving generation and, during a rebuild, the next one.
@@ -158,7 +171,16 @@ impl Runner {
             .min();
         let head = &mut self.head;
         let control = &mut self.control;
+        let mut lease = self.lease.as_ref().map(|l| l.owner.clone());
         let received = self.tokio.block_on(async {
+            let lease_changed = async {
+                match lease.as_mut() {
+                    Some(owner) => {
+                        let _ = owner.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let retry = async {
                 match retry_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -170,6 +192,7 @@ impl Runner {
                 changed = head.changed() => { let _ = changed; None }
                 message = control.recv() => Some(message.unwrap_or(Control::Stop)),
                 () = retry => None,
+                () = lease_changed => None,
             }
         });
         if let Some(message) = received {
