@@ -8,13 +8,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Slots};
-use crate::cluster::{Buckets, Cluster, ClusterError, Deployments, Leases};
+use crate::cluster::{Buckets, Cluster, ClusterError, Deployments, Leases, Marks};
 use crate::config::{Config, LogBackend};
 use crate::connections;
 use crate::log::{EventLog, JetStreamLog, LogError};
 use crate::metrics::Metrics;
 use crate::notify::SharedHandover;
-use crate::plugins::{PluginError, Plugins, PluginsConfig};
+use crate::plugins::{PluginError, Plugins, PluginsConfig, SharedOutputMarks};
 use crate::runtime::SandboxLimits;
 
 /// Why the server could not start or stopped with an error.
@@ -88,6 +88,9 @@ impl Server {
             handover: shared
                 .as_ref()
                 .map(|(_, leases)| Arc::new(leases.clone()) as SharedHandover),
+            marks: shared.as_ref().map(|(buckets, _)| {
+                Arc::new(Marks::new(buckets.reactors.clone())) as SharedOutputMarks
+            }),
             metrics: metrics.clone(),
         };
         let plugins = Plugins::open(&config.data_dir, log.clone(), plugins_config)?;

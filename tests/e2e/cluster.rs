@@ -443,6 +443,60 @@ async fn a_reactor_runs_on_one_node_and_moves_with_its_lease_appending_each_outp
     assert_eq!(outputs.len(), SOURCES * 3);
 }
 
+#[tokio::test]
+async fn a_node_taking_a_reactor_over_appends_nothing_an_earlier_owner_appended() {
+    const SOURCES: usize = 2_000;
+    let nats = Cluster::start(3).await;
+    let dirs = [data_dir(), data_dir()];
+    let stream = stream_name(dirs[0].path());
+    // JetStream forgets ids after a second: what keeps the next owner from
+    // appending again is the mark, not the duplicate window.
+    let forgetful = ["--nats-duplicate-window", "1s"];
+    let mut nodes = [
+        start_node(dirs[0].path(), &node_args(&nats, &stream, "a", &forgetful)).await,
+        start_node(dirs[1].path(), &node_args(&nats, &stream, "b", &forgetful)).await,
+    ];
+    for chunk in 0..SOURCES / 500 {
+        let sources: Vec<Value> = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| crate::reactors::echoing(i, 1))
+            .collect();
+        nodes[0]
+            .append_created(&format!("ask-{chunk}"), json!("any"), Value::Array(sources))
+            .await;
+    }
+    nodes[0].deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
+    let total = (SOURCES * 2) as u64;
+    let done = wait_until(Duration::from_secs(60), || async {
+        nodes[0].head().await == total
+    })
+    .await;
+    assert!(done, "the reactor never appended its outputs");
+    let owner = lease_owner(&nodes[0], "echo").await;
+    let (dead, survivor) = if owner == "a" { (0, 1) } else { (1, 0) };
+    let idle = nodes[survivor].get_ok("/plugins/echo").await;
+    assert_eq!(idle["checkpoint"], 0, "{idle}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[dead].kill9();
+
+    let survivor_name = ["a", "b"][survivor];
+    let status = nodes[survivor]
+        .wait_plugin("echo", "caught up after taking the lease", |s| {
+            s["checkpoint"].as_u64() >= Some(total)
+        })
+        .await;
+    assert_eq!(lease_owner(&nodes[survivor], "echo").await, survivor_name);
+    assert_eq!(status["outputs_suppressed"], SOURCES, "{status}");
+    assert_eq!(
+        nodes[survivor].head().await,
+        total,
+        "the new owner appended again"
+    );
+    assert_eq!(
+        nodes[survivor].get_ok("/plugins/echo/state/handled").await,
+        SOURCES
+    );
+}
+
 /// The node that delivers `plugin`'s notifications, as `server` sees it.
 async fn lease_owner(server: &Server, plugin: &str) -> String {
     let view = server.get_ok("/cluster").await;

@@ -8,6 +8,7 @@
 //! | each node's heartbeat (`nodes.rs`) | KV `<s>-nodes`, entries expire | the node's name |
 //! | each notifier's lease (`leases.rs`) | KV `<s>-leases`, entries expire | the notifier's name |
 //! | each notifier's delivery ledger | stream `<s>-delivered` | `<s>-delivered.<plugin>` |
+//! | each reactor's mark (`marks.rs`) | KV `<s>-reactors` | the reactor's name |
 //!
 //! Each is created by the first node that needs it, with the log's replicas.
 
@@ -31,6 +32,7 @@ pub struct Buckets {
     pub components: ObjectStore,
     pub nodes: kv::Store,
     pub leases: kv::Store,
+    pub reactors: kv::Store,
     /// The delivery ledger's stream and the prefix of its subjects.
     pub delivered: String,
     /// The log's stream.
@@ -61,6 +63,7 @@ impl Buckets {
             Some(lease_ttl),
         )
         .await?;
+        let reactors = key_value(&context, format!("{stream}-reactors"), replicas, None).await?;
         let components = object_store(&context, format!("{stream}-components"), replicas).await?;
         let delivered = format!("{stream}-delivered");
         let config = StreamConfig {
@@ -80,6 +83,7 @@ impl Buckets {
             components,
             nodes,
             leases,
+            reactors,
             delivered,
             log_stream: stream.to_owned(),
         })

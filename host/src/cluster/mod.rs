@@ -9,16 +9,18 @@
 //!   remove, recorded there and applied here.
 //! - `converge.rs`: bringing this node's plugins to the records;
 //!   `applied.rs`: what this node has applied (`data-dir/cluster.json`).
-//! - `leases.rs`: which node delivers each notifier's notifications.
+//! - `leases.rs`: which node delivers each notifier's notifications, or
+//!   runs each reactor; `marks.rs`: how far each reactor's outputs are.
 //! - `nodes.rs`: each node's heartbeat, and `GET /cluster`.
 //!
-//! Uses `plugins` (the registry it drives) and `notify` (the handover it
-//! provides); the API sits on top through [`Deployments`].
+//! Uses `plugins` (the registry it drives, the reactors' marks it keeps)
+//! and `notify` (the handover it provides); the API sits on top through [`Deployments`].
 
 mod applied;
 mod buckets;
 mod converge;
 mod leases;
+mod marks;
 mod nodes;
 mod operations;
 mod records;
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use buckets::Buckets;
 pub use leases::Leases;
+pub use marks::Marks;
 pub use nodes::ClusterView;
 pub use operations::{Deployed, Deployments};
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::reactor::{self, OutputFailure, Sources};
+use super::reactor::{self, OutputFailure, OutputMarks, Sources};
 use super::shared::Shared;
 use super::status::LastError;
 use super::store::PluginStore;
@@ -56,9 +56,11 @@ pub(super) struct StepContext<'a> {
     pub mailbox: Option<&'a Mailbox>,
     pub tokio: &'a tokio::runtime::Handle,
     /// A reactor's outputs caused by events at or below this position are
-    /// dropped: the serving generation's checkpoint, for a rebuild; 0 for
-    /// the serving generation itself.
+    /// dropped: the serving generation's checkpoint, for a rebuild, or the
+    /// mark another node left; else 0.
     pub suppress_through: u64,
+    /// Where a reactor records how far its outputs are, on several nodes.
+    pub marks: Option<&'a dyn OutputMarks>,
 }
 
 impl<'a> StepContext<'a> {
@@ -67,7 +69,7 @@ impl<'a> StepContext<'a> {
         shared: &'a Shared,
         host: &'a Host,
         tokio: &'a tokio::runtime::Handle,
-        suppress_through: u64,
+        (suppress_through, marks): (u64, Option<&'a dyn OutputMarks>),
     ) -> Self {
         Self {
             name: &shared.name,
@@ -75,6 +77,7 @@ impl<'a> StepContext<'a> {
             mailbox: shared.mailbox.as_deref(),
             tokio,
             suppress_through,
+            marks,
         }
     }
 }
@@ -400,7 +403,7 @@ impl Generation {
             return self.call_failed(cx.name, error, &positions);
         }
         self.recycle_if_large(cx, memory_peak);
-        let suppressed = match self.append_outputs(cx, appended, &sources) {
+        let suppressed = match self.append_outputs(cx, appended, &sources, checkpoint) {
             Ok(suppressed) => suppressed,
             Err(Some(OutputFailure { index, message })) => {
                 let error = CallError::Rejected {
@@ -419,14 +422,16 @@ impl Generation {
     }
 
     /// Appends a reactor's outputs to the log, as one atomic append, before
-    /// its checkpoint moves; answers how many it suppressed. A refusal that
-    /// names a source is that event's failure; the log's own trouble
-    /// (`Err(None)`) is recorded here and retried as storage.
+    /// its checkpoint moves (on several nodes, then records that they are
+    /// in the log through `checkpoint`); answers how many it suppressed. A
+    /// refusal that names a source is that event's failure; the log's own
+    /// trouble (`Err(None)`) is recorded here and retried as storage.
     fn append_outputs(
         &mut self,
         cx: &StepContext<'_>,
         appended: Vec<Appended>,
         sources: &Sources,
+        checkpoint: u64,
     ) -> Result<u64, Option<OutputFailure>> {
         if appended.is_empty() {
             return Ok(0);
@@ -440,7 +445,21 @@ impl Generation {
         match cx.tokio.block_on(log.append_all(outputs.appends.clone())) {
             Ok(_) => {
                 self.series.outputs_appended.inc_by(count);
-                Ok(outputs.suppressed)
+                let Some(marks) = cx.marks else {
+                    return Ok(outputs.suppressed);
+                };
+                match cx
+                    .tokio
+                    .block_on(marks.record(cx.name.as_str(), checkpoint))
+                {
+                    Ok(()) => Ok(outputs.suppressed),
+                    Err(error) => {
+                        // Redone, the batch's outputs are recognised (just appended).
+                        let message = format!("recording the reactor's mark: {error}");
+                        self.fail(cx.name, self.checkpoint + 1, message, Attempt::Storage);
+                        Err(None)
+                    }
+                }
             }
             Err(error) => match reactor::refused(&error, &outputs) {
                 Some(failure) => Err(Some(failure)),

@@ -13,13 +13,17 @@
 //!   generation's checkpoint: history is not emitted twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::PluginName;
 use crate::log::{LogError, NewEvent, RecordedEvent, StreamAppend};
+use crate::notify::Ownership;
 use crate::runtime::Appended;
 
 /// The longest chain of reactor outputs: an event at this depth causes
@@ -28,6 +32,86 @@ pub const MAX_CAUSATION_DEPTH: u64 = 16;
 
 /// The namespace of output ids (UUIDv5): a constant of this project.
 const OUTPUT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_7466_6f6c_6400_7265_6163_7472);
+
+/// Where the nodes sharing a log record how far each reactor's outputs are
+/// in it (`docs/design.md#reactors-on-several-nodes`): a node that takes a
+/// reactor over suppresses the outputs of sources up to there, which an
+/// earlier owner appended, however long ago.
+pub trait OutputMarks: Send + Sync + std::fmt::Debug {
+    /// The position through which `reactor`'s outputs are all in the log
+    /// (0: none recorded).
+    fn read<'a>(&'a self, reactor: &'a str) -> BoxFuture<'a, Result<u64, String>>;
+    /// Records that `reactor`'s outputs through `position` are in the log.
+    fn record<'a>(&'a self, reactor: &'a str, position: u64) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The marks, as the registry hands them to the runners.
+pub type SharedOutputMarks = Arc<dyn OutputMarks>;
+
+/// A reactor's lease when nodes share the log: the reactor runs while this
+/// node owns it, and then appends nothing for the sources up to the mark it
+/// read when it took the lease over.
+pub(super) struct ReactorLease {
+    ownership: Ownership,
+    marks: Option<SharedOutputMarks>,
+    /// The mark read since this node last took the lease; `None` while it
+    /// does not own it, or could not read the mark yet.
+    through: Option<u64>,
+}
+
+impl ReactorLease {
+    pub fn new(ownership: Ownership, marks: Option<SharedOutputMarks>) -> Self {
+        Self {
+            ownership,
+            marks,
+            through: None,
+        }
+    }
+
+    /// Whether this node runs the reactor now. Having just taken the lease,
+    /// it reads the mark first; a mark it cannot read yet keeps it idle
+    /// (the runner asks again at its next wake).
+    pub fn runs_here(&mut self, reactor: &PluginName, tokio: &tokio::runtime::Handle) -> bool {
+        if !*self.ownership.owner.borrow() {
+            self.through = None;
+            return false;
+        }
+        if self.through.is_some() {
+            return true;
+        }
+        let read = match &self.marks {
+            Some(marks) => tokio.block_on(marks.read(reactor.as_str())),
+            None => Ok(0),
+        };
+        match read {
+            Ok(through) => {
+                tracing::info!(plugin = %reactor, through, "running the reactor here: its outputs are in the log through {through}");
+                self.through = Some(through);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(plugin = %reactor, %error, "cannot read the reactor's mark yet");
+                false
+            }
+        }
+    }
+
+    /// The position through which outputs are suppressed, as another owner
+    /// appended them.
+    pub fn through(&self) -> u64 {
+        self.through.unwrap_or(0)
+    }
+
+    /// Changes whenever this node takes or loses the lease.
+    pub fn owner(&self) -> watch::Receiver<bool> {
+        self.ownership.owner.clone()
+    }
+
+    /// Where this node records the reactor's progress.
+    pub fn marks(&self) -> Option<&dyn OutputMarks> {
+        self.marks.as_deref()
+    }
+}
 
 /// What a reactor's outputs need of each event of its batch.
 #[derive(Debug, Default)]
@@ -99,9 +183,9 @@ impl Sources {
 /// The lineage keys of `metadata`; `None` when it has none (`{}`, the
 /// common case, costs nothing).
 fn lineage(metadata: &[u8]) -> Option<Lineage<'_>> {
-    if metadata.len() <= 2 || memchr::memmem::find(metadata, b"\"c").is_none() {
-        // Every lineage key starts with `"c` but `reactor`, which a source
-        // without the other two never has (the host writes all of them).
+    let named = |key: &[u8]| memchr::memmem::find(metadata, key).is_some();
+    if metadata.len() <= 2 || !(named(b"\"c") || named(b"\"reactor\"")) {
+        // No key that starts like a lineage key: nothing to parse.
         return None;
     }
     serde_json::from_slice(metadata).ok()

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::{Manifest, PluginDir};
 use super::generation::{Generation, Host};
+use super::reactor::{ReactorLease, SharedOutputMarks};
 use super::runner::{Control, Runner};
 use super::shared::{Progress, Serving, Shared};
 use super::status::{PluginStatus, RunState};
@@ -43,6 +44,9 @@ pub struct PluginsConfig {
     /// Who delivers each notifier's notifications when nodes share the log
     /// (`crate::cluster`); `None`: this node delivers all of them.
     pub handover: Option<SharedHandover>,
+    /// Where reactors record how far their outputs are, when nodes share
+    /// the log (`crate::cluster`); `None` on a single node.
+    pub marks: Option<SharedOutputMarks>,
     /// Where each plugin's series go (`eventfold_plugin_*`).
     pub metrics: Metrics,
 }
@@ -125,6 +129,7 @@ pub(super) struct Inner {
     webhooks: reqwest::Client,
     /// Who delivers notifications, when nodes share the log.
     handover: Option<SharedHandover>,
+    marks: Option<SharedOutputMarks>,
 }
 
 impl Plugins {
@@ -166,6 +171,7 @@ impl Plugins {
                 feed: NotificationFeed::new(),
                 retention: config.retention,
                 handover: config.handover,
+                marks: config.marks,
                 webhooks: reqwest::Client::builder()
                     .user_agent(concat!("eventfold/", env!("CARGO_PKG_VERSION")))
                     .build()
@@ -273,7 +279,10 @@ impl Plugins {
         // On several nodes a reactor runs on one at a time: its appends are
         // not repeated by every node that holds it.
         let lease = match (&self.inner.handover, live.plugin.kind()) {
-            (Some(handover), PluginKind::Reactor) => Some(handover.contend(name.as_str())),
+            (Some(handover), PluginKind::Reactor) => Some(ReactorLease::new(
+                handover.contend(name.as_str()),
+                self.inner.marks.clone(),
+            )),
             _ => None,
         };
         let (control, receiver) = mpsc::unbounded_channel();

@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::PluginError;
 use super::files::{Manifest, PluginDir, remove_state_file};
 use super::generation::{Failure, Generation, Host, StepContext};
+use super::reactor::ReactorLease;
 use super::shared::{Progress, Serving, Shared};
 use super::status::{RebuildStatus, RunState};
 use super::throttle::Throttle;
 use crate::log::{EventFilter, Position};
 use crate::metrics::PluginSeries;
-use crate::notify::Ownership;
 use crate::runtime::PluginKind;
 
 /// What the registry asks of a runner.
@@ -66,7 +66,7 @@ pub(super) struct Runner {
     tokio: tokio::runtime::Handle,
     /// A reactor's lease, when several nodes share the log: it runs only
     /// while this node owns it (`docs/design.md#reactors-on-several-nodes`).
-    lease: Option<Ownership>,
+    lease: Option<ReactorLease>,
 }
 
 impl Runner {
@@ -78,7 +78,7 @@ impl Runner {
         control: mpsc::UnboundedReceiver<Control>,
         mut live: Generation,
         mut rebuild: Option<Generation>,
-        (tokio, lease): (tokio::runtime::Handle, Option<Ownership>),
+        (tokio, lease): (tokio::runtime::Handle, Option<ReactorLease>),
     ) -> Self {
         let head = host.log.watch_head();
         let throttle = host.replay_rate.map(Throttle::new);
@@ -138,10 +138,16 @@ impl Runner {
 
     /// Whether this node runs the plugin: always, unless it is a reactor
     /// whose lease another node owns.
-    fn runs_here(&self) -> bool {
-        self.lease
-            .as_ref()
-            .is_none_or(|lease| *lease.owner.borrow())
+    fn runs_here(&mut self) -> bool {
+        let Self {
+            lease,
+            shared,
+            tokio,
+            ..
+        } = self;
+        lease
+            .as_mut()
+            .is_none_or(|lease| lease.runs_here(&shared.name, tokio))
     }
 
     /// The serving generation and, during a rebuild, the next one.
@@ -171,7 +177,7 @@ impl Runner {
             .min();
         let head = &mut self.head;
         let control = &mut self.control;
-        let mut lease = self.lease.as_ref().map(|l| l.owner.clone());
+        let mut lease = self.lease.as_ref().map(ReactorLease::owner);
         let received = self.tokio.block_on(async {
             let lease_changed = async {
                 match lease.as_mut() {
@@ -239,7 +245,13 @@ impl Runner {
     }
 
     fn step_live(&mut self, head: u64) -> bool {
-        let cx = StepContext::new(&self.shared, &self.host, &self.tokio, 0);
+        let cx = context(
+            &self.shared,
+            &self.host,
+            &self.tokio,
+            self.lease.as_ref(),
+            0,
+        );
         self.live.step(&cx, head, usize::MAX)
     }
 
@@ -251,7 +263,8 @@ impl Runner {
         // A reactor's rebuild appends nothing the serving generation has
         // already handled: only new events cause outputs.
         let serving = self.live.checkpoint;
-        let cx = StepContext::new(&self.shared, &self.host, &self.tokio, serving);
+        let lease = self.lease.as_ref();
+        let cx = context(&self.shared, &self.host, &self.tokio, lease, serving);
         let Some(throttle) = self.throttle.as_mut() else {
             return rebuild.step(&cx, head, usize::MAX);
         };
@@ -447,6 +460,21 @@ impl Drop for Runner {
     fn drop(&mut self) {
         self.host.metrics.plugins.remove(self.shared.name.as_str());
     }
+}
+
+/// What a step of a generation needs. A reactor's outputs are suppressed
+/// through `suppress_through`, or through the mark another node left when
+/// this one took its lease over, whichever is further.
+fn context<'a>(
+    shared: &'a Shared,
+    host: &'a Host,
+    tokio: &'a tokio::runtime::Handle,
+    lease: Option<&'a ReactorLease>,
+    suppress_through: u64,
+) -> StepContext<'a> {
+    let through = lease.map_or(0, ReactorLease::through);
+    let marks = lease.and_then(ReactorLease::marks);
+    StepContext::new(shared, host, tokio, (suppress_through.max(through), marks))
 }
 
 /// A position or a count as a gauge's value.

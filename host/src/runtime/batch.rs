@@ -78,6 +78,18 @@ pub enum WitVersion {
     V0_4,
 }
 
+impl WitVersion {
+    /// The version as the package names it (`0.4.0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
+            WitVersion::V0_3 => "0.3.0",
+            WitVersion::V0_4 => "0.4.0",
+        }
+    }
+}
+
 /// How a batch of events reaches the plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -255,12 +255,21 @@ impl Runtime {
         }
         let hash = wasm_hash(wasm);
         let (component, compiled) = self.cache.load(&self.engine, wasm, &hash)?;
-        let pre = self.prepare(&component)?;
+        let mut pre = self.prepare(&component)?;
         let mut instance = PluginInstance::new(&self.engine, &pre, "describe".into(), limits)
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
         let (info, form) = instance
             .describe()
             .map_err(|e| RuntimeError::Describe(e.to_string()))?;
+        // A reactor whose code never appends may not import `append`: its
+        // imports then fit the projection world, and its exports the
+        // reactor world, which it says it is.
+        if (info.kind, pre.world()) == (PluginKind::Reactor, PluginKind::Projection)
+            && let Some(Ok(reactor)) =
+                self.link(&component, form.wit_version().as_str(), PluginKind::Reactor)
+        {
+            pre = reactor;
+        }
         let world = pre.world();
         if info.kind != world {
             return Err(RuntimeError::WrongWorld(format!(
