@@ -394,7 +394,7 @@ impl PluginMetrics {
             outputs_suppressed: register(
                 r,
                 "plugin_outputs_suppressed",
-                "Events a reactor's rebuild did not append: caused by events the serving version had handled",
+                "Events a reactor did not append because they were in the log already (a rebuild's, or another node's)",
                 Family::default(),
             ),
         }
@@ -506,7 +506,7 @@ pub struct PluginSeries {
     pub memory_peak: Gauge,
     /// Events a reactor appended.
     pub outputs_appended: Counter,
-    /// Events a reactor's rebuild suppressed.
+    /// Events a reactor did not append, as they were in the log already.
     pub outputs_suppressed: Counter,
 }
 

@@ -118,9 +118,10 @@ pub struct PluginStatus {
     pub parked: u64,
     /// A notifier's delivery figures (`null` for a projection).
     pub notifications: Option<NotificationStatus>,
-    /// A reactor's outputs its serving version did not append, when it was
-    /// a rebuild: caused by events the version before had handled. Counted
-    /// since the server started (`null` for other kinds).
+    /// A reactor's outputs its serving version did not append because they
+    /// were in the log already: as a rebuild, caused by events the version
+    /// before had handled; on several nodes, appended by another node.
+    /// Counted since the server started (`null` for other kinds).
     pub outputs_suppressed: Option<u64>,
 }
 
