@@ -383,14 +383,7 @@ async fn a_reactor_runs_on_one_node_and_moves_with_its_lease_appending_each_outp
         start_node(dirs[0].path(), &node_args(&nats, &stream, "a", &[])).await,
         start_node(dirs[1].path(), &node_args(&nats, &stream, "b", &[])).await,
     ];
-    for chunk in 0..SOURCES / 500 {
-        let events: Vec<Value> = (chunk * 500..(chunk + 1) * 500)
-            .map(|i| crate::reactors::echoing(i, 3))
-            .collect();
-        nodes[0]
-            .append_created(&format!("ask-{chunk}"), json!("any"), Value::Array(events))
-            .await;
-    }
+    crate::reactors::ask(&nodes[0], SOURCES, 3).await;
     nodes[0].deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
     // Killed once some outputs are in and the reactor is part-way.
     let running = wait_until(Duration::from_secs(60), || async {
@@ -456,14 +449,7 @@ async fn a_node_taking_a_reactor_over_appends_nothing_an_earlier_owner_appended(
         start_node(dirs[0].path(), &node_args(&nats, &stream, "a", &forgetful)).await,
         start_node(dirs[1].path(), &node_args(&nats, &stream, "b", &forgetful)).await,
     ];
-    for chunk in 0..SOURCES / 500 {
-        let sources: Vec<Value> = (chunk * 500..(chunk + 1) * 500)
-            .map(|i| crate::reactors::echoing(i, 1))
-            .collect();
-        nodes[0]
-            .append_created(&format!("ask-{chunk}"), json!("any"), Value::Array(sources))
-            .await;
-    }
+    crate::reactors::ask(&nodes[0], SOURCES, 1).await;
     nodes[0].deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
     let total = (SOURCES * 2) as u64;
     let done = wait_until(Duration::from_secs(60), || async {

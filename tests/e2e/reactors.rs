@@ -33,18 +33,25 @@ pub(crate) fn echoing(i: usize, copies: usize) -> Value {
     json!({"type": "Asked", "data": {"i": i, "append": append}})
 }
 
-async fn a_reactor_appends_each_output_once_across_kill_9_mid_batch(backend: Backend) {
-    const SOURCES: usize = 12_000;
-    let dir = data_dir();
-    let mut server = Server::start_on(backend, dir.path(), &[]).await;
-    for chunk in 0..(SOURCES / 500) {
-        let events: Vec<Value> = (chunk * 500..(chunk + 1) * 500)
-            .map(|i| echoing(i, 3))
+/// Appends `sources` events that each ask `scripted-reactor` for `copies`
+/// outputs ([`echoing`]), 500 to a request (within what every log takes in
+/// one), to streams `ask-{n}`.
+pub(crate) async fn ask(server: &Server, sources: usize, copies: usize) {
+    for chunk in 0..sources.div_ceil(500) {
+        let events: Vec<Value> = (chunk * 500..((chunk + 1) * 500).min(sources))
+            .map(|i| echoing(i, copies))
             .collect();
         server
             .append_created(&format!("ask-{chunk}"), json!("any"), Value::Array(events))
             .await;
     }
+}
+
+async fn a_reactor_appends_each_output_once_across_kill_9_mid_batch(backend: Backend) {
+    const SOURCES: usize = 12_000;
+    let dir = data_dir();
+    let mut server = Server::start_on(backend, dir.path(), &[]).await;
+    ask(&server, SOURCES, 3).await;
     server.deploy_all(&[("echo", SCRIPTED_REACTOR)]).await;
     // Killed once some outputs are in the log and the reactor is part-way.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);

@@ -436,52 +436,69 @@ impl Generation {
         if appended.is_empty() {
             return Ok(0);
         }
-        let outputs = reactor::outputs(cx.name, appended, sources, cx.suppress_through)?;
+        let mut outputs = reactor::outputs(cx.name, appended, sources, cx.suppress_through)?;
         if outputs.appends.is_empty() {
             return Ok(outputs.suppressed);
         }
         let log = &cx.host.log;
         let count = outputs.appends.len() as u64;
-        match cx.tokio.block_on(log.append_all(outputs.appends.clone())) {
+        let appends = std::mem::take(&mut outputs.appends);
+        match cx.tokio.block_on(log.append_all(appends)) {
             Ok(_) => {
                 self.series.outputs_appended.inc_by(count);
-                let Some(marks) = cx.marks else {
-                    return Ok(outputs.suppressed);
-                };
-                match cx
-                    .tokio
-                    .block_on(marks.record(cx.name.as_str(), checkpoint))
-                {
-                    Ok(()) => Ok(outputs.suppressed),
-                    Err(error) => {
-                        // Redone, the batch's outputs are recognised (just appended).
-                        let message = format!("recording the reactor's mark: {error}");
-                        self.fail(cx.name, self.checkpoint + 1, message, Attempt::Storage);
-                        Err(None)
-                    }
-                }
+                self.record_mark(cx, checkpoint)?;
+                Ok(outputs.suppressed)
             }
-            Err(error) => match reactor::refused(&error, &outputs) {
-                Some(failure) => Err(Some(failure)),
-                None => {
-                    // What the reactor asked that the log refuses counts;
-                    // the log's own trouble (full, overloaded, electing a
-                    // leader, shutting down) is retried until it passes.
-                    let attempt = match error {
-                        LogError::TooManyEvents { .. }
-                        | LogError::InvalidName { .. }
-                        | LogError::ReservedId(_)
-                        | LogError::DuplicateId(_)
-                        | LogError::NoEvents(_) => Attempt::Counts,
-                        _ => Attempt::Storage,
-                    };
-                    let message = format!("appending the batch's outputs: {error}");
-                    let first = self.checkpoint + 1;
-                    self.fail(cx.name, first, message, attempt);
-                    Err(None)
-                }
-            },
+            Err(error) => Err(self.outputs_refused(cx, &error, &outputs)),
         }
+    }
+
+    /// On several nodes, records that the reactor's outputs are in the log
+    /// through `checkpoint`; a failure is recorded here and retried as
+    /// storage (redone, the batch's outputs are recognised: just appended).
+    fn record_mark(
+        &mut self,
+        cx: &StepContext<'_>,
+        checkpoint: u64,
+    ) -> Result<(), Option<OutputFailure>> {
+        let Some(marks) = cx.marks else {
+            return Ok(());
+        };
+        let recorded = cx
+            .tokio
+            .block_on(marks.record(cx.name.as_str(), checkpoint));
+        recorded.map_err(|error| {
+            let message = format!("recording the reactor's mark: {error}");
+            self.fail(cx.name, self.checkpoint + 1, message, Attempt::Storage);
+            None
+        })
+    }
+
+    /// What the log's refusal of a batch's outputs means: the failure of the
+    /// source it names, or (`None`, recorded here) a failure of the batch.
+    fn outputs_refused(
+        &mut self,
+        cx: &StepContext<'_>,
+        error: &LogError,
+        outputs: &reactor::Outputs,
+    ) -> Option<OutputFailure> {
+        if let Some(failure) = reactor::refused(error, (&outputs.ids, &outputs.sources)) {
+            return Some(failure);
+        }
+        // What the reactor asked that the log refuses counts; the log's own
+        // trouble (full, overloaded, electing a leader, shutting down) is
+        // retried until it passes.
+        let attempt = match error {
+            LogError::TooManyEvents { .. }
+            | LogError::InvalidName { .. }
+            | LogError::ReservedId(_)
+            | LogError::DuplicateId(_)
+            | LogError::NoEvents(_) => Attempt::Counts,
+            _ => Attempt::Storage,
+        };
+        let message = format!("appending the batch's outputs: {error}");
+        self.fail(cx.name, self.checkpoint + 1, message, attempt);
+        None
     }
 
     /// The batch read ahead, if it was read for this step; else a fresh read.

@@ -196,7 +196,9 @@ fn lineage(metadata: &[u8]) -> Option<Lineage<'_>> {
 pub(super) struct Outputs {
     /// One append per output (each is recognised as a retry on its own).
     pub appends: Vec<StreamAppend>,
-    /// The source of each append, by its index in the batch.
+    /// Each append's event id, and its source's index in the batch: what a
+    /// refusal is traced back with once the appends are gone to the log.
+    pub ids: Vec<Uuid>,
     pub sources: Vec<usize>,
     /// Outputs dropped because their source is at or below the serving
     /// generation's checkpoint (a rebuild).
@@ -222,6 +224,7 @@ pub(super) fn outputs(
 ) -> Result<Outputs, OutputFailure> {
     let mut outputs = Outputs {
         appends: Vec::with_capacity(appended.len()),
+        ids: Vec::with_capacity(appended.len()),
         sources: Vec::with_capacity(appended.len()),
         suppressed: 0,
     };
@@ -269,11 +272,13 @@ pub(super) fn outputs(
             index: source.index,
             message: format!("cannot write an output's metadata: {e}"),
         })?;
+        let id = output_id(reactor, output.source, output_index);
+        outputs.ids.push(id);
         outputs.appends.push(StreamAppend {
             stream: output.stream,
             expected_version: output.expected,
             events: vec![NewEvent {
-                id: Some(output_id(reactor, output.source, output_index)),
+                id: Some(id),
                 event_type: output.event_type,
                 data: output.data,
                 metadata,
@@ -292,28 +297,33 @@ pub fn output_id(reactor: &PluginName, source: u64, index: u64) -> Uuid {
 
 /// What an append of outputs refused by the log means for the batch: the
 /// failure of its source when the log says which append it refused (an
-/// expectation, an id used by other events); `None` for the log's own
-/// trouble, retried as storage.
-pub(super) fn refused(error: &LogError, outputs: &Outputs) -> Option<OutputFailure> {
+/// expectation, an id used by other events), given each append's id and
+/// source; `None` for the log's own trouble, retried as storage.
+pub(super) fn refused(
+    error: &LogError,
+    (ids, sources): (&[Uuid], &[usize]),
+) -> Option<OutputFailure> {
     let (append, message) = match error {
-        LogError::WrongExpectedVersion { append_index, .. } => (*append_index, error.to_string()),
+        LogError::WrongExpectedVersion {
+            append_index,
+            stream,
+            ..
+        } => (
+            *append_index,
+            format!("append to {stream} refused: {error}"),
+        ),
         LogError::IdempotencyConflict { id } => {
-            let index = outputs
-                .appends
-                .iter()
-                .position(|a| a.events.iter().any(|e| e.id == Some(*id)))?;
             let message = format!(
-                "{error}: an output id is already taken by other events (a reactor of this name \
-                 was deployed before, and appended otherwise)"
+                "an output refused: {error} (a reactor of this name was deployed before, and \
+                 appended otherwise)"
             );
-            (index, message)
+            (ids.iter().position(|i| i == id)?, message)
         }
         _ => return None,
     };
-    let stream = outputs.appends.get(append)?.stream.as_str();
     Some(OutputFailure {
-        index: *outputs.sources.get(append)?,
-        message: format!("append to {stream} refused: {message}"),
+        index: *sources.get(append)?,
+        message,
     })
 }
 
