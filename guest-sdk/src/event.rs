@@ -1,5 +1,5 @@
 //! [`Event`]: one event of the log, as a plugin sees it, and the reading of
-//! the batch the host hands over (WIT 0.3, `event-encoding.packed`).
+//! the batch the host hands over (`event-encoding.packed`, WIT 0.3 and later).
 
 use serde::de::DeserializeOwned;
 

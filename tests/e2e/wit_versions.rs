@@ -1,10 +1,10 @@
-//! Plugins built against WIT 0.1, 0.2 and 0.4 side by side on one log: the
+//! Plugins built against WIT 0.1, 0.2, 0.3 and 0.4 side by side on one log: the
 //! host runs every version of the package, and a plugin gets its events in
 //! the encoding it asked for (typed records, JSON for the Python and
 //! JavaScript user directories, one packed buffer for the Rust SDK's).
 
 use eventfold_plugin_builds::{
-    COUNTER, COUNTER_V0_1, PYTHON_USER_DIRECTORY, RECORDS_NOTIFIER_V0_2,
+    COUNTER, COUNTER_V0_1, COUNTER_V0_3, PYTHON_USER_DIRECTORY, RECORDS_NOTIFIER_V0_2,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -20,6 +20,7 @@ async fn plugins_of_every_wit_version_run_side_by_side() {
             ("v02-records", RECORDS_NOTIFIER_V0_2),
             ("v01-counter", COUNTER_V0_1),
             ("v02-json", PYTHON_USER_DIRECTORY),
+            ("v03-packed", COUNTER_V0_3),
             ("v04-packed", COUNTER),
         ])
         .await;
@@ -47,7 +48,7 @@ async fn plugins_of_every_wit_version_run_side_by_side() {
     }
 
     let mut statuses = Vec::new();
-    for name in ["v02-records", "v01-counter", "v02-json", "v04-packed"] {
+    for name in ["v02-records", "v01-counter", "v02-json", "v03-packed", "v04-packed"] {
         let status = server.wait_caught_up(name).await;
         statuses.push((status["wit"].clone(), status["encoding"].clone()));
     }
@@ -57,6 +58,7 @@ async fn plugins_of_every_wit_version_run_side_by_side() {
             (json!("0.2.0"), json!("records")),
             (json!("0.1.0"), json!("records")),
             (json!("0.2.0"), json!("json")),
+            (json!("0.3.0"), json!("packed")),
             (json!("0.4.0"), json!("packed")),
         ]
     );
@@ -94,8 +96,8 @@ async fn plugins_of_every_wit_version_run_side_by_side() {
         "the 0.2 state import"
     );
 
-    // The 0.1 plugin, the 0.4 packed one and the 0.2 JSON plugin on the same events.
-    for counter in ["v01-counter", "v04-packed"] {
+    // The 0.1 plugin, the 0.3 and 0.4 packed ones and the 0.2 JSON plugin on the same events.
+    for counter in ["v01-counter", "v03-packed", "v04-packed"] {
         assert_eq!(
             server.plugin_state(counter).await,
             [

@@ -1,4 +1,4 @@
-//! `counter`, built directly against WIT 0.1 (no SDK; the SDK is on 0.3):
+//! `counter`, built directly against WIT 0.1 (no SDK; the SDK is on 0.4):
 //! `count` → how many events, `last` → the last position seen. It keeps a
 //! plugin of the first released version of the contract in the tests.
 
