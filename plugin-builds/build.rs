@@ -65,6 +65,7 @@ const PLUGINS: &[&str] = &[
     "counter",
     "counter-v2",
     "counter-v0-1",
+    "counter-v0-3",
     "endless-loop",
     "memory-hog",
     "trap",
