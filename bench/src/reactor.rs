@@ -12,19 +12,24 @@
 //!
 //! After each reactor run the log is checked: exactly one `Relayed` event
 //! per source event, at the positions right after the sources, gapless.
+//!
 //! Where the reactor's time goes: the plugin's own handle time (from its
 //! `plugin_handle_seconds` series), and the time the log takes to append
-//! the same outputs, measured directly on the same log right after: as
-//! many single-event appends with ids and the same metadata, in
-//! `append_all` calls of one batch's worth (10,000).
+//! the same outputs, measured directly: on a fresh log with the same
+//! sources, one single-event append per output with the host's lineage
+//! metadata, in `append_all` calls of one batch's worth (10,000), with ids
+//! made as the host makes them (name-based, so in random order), and again
+//! with ids that grow with the source position and with no ids at all
+//! (the log generates them): what the idempotency index costs; and with
+//! ids in source order, one append per stream: what the appends cost apart
+//! from their events.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use eventfold::log::{
-    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, StreamAppend,
-    StreamName,
+    EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, StreamAppend, StreamName,
 };
 use eventfold::metrics::Metrics;
 use eventfold::plugins::{MAX_BATCH, PluginName, Plugins, PluginsConfig};
@@ -87,6 +92,76 @@ impl Build {
     }
 }
 
+/// What the outputs appended directly carry as ids.
+#[derive(Clone, Copy)]
+enum Ids {
+    /// UUIDv5 of a name and the source's position, as the host makes them:
+    /// random order, each a random insert into the idempotency index.
+    NameBased,
+    /// As deterministic, but growing with the source position (a UUIDv8 of
+    /// a fixed prefix, the position and the output's index): each goes to
+    /// the index's end.
+    Ordered,
+    /// None: the log generates them, and they need no index entry.
+    Generated,
+}
+
+/// One way to append the reactor's outputs directly.
+#[derive(Clone, Copy)]
+struct Direct {
+    /// Its name in the table.
+    label: &'static str,
+    ids: Ids,
+    /// One append per stream and batch (in the order of their first
+    /// output) instead of one per output.
+    grouped: bool,
+}
+
+/// The ways the outputs are appended directly, in the table's order.
+const DIRECT: [Direct; 4] = [
+    Direct {
+        label: "name-based ids (the host's)",
+        ids: Ids::NameBased,
+        grouped: false,
+    },
+    Direct {
+        label: "ids in source order",
+        ids: Ids::Ordered,
+        grouped: false,
+    },
+    Direct {
+        label: "no ids (the log's own)",
+        ids: Ids::Generated,
+        grouped: false,
+    },
+    Direct {
+        label: "ids in source order, by stream",
+        ids: Ids::Ordered,
+        grouped: true,
+    },
+];
+
+impl Ids {
+    /// The id of the output caused by the source at `position`.
+    fn id(self, position: u64) -> Option<Uuid> {
+        const NAMESPACE: Uuid = Uuid::from_u128(0x6265_6e63_685f_6469_7265_6374_0000_0001);
+        match self {
+            Ids::NameBased => Some(Uuid::new_v5(
+                &NAMESPACE,
+                format!("direct/{position}/0").as_bytes(),
+            )),
+            // A prefix, version 8, variant `10`, the position, index 0.
+            Ids::Ordered => Some(Uuid::from_u128(
+                (0x6469_7265_6374_u128 << 80)
+                    | (0x8 << 76)
+                    | (0b10 << 62)
+                    | (u128::from(position) << 16),
+            )),
+            Ids::Generated => None,
+        }
+    }
+}
+
 /// One measurement of one build.
 struct Run {
     /// From the deploy until the checkpoint reached the source head.
@@ -97,8 +172,11 @@ struct Run {
     batches: u64,
     /// Outputs it appended (`plugin_outputs_appended`).
     outputs: u64,
-    /// The reactor's outputs appended again directly with `append_all`.
-    direct_append: Option<Duration>,
+    /// The fill of its log: the source events, 100 per append.
+    fill: Duration,
+    /// For the reactor: its outputs appended again directly on a fresh
+    /// log, one time per [`DIRECT`].
+    direct: Vec<Duration>,
 }
 
 /// The event a reactor output carries.
@@ -135,7 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// One build on a fresh log of its own: fill, deploy, time until the
 /// checkpoint reaches the source head; for the reactor, check its outputs
-/// and time the same appends made directly.
+/// and time the same appends made directly, each way on a fresh log.
 async fn measure(args: &Args, dir: &Path, build: Build, round: usize) -> anyhow::Result<Run> {
     let wasm_path = args.plugins.join(build.wasm());
     let wasm: bytes::Bytes = std::fs::read(&wasm_path)
@@ -143,9 +221,14 @@ async fn measure(args: &Args, dir: &Path, build: Build, round: usize) -> anyhow:
         .into();
     let log_dir = dir.join(format!("log-{}-{round}", build.label()));
     let log = EventLog::open(&log_dir, Metrics::new())?;
+    let filling = Instant::now();
     fill(&log, args.events, args.streams).await?;
+    let filled = filling.elapsed();
     let head = log.head().0;
-    ensure!(head == args.events, "the fill left {head} events in the log");
+    ensure!(
+        head == args.events,
+        "the fill left {head} events in the log"
+    );
     // The plugin host shares `dir` between runs: its compiled cache too.
     let metrics = Metrics::new();
     let config = PluginsConfig {
@@ -160,35 +243,58 @@ async fn measure(args: &Args, dir: &Path, build: Build, round: usize) -> anyhow:
     plugins.deploy(name.clone(), wasm).await?;
     wait_until(&plugins, &name, |s| s.checkpoint >= head).await?;
     let took = started.elapsed();
-    let series = metrics.plugins.series(name.as_str());
-    let (handle, batches) = (series.handle_seconds.sum(), series.handle_seconds.count());
-    let outputs = series.outputs_appended.get();
+    let text = metrics.render("");
+    let value = |family: &str| series(&text, family, &name).unwrap_or(0.0);
+    let handle = Duration::from_secs_f64(value("plugin_handle_seconds_sum"));
+    let batches = value("plugin_handle_seconds_count") as u64;
+    let outputs = value("plugin_outputs_appended_total") as u64;
     plugins.remove(&name, true).await?;
     plugins.shutdown().await;
-    let direct_append = match build {
+    let sources = match build {
         Build::Projection => {
             ensure!(log.head().0 == head, "the projection appended to the log");
             None
         }
-        Build::Reactor => {
-            let sources = check_outputs(&log, head, &name).await?;
-            Some(append_directly(&log, &sources).await?)
-        }
+        Build::Reactor => Some(check_outputs(&log, head, &name).await?),
     };
     log.shutdown().await;
     drop(log);
-    std::fs::remove_dir_all(&log_dir)
-        .with_context(|| format!("removing {}", log_dir.display()))?;
+    remove(&log_dir)?;
+    let mut direct = Vec::new();
+    if let Some(sources) = sources {
+        for way in DIRECT {
+            direct.push(append_on_fresh_log(args, dir, &sources, way).await?);
+        }
+    }
     Ok(Run {
         took,
-        handle: Duration::from_secs_f64(handle),
+        handle,
         batches,
         outputs,
-        direct_append,
+        fill: filled,
+        direct,
     })
 }
 
-/// Appends `n` `JobQueued` events (≈60 bytes of JSON), 100 to a stream per
+/// The value of `plugin`'s series of `family` (without the `eventfold_`
+/// prefix) in the metrics' text exposition.
+fn series(text: &str, family: &str, plugin: &PluginName) -> Option<f64> {
+    let label = format!("plugin=\"{}\"", plugin.as_str());
+    text.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        let (metric, labels) = key.split_once('{')?;
+        (metric.ends_with(family) && labels.contains(&label))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// Removes a log's directory.
+fn remove(dir: &Path) -> anyhow::Result<()> {
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Appends `n` `JobQueued` events (≈50 bytes of JSON), 100 to a stream per
 /// append and 100 appends per `append_all`, over `streams` streams.
 async fn fill(log: &EventLog, n: u64, streams: u64) -> anyhow::Result<()> {
     let event_type = EventType::new("JobQueued")?;
@@ -242,7 +348,12 @@ async fn check_outputs(
     let mut expected = 1;
     while expected <= head {
         let page = log
-            .read_log(Position(expected), MAX_BATCH, EventFilter::default(), usize::MAX)
+            .read_log(
+                Position(expected),
+                MAX_BATCH,
+                EventFilter::default(),
+                usize::MAX,
+            )
             .await?;
         ensure!(!page.events.is_empty(), "no event at {expected}");
         for event in page.events {
@@ -277,43 +388,70 @@ async fn check_outputs(
             }
         }
     }
-    ensure!(
-        relayed.iter().all(|r| *r),
-        "some sources have no output"
-    );
+    ensure!(relayed.iter().all(|r| *r), "some sources have no output");
     Ok(streams)
 }
 
-/// Appends what the reactor appended once more, straight through the log:
-/// one single-event append with an id and the host's lineage metadata per
-/// source, `MAX_BATCH` appends per `append_all`, as the runner does. Only
-/// the `append_all` calls are timed.
-async fn append_directly(log: &EventLog, sources: &[String]) -> anyhow::Result<Duration> {
+/// Fills a fresh log with the same sources and appends the reactor's
+/// outputs to it directly, `way`; the time of the appends.
+async fn append_on_fresh_log(
+    args: &Args,
+    dir: &Path,
+    sources: &[String],
+    way: Direct,
+) -> anyhow::Result<Duration> {
+    let log_dir = dir.join("log-direct");
+    let log = EventLog::open(&log_dir, Metrics::new())?;
+    fill(&log, args.events, args.streams).await?;
+    let took = append_directly(&log, sources, way).await;
+    log.shutdown().await;
+    drop(log);
+    remove(&log_dir)?;
+    took
+}
+
+/// Appends what the reactor appended once more, straight through `log`:
+/// one event per source, with the host's lineage metadata and ids made
+/// `way`, in one `append_all` per `MAX_BATCH` sources, as the runner does.
+/// Only the `append_all` calls are timed.
+async fn append_directly(
+    log: &EventLog,
+    sources: &[String],
+    way: Direct,
+) -> anyhow::Result<Duration> {
     let event_type = EventType::new("Relayed")?;
-    let namespace = Uuid::from_u128(0x6265_6e63_685f_6469_7265_6374_0000_0001);
     let mut took = Duration::ZERO;
     for (batch, chunk) in sources.chunks(MAX_BATCH).enumerate() {
         let first = (batch * MAX_BATCH) as u64 + 1;
-        let appends = chunk
-            .iter()
-            .zip(first..)
-            .map(|(stream, position)| {
-                let source_id = Uuid::new_v5(&namespace, &position.to_le_bytes());
-                let metadata = format!(
-                    r#"{{"causation_id":"{source_id}","correlation_id":"{source_id}","causation_depth":1,"reactor":"direct"}}"#
-                );
-                Ok(StreamAppend {
-                    stream: StreamName::new(format!("relayed-{stream}"))?,
-                    expected_version: ExpectedVersion::Any,
-                    events: vec![NewEvent {
-                        id: Some(Uuid::new_v5(&namespace, format!("direct/{position}/0").as_bytes())),
-                        event_type: event_type.clone(),
-                        data: format!(r#"{{"position":{position}}}"#).into_bytes(),
-                        metadata: metadata.into_bytes(),
-                    }],
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut appends: Vec<StreamAppend> = Vec::with_capacity(chunk.len());
+        // Each stream's append in `appends`, when grouped.
+        let mut by_stream = std::collections::HashMap::new();
+        for (stream, position) in chunk.iter().zip(first..) {
+            let cause = Uuid::from_u128(u128::from(position));
+            let metadata = format!(
+                r#"{{"causation_id":"{cause}","correlation_id":"{cause}","causation_depth":1,"reactor":"direct"}}"#
+            );
+            let event = NewEvent {
+                id: way.ids.id(position),
+                event_type: event_type.clone(),
+                data: format!(r#"{{"position":{position}}}"#).into_bytes(),
+                metadata: metadata.into_bytes(),
+            };
+            match by_stream.get(stream) {
+                Some(&index) if way.grouped => {
+                    let append: &mut StreamAppend = &mut appends[index];
+                    append.events.push(event);
+                }
+                _ => {
+                    by_stream.insert(stream, appends.len());
+                    appends.push(StreamAppend {
+                        stream: StreamName::new(format!("relayed-{stream}"))?,
+                        expected_version: ExpectedVersion::Any,
+                        events: vec![event],
+                    });
+                }
+            }
+        }
         let started = Instant::now();
         log.append_all(appends).await?;
         took += started.elapsed();
@@ -323,11 +461,19 @@ async fn append_directly(log: &EventLog, sources: &[String]) -> anyhow::Result<D
 
 /// Prints one round's figures on stderr.
 fn report_round(args: &Args, build: Build, round: usize, run: &Run) {
-    let direct = run.direct_append.map_or_else(String::new, |d| {
-        format!(", the same appends directly {:.2} s", d.as_secs_f64())
-    });
+    let direct: Vec<String> = DIRECT
+        .iter()
+        .zip(&run.direct)
+        .map(|(way, d)| format!("{} {:.2} s", way.label, d.as_secs_f64()))
+        .collect();
+    let direct = if direct.is_empty() {
+        String::new()
+    } else {
+        format!("; appended directly: {}", direct.join(", "))
+    };
     eprintln!(
-        "round {}: {:<10} {:.2} s, {:.0} events/s, handle {:.2} s in {} calls, {} outputs{direct}",
+        "round {}: {:<10} {:.2} s, {:.0} events/s, handle {:.2} s in {} calls, {} outputs \
+         (log filled in {:.2} s){direct}",
         round + 1,
         build.label(),
         run.took.as_secs_f64(),
@@ -335,6 +481,7 @@ fn report_round(args: &Args, build: Build, round: usize, run: &Run) {
         run.handle.as_secs_f64(),
         run.batches,
         run.outputs,
+        run.fill.as_secs_f64(),
     );
 }
 
@@ -344,53 +491,68 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
-/// Prints the table: medians of each build, the ratio, and where the time goes.
+/// Prints the table: medians of each build, the ratio, and where the
+/// reactor's time goes.
 fn print(args: &Args, projection: &[Run], reactor: &[Run]) {
     let events = args.events;
-    let medians = |runs: &[Run]| {
-        (
-            median(runs.iter().map(|r| r.took).collect()),
-            median(runs.iter().map(|r| r.handle).collect()),
-        )
-    };
-    let (projection_took, projection_handle) = medians(projection);
-    let (reactor_took, reactor_handle) = medians(reactor);
-    let direct = median(reactor.iter().filter_map(|r| r.direct_append).collect());
+    let took = |runs: &[Run]| median(runs.iter().map(|r| r.took).collect());
+    let handle = |runs: &[Run]| median(runs.iter().map(|r| r.handle).collect());
     let rate = |d: Duration| events as f64 / d.as_secs_f64();
-    let ratio = rate(reactor_took) / rate(projection_took);
-    let outputs: Vec<u64> = reactor.iter().map(|r| r.outputs).collect();
+    let ratio = rate(took(reactor)) / rate(took(projection));
     println!();
     println!(
         "relay over {events} `job` events ({} streams), one output per event for the reactor, median of {} rounds",
         args.streams, args.rounds
     );
     println!(
-        "{:<12} {:>10} {:>9} {:>9} {:>11} {:>9}",
-        "build", "events/s", "total s", "handle s", "appending s", "other s"
+        "{:<12} {:>10} {:>9} {:>10}",
+        "build", "events/s", "total s", "handle s"
     );
-    let row = |label: &str, took: Duration, handle: Duration, append: Option<Duration>| {
-        let other = took.saturating_sub(handle + append.unwrap_or_default());
-        let append = append.map_or_else(|| "-".to_owned(), |a| format!("{:.2}", a.as_secs_f64()));
+    for (label, runs) in [("projection", projection), ("reactor", reactor)] {
         println!(
-            "{label:<12} {:>10.0} {:>9.2} {:>9.2} {append:>11} {:>9.2}",
-            rate(took),
-            took.as_secs_f64(),
-            handle.as_secs_f64(),
-            other.as_secs_f64()
+            "{label:<12} {:>10.0} {:>9.2} {:>10.2}",
+            rate(took(runs)),
+            took(runs).as_secs_f64(),
+            handle(runs).as_secs_f64()
         );
-    };
-    row("projection", projection_took, projection_handle, None);
-    row("reactor", reactor_took, reactor_handle, Some(direct));
+    }
     println!(
         "reactor ÷ projection: {ratio:.2}× (target ≥ 0.5×: {})",
         if ratio >= 0.5 { "met" } else { "not met" }
     );
+    let outputs: Vec<u64> = reactor.iter().map(|r| r.outputs).collect();
     println!(
-        "outputs appended by each reactor run: {outputs:?} (each checked: one per source, gapless after the sources)"
+        "outputs appended by each reactor run: {outputs:?} (checked: one per source, right after the sources, gapless)"
+    );
+    println!();
+    println!(
+        "the same {events} outputs appended directly on a fresh log with the same sources \
+         (one append_all per {MAX_BATCH} outputs, as the runner does)"
     );
     println!(
-        "(handle: the plugin's handle calls, host calls included; appending: the same {events} outputs \
-         appended again straight through the log, {MAX_BATCH} single-event appends with ids per append_all; \
-         other: the rest of the runner's time, the outputs' ids and metadata, state commits, the read-ahead)"
+        "{:<32} {:>9} {:>13} {:>16}",
+        "appends", "append s", "outputs/s", "÷ reactor total"
+    );
+    let fill = median(projection.iter().chain(reactor).map(|r| r.fill).collect());
+    let rows = DIRECT
+        .iter()
+        .enumerate()
+        .map(|(i, way)| {
+            let append = median(reactor.iter().map(|r| r.direct[i]).collect());
+            (way.label, append)
+        })
+        .chain([("the fill: 100 events each, no ids", fill)]);
+    for (label, append) in rows {
+        println!(
+            "{label:<32} {:>9.2} {:>13.0} {:>16.2}",
+            append.as_secs_f64(),
+            rate(append),
+            append.as_secs_f64() / took(reactor).as_secs_f64()
+        );
+    }
+    println!(
+        "(handle: the plugin's handle calls, host calls included (plugin_handle_seconds); the rest of the \
+         reactor's total is its outputs' ids and metadata, their append and the state commits. One append \
+         per output unless `by stream`)"
     );
 }

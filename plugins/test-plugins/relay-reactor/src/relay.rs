@@ -23,7 +23,11 @@ fn subscription() -> Subscription {
 
 /// Folds one event: both builds count it, and the reactor's (given an
 /// `output`) relays it.
-fn relay(event: &Event, state: &mut State, output: Option<&mut Output>) -> eventfold_sdk::Result<()> {
+fn relay(
+    event: &Event,
+    state: &mut State,
+    output: Option<&mut Output>,
+) -> eventfold_sdk::Result<()> {
     state.update("count", |n: &mut u64| *n += 1)?;
     if let Some(output) = output {
         let stream = format!("relayed-{}", event.stream);
