@@ -32,7 +32,7 @@ use eventfold::log::{
     EventFilter, EventLog, EventType, ExpectedVersion, NewEvent, Position, StreamAppend, StreamName,
 };
 use eventfold::metrics::Metrics;
-use eventfold::plugins::{MAX_BATCH, PluginName, Plugins, PluginsConfig};
+use eventfold::plugins::{MAX_BATCH, OutputIds, PluginName, Plugins, PluginsConfig};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -95,13 +95,12 @@ impl Build {
 /// What the outputs appended directly carry as ids.
 #[derive(Clone, Copy)]
 enum Ids {
-    /// UUIDv5 of a name and the source's position, as the host makes them:
-    /// random order, each a random insert into the idempotency index.
-    NameBased,
-    /// As deterministic, but growing with the source position (a UUIDv8 of
-    /// a fixed prefix, the position and the output's index): each goes to
-    /// the index's end.
-    Ordered,
+    /// As the host makes them (`OutputIds`): deterministic, growing with
+    /// the source position, so each goes to the index's end.
+    Host,
+    /// Random (v4), as name-based UUIDv5s are: each a random insert into
+    /// the idempotency index (the host's ids before 2026-11-30).
+    Random,
     /// None: the log generates them, and they need no index entry.
     Generated,
 }
@@ -120,13 +119,13 @@ struct Direct {
 /// The ways the outputs are appended directly, in the table's order.
 const DIRECT: [Direct; 4] = [
     Direct {
-        label: "name-based ids (the host's)",
-        ids: Ids::NameBased,
+        label: "the host's ids (ordered by source)",
+        ids: Ids::Host,
         grouped: false,
     },
     Direct {
-        label: "ids in source order",
-        ids: Ids::Ordered,
+        label: "random ids (as UUIDv5s were)",
+        ids: Ids::Random,
         grouped: false,
     },
     Direct {
@@ -135,28 +134,23 @@ const DIRECT: [Direct; 4] = [
         grouped: false,
     },
     Direct {
-        label: "ids in source order, by stream",
-        ids: Ids::Ordered,
+        label: "the host's ids, by stream",
+        ids: Ids::Host,
         grouped: true,
     },
 ];
 
+/// The ids the host would give a reactor named `direct`.
+fn direct_ids() -> OutputIds {
+    OutputIds::of(&PluginName::new("direct").expect("a valid plugin name"))
+}
+
 impl Ids {
     /// The id of the output caused by the source at `position`.
     fn id(self, position: u64) -> Option<Uuid> {
-        const NAMESPACE: Uuid = Uuid::from_u128(0x6265_6e63_685f_6469_7265_6374_0000_0001);
         match self {
-            Ids::NameBased => Some(Uuid::new_v5(
-                &NAMESPACE,
-                format!("direct/{position}/0").as_bytes(),
-            )),
-            // A prefix, version 8, variant `10`, the position, index 0.
-            Ids::Ordered => Some(Uuid::from_u128(
-                (0x6469_7265_6374_u128 << 80)
-                    | (0x8 << 76)
-                    | (0b10 << 62)
-                    | (u128::from(position) << 16),
-            )),
+            Ids::Host => Some(direct_ids().id(position, 0)),
+            Ids::Random => Some(Uuid::new_v4()),
             Ids::Generated => None,
         }
     }

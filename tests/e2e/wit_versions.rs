@@ -48,7 +48,13 @@ async fn plugins_of_every_wit_version_run_side_by_side() {
     }
 
     let mut statuses = Vec::new();
-    for name in ["v02-records", "v01-counter", "v02-json", "v03-packed", "v04-packed"] {
+    for name in [
+        "v02-records",
+        "v01-counter",
+        "v02-json",
+        "v03-packed",
+        "v04-packed",
+    ] {
         let status = server.wait_caught_up(name).await;
         statuses.push((status["wit"].clone(), status["encoding"].clone()));
     }

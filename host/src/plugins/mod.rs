@@ -33,7 +33,7 @@ mod watch;
 use std::fmt;
 
 pub use generation::MAX_BATCH;
-pub use reactor::{OutputMarks, SharedOutputMarks};
+pub use reactor::{OutputIds, OutputMarks, SharedOutputMarks};
 pub use reads::Behind;
 pub use registry::{DeployOutcome, Plugins, PluginsConfig};
 pub use status::{NotificationStatus, PluginStatus, RebuildStatus, RunState};

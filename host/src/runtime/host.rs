@@ -314,19 +314,20 @@ impl PluginHost {
     ) -> wasmtime::Result<()> {
         let stream = StreamName::new(stream).map_err(|e| format_err!("append: {e}"))?;
         let event_type = EventType::new(event_type).map_err(|e| format_err!("append: {e}"))?;
-        let to = format!("append of {} to {stream}", event_type.as_str());
+        // The context of an error, written only when there is one.
+        let to = || format!("append of {} to {stream}", event_type.as_str());
         let depth = self.limits.max_json_depth;
         serde_json::from_slice::<serde::de::IgnoredAny>(&data)
-            .map_err(|e| format_err!("{to}: `data` is not JSON: {e}"))?;
-        portable_json::check("data", &data, depth).map_err(|e| format_err!("{to}: {e}"))?;
+            .map_err(|e| format_err!("{}: `data` is not JSON: {e}", to()))?;
+        portable_json::check("data", &data, depth).map_err(|e| format_err!("{}: {e}", to()))?;
         let size = event_type.as_str().len() + data.len() + metadata.len();
         let metadata = match metadata.as_slice() {
-            b"" => serde_json::Map::new(),
+            b"" | b"{}" => serde_json::Map::new(),
             json => {
                 portable_json::check("metadata", json, depth)
-                    .map_err(|e| format_err!("{to}: {e}"))?;
+                    .map_err(|e| format_err!("{}: {e}", to()))?;
                 serde_json::from_slice(json)
-                    .map_err(|e| format_err!("{to}: `metadata` must be a JSON object: {e}"))?
+                    .map_err(|e| format_err!("{}: `metadata` must be a JSON object: {e}", to()))?
             }
         };
         if let Some(key) = HOST_METADATA_KEYS
@@ -334,8 +335,9 @@ impl PluginHost {
             .find(|k| metadata.contains_key(**k))
         {
             return Err(format_err!(
-                "{to}: `metadata` holds `{key}`, which the host sets (causation_id, \
-                 correlation_id, causation_depth, reactor)"
+                "{}: `metadata` holds `{key}`, which the host sets (causation_id, \
+                 correlation_id, causation_depth, reactor)",
+                to()
             ));
         }
         let most = self
@@ -344,8 +346,9 @@ impl PluginHost {
             .saturating_sub(HOST_METADATA_BYTES);
         if size > most {
             return Err(format_err!(
-                "{to}: the event is {size} bytes, the limit is {most} (--max-event-bytes, less \
-                 {HOST_METADATA_BYTES} for the metadata the host adds)"
+                "{}: the event is {size} bytes, the limit is {most} (--max-event-bytes, less \
+                 {HOST_METADATA_BYTES} for the metadata the host adds)",
+                to()
             ));
         }
         let calls = self.limits.max_appends_per_call;
