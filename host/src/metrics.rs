@@ -310,6 +310,7 @@ fn handle_histogram() -> Histogram {
 
 impl PluginMetrics {
     /// Creates the families and registers them in `r`.
+    // long: one registration per series, each with its help text: a list.
     fn register(r: &mut Registry) -> Self {
         let handle_seconds = Family::new_with_constructor(handle_histogram as fn() -> Histogram);
         Self {

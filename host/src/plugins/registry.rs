@@ -276,15 +276,7 @@ impl Plugins {
             })
             .0,
         });
-        // On several nodes a reactor runs on one at a time: its appends are
-        // not repeated by every node that holds it.
-        let lease = match (&self.inner.handover, live.plugin.kind()) {
-            (Some(handover), PluginKind::Reactor) => Some(ReactorLease::new(
-                handover.contend(name.as_str()),
-                self.inner.marks.clone(),
-            )),
-            _ => None,
-        };
+        let lease = self.reactor_lease(name, live.plugin.kind());
         let (control, receiver) = mpsc::unbounded_channel();
         let runner = Runner::new(
             shared.clone(),
@@ -299,21 +291,7 @@ impl Plugins {
             .name(format!("plugin-{name}"))
             .spawn(move || runner.run())
             .map_err(|e| PluginError::Internal(format!("cannot start the plugin's runner: {e}")))?;
-        let dispatcher = mailbox.map(|mailbox| {
-            let token = CancellationToken::new();
-            let ownership = self
-                .inner
-                .handover
-                .as_ref()
-                .map(|h| h.contend(name.as_str()));
-            let task = tokio::spawn(dispatcher::run(
-                mailbox,
-                self.inner.webhooks.clone(),
-                token.clone(),
-                ownership,
-            ));
-            (token, task)
-        });
+        let dispatcher = mailbox.map(|mailbox| self.dispatch(name, mailbox));
         self.register(
             name,
             Entry {
@@ -323,6 +301,36 @@ impl Plugins {
                 dispatcher,
             },
         )
+    }
+
+    /// On several nodes, a reactor's lease: it runs on one node at a time,
+    /// so its appends are not repeated by every node that holds it.
+    fn reactor_lease(&self, name: &PluginName, kind: PluginKind) -> Option<ReactorLease> {
+        let handover = self.inner.handover.as_ref()?;
+        (kind == PluginKind::Reactor)
+            .then(|| ReactorLease::new(handover.contend(name.as_str()), self.inner.marks.clone()))
+    }
+
+    /// Starts a notifier's dispatcher (on several nodes, contending for the
+    /// delivery lease) and answers how to stop it.
+    fn dispatch(
+        &self,
+        name: &PluginName,
+        mailbox: Arc<Mailbox>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let token = CancellationToken::new();
+        let ownership = self
+            .inner
+            .handover
+            .as_ref()
+            .map(|h| h.contend(name.as_str()));
+        let task = tokio::spawn(dispatcher::run(
+            mailbox,
+            self.inner.webhooks.clone(),
+            token.clone(),
+            ownership,
+        ));
+        (token, task)
     }
 
     /// Registers a started plugin, unless the server is shutting down (then

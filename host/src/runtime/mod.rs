@@ -170,56 +170,11 @@ impl Runtime {
         }
         let engine =
             Engine::new(&config).map_err(|e| RuntimeError::Setup(format!("engine: {e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        let link =
-            |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Setup(format!("linker: {e:#}")));
-        // WASI p2 with an empty context: Rust, Python and JS components import
-        // some of it (clocks, random, stdio) but get no files, network or env.
-        link(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
-        type Own = wasmtime::component::HasSelf<PluginHost>;
-        link(Projection::add_to_linker::<PluginHost, Own>(
-            &mut linker,
-            |host| host,
-        ))?;
-        link(
-            v0_2::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
-                host
-            }),
-        )?;
-        link(
-            v0_3::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
-                host
-            }),
-        )?;
-        link(
-            v0_4::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
-                host
-            }),
-        )?;
-        // Least privilege: only a component of the notifier world gets
-        // `notify`, only a reactor `append`.
-        let projection_linker = linker.clone();
-        let mut reactor_linker = linker.clone();
-        link(v0_4::append::add_to_linker::<PluginHost, Own>(
-            &mut reactor_linker,
-            |host| host,
-        ))?;
-        link(bindings::notify::add_to_linker::<PluginHost, Own>(
-            &mut linker,
-            |host| host,
-        ))?;
-        link(v0_2::notify::add_to_linker::<PluginHost, Own>(
-            &mut linker,
-            |host| host,
-        ))?;
-        link(v0_3::notify::add_to_linker::<PluginHost, Own>(
-            &mut linker,
-            |host| host,
-        ))?;
-        link(v0_4::notify::add_to_linker::<PluginHost, Own>(
-            &mut linker,
-            |host| host,
-        ))?;
+        let Linkers {
+            projection: projection_linker,
+            notifier: notifier_linker,
+            reactor: reactor_linker,
+        } = Linkers::new(&engine)?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -235,7 +190,7 @@ impl Runtime {
         Ok(Self {
             engine,
             projection_linker,
-            notifier_linker: linker,
+            notifier_linker,
             reactor_linker,
             cache,
             ticker_stop,
@@ -369,6 +324,74 @@ impl Runtime {
         limits: SandboxLimits,
     ) -> Result<PluginInstance, CallError> {
         PluginInstance::new(&self.engine, &plugin.pre, name, limits)
+    }
+}
+
+/// What each kind of plugin may import, in every WIT version (least
+/// privilege: only a notifier gets `notify`, only a reactor `append`).
+struct Linkers {
+    projection: Linker<PluginHost>,
+    notifier: Linker<PluginHost>,
+    reactor: Linker<PluginHost>,
+}
+
+impl Linkers {
+    /// WASI, `state` and `log` for all; `notify` for the notifier, `append`
+    /// for the reactor.
+    fn new(engine: &Engine) -> Result<Self, RuntimeError> {
+        let mut linker = Linker::new(engine);
+        let link =
+            |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Setup(format!("linker: {e:#}")));
+        // WASI p2 with an empty context: Rust, Python and JS components import
+        // some of it (clocks, random, stdio) but get no files, network or env.
+        link(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
+        type Own = wasmtime::component::HasSelf<PluginHost>;
+        link(Projection::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(
+            v0_2::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
+        link(
+            v0_3::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
+        link(
+            v0_4::projection::Projection::add_to_linker::<PluginHost, Own>(&mut linker, |host| {
+                host
+            }),
+        )?;
+        let projection_linker = linker.clone();
+        let mut reactor_linker = linker.clone();
+        link(v0_4::append::add_to_linker::<PluginHost, Own>(
+            &mut reactor_linker,
+            |host| host,
+        ))?;
+        link(bindings::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_2::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_3::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        link(v0_4::notify::add_to_linker::<PluginHost, Own>(
+            &mut linker,
+            |host| host,
+        ))?;
+        Ok(Self {
+            projection: projection_linker,
+            notifier: linker,
+            reactor: reactor_linker,
+        })
     }
 }
 
