@@ -225,13 +225,17 @@ impl Runtime {
         {
             pre = reactor;
         }
-        let world = pre.world();
-        if info.kind != world {
+        let (kind, world) = (info.kind, pre.world());
+        if kind != world {
+            let why = match world {
+                PluginKind::Notifier => format!("a {kind} may not import notify"),
+                PluginKind::Reactor => format!("a {kind} may not import append"),
+                PluginKind::Projection => {
+                    format!("it exports query, and no {kind} world's imports")
+                }
+            };
             return Err(RuntimeError::WrongWorld(format!(
-                "describe() says it is a {}, but the component targets the {world} world: \
-                 each kind of plugin imports only its own world's interfaces (a projection \
-                 neither notify nor append, a notifier not append, a reactor not notify)",
-                info.kind
+                "describe() says it is a {kind}, but the component targets the {world} world: {why}"
             )));
         }
         Ok(LoadedPlugin {
