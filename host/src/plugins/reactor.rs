@@ -113,17 +113,17 @@ impl ReactorLease {
 /// What a reactor's outputs need of each event of its batch.
 #[derive(Debug, Default)]
 pub(super) struct Sources {
-    by_position: HashMap<u64, Source>,
+    /// In the batch's order, which is position order.
+    events: Vec<Source>,
 }
 
 /// One event of a batch, as the cause of outputs.
 #[derive(Debug)]
 struct Source {
-    /// Its index in the batch handed to the reactor.
-    index: usize,
+    position: u64,
     id: Uuid,
-    /// Its own `correlation_id`, else its id.
-    correlation_id: String,
+    /// Its own `correlation_id`, if it has one (else its id is).
+    correlation_id: Option<String>,
     /// Its own `causation_depth` (0 for an event a client appended).
     depth: u64,
 }
@@ -144,7 +144,7 @@ impl Sources {
     /// lineage of the rest, which are the reactor's batch.
     pub fn take(reactor: &PluginName, events: &mut Vec<RecordedEvent>) -> Self {
         let own = serde_json::to_string(reactor.as_str()).unwrap_or_default();
-        let mut by_position = HashMap::with_capacity(events.len());
+        let mut sources = Vec::with_capacity(events.len());
         events.retain(|event| {
             let lineage = lineage(&event.metadata);
             if lineage
@@ -157,23 +157,40 @@ impl Sources {
             let correlation_id = lineage
                 .as_ref()
                 .and_then(|l| l.correlation_id)
-                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
-                .unwrap_or_else(|| event.id.hyphenated().to_string());
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
             let depth = lineage
                 .as_ref()
                 .and_then(|l| l.causation_depth)
                 .and_then(|raw| raw.get().parse::<u64>().ok())
                 .unwrap_or(0);
-            let source = Source {
-                index: by_position.len(),
+            sources.push(Source {
+                position: event.position.0,
                 id: event.id,
                 correlation_id,
                 depth,
-            };
-            by_position.insert(event.position.0, source);
+            });
             true
         });
-        Self { by_position }
+        Self { events: sources }
+    }
+
+    /// The event at `position`, and its index in the batch.
+    fn at(&self, position: u64) -> Option<(usize, &Source)> {
+        let index = self
+            .events
+            .binary_search_by_key(&position, |s| s.position)
+            .ok()?;
+        Some((index, &self.events[index]))
+    }
+}
+
+impl Source {
+    /// The correlation id its outputs carry: its own, else its id.
+    fn correlation_id(&self) -> String {
+        match &self.correlation_id {
+            Some(id) => id.clone(),
+            None => self.id.hyphenated().to_string(),
+        }
     }
 }
 
@@ -229,7 +246,7 @@ pub(super) fn outputs(
     let reactor_json = json_string(reactor.as_str());
     let mut per_source: HashMap<u64, u64> = HashMap::new();
     for output in appended {
-        let Some(source) = sources.by_position.get(&output.source) else {
+        let Some((source_index, source)) = sources.at(output.source) else {
             return Err(OutputFailure {
                 index: 0,
                 message: format!(
@@ -247,13 +264,16 @@ pub(super) fn outputs(
         }
         if source.depth >= MAX_CAUSATION_DEPTH {
             return Err(OutputFailure {
-                index: source.index,
+                index: source_index,
                 message: format!(
                     "causation depth limit: the event at {} is already {} reactor outputs away \
                      from the event a client appended (correlation {}), the most there may be \
                      ({MAX_CAUSATION_DEPTH}); its append to {} would go further. Do reactors \
                      trigger each other in a loop?",
-                    output.source, source.depth, source.correlation_id, output.stream
+                    output.source,
+                    source.depth,
+                    source.correlation_id(),
+                    output.stream
                 ),
             });
         }
@@ -270,7 +290,7 @@ pub(super) fn outputs(
                 metadata,
             }],
         });
-        outputs.sources.push(source.index);
+        outputs.sources.push(source_index);
     }
     Ok(outputs)
 }
@@ -332,7 +352,7 @@ fn output_metadata(
     }
     let mut id = Uuid::encode_buffer();
     let causation = source.id.hyphenated().encode_lower(&mut id);
-    let correlation = json_string(&source.correlation_id);
+    let correlation = json_string(&source.correlation_id());
     let depth = source.depth + 1;
     let lineage = format!(
         "\"causation_id\":\"{causation}\",\"correlation_id\":{correlation},\
