@@ -109,6 +109,11 @@ fn defaults<T: clap::Args>() -> T {
     Wrapper::<T>::parse_from(["eventfold-bench"]).args
 }
 
+/// The server's allocator (host/src/main.rs), for what runs the library in
+/// this process (the reactor benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // The peer benchmark runs the server in a process of its own: this
     // binary, re-executed as `eventfold-bench serve …`, is `eventfold serve`.
