@@ -11,7 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::peers::{Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive};
+use crate::peers::{
+    Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive, rotation,
+};
 
 /// Options of the append benchmark.
 #[derive(clap::Args)]
@@ -87,7 +89,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let measured: anyhow::Result<()> = async {
         for round in 0..args.rounds {
             for (i, workload) in WORKLOADS.iter().enumerate() {
-                for (s, (name, system)) in systems.iter().enumerate() {
+                for s in rotation(systems.len(), round) {
+                    let (name, system) = &systems[s];
                     let result = drive(system, *workload, seconds, round).await?;
                     eprintln!(
                         "round {} {:<24} {:>10.0} events/s  {name}",

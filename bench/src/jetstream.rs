@@ -27,7 +27,8 @@ use futures_util::StreamExt;
 use crate::control;
 use crate::http::Connection;
 use crate::peers::{
-    DirectJetStream, Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive, run_tag,
+    DirectJetStream, Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive,
+    rotation, run_tag,
 };
 
 /// Options of the JetStream benchmark.
@@ -183,8 +184,8 @@ async fn append_rounds(args: &Args, systems: &[System; 2]) -> anyhow::Result<[Ve
         std::array::from_fn(|_| WORKLOADS.iter().map(|_| Vec::new()).collect());
     for round in 0..args.rounds {
         for (w, workload) in WORKLOADS.iter().enumerate() {
-            for (s, system) in systems.iter().enumerate() {
-                let result = drive(system, *workload, seconds, round).await?;
+            for s in rotation(systems.len(), round) {
+                let result = drive(&systems[s], *workload, seconds, round).await?;
                 eprintln!(
                     "round {} {:<24} {:>10.0} events/s  {}",
                     round + 1,

@@ -2,8 +2,9 @@
 //!
 //! One append writes its events with consecutive versions at consecutive
 //! positions, so one entry, (stream id, first version) → (first position,
-//! count), indexes all of them. (Recovery and migration may write one run
-//! for several such appends that follow each other.)
+//! count), indexes all of them. Appends to one stream that follow each
+//! other in a group (a reactor's outputs), and events gathered by recovery
+//! and migration, share one run ([`RunBuilder`]).
 
 use redb::{ReadableTable, Table};
 
@@ -68,17 +69,17 @@ pub fn insert(
     Ok(())
 }
 
-/// Gathers events read in position order into runs, for recovery and
-/// migration: an event extends the open run when it is the next version of
-/// the same stream at the next position.
+/// Gathers runs written in position order into as few as they make: a run
+/// extends the open one when it continues the same stream, version after
+/// version and position after position. The writer merges a group's
+/// appends with it; recovery and migration, the events they read.
 #[derive(Default)]
 pub struct RunBuilder {
     open: Option<(u64, Run)>,
 }
 
 impl RunBuilder {
-    /// Adds the event of `stream` at `version` and `position`, storing the
-    /// open run when the event does not extend it.
+    /// Adds the event of `stream` at `version` and `position`.
     pub fn push(
         &mut self,
         table: &mut Table<'_, (u64, u64), (u64, u64)>,
@@ -86,24 +87,38 @@ impl RunBuilder {
         version: u64,
         position: u64,
     ) -> Result<(), LogError> {
+        let run = Run {
+            version,
+            position,
+            count: 1,
+        };
+        self.push_run(table, stream, run)
+    }
+
+    /// Adds `next` of `stream`, storing the open run when `next` does not
+    /// extend it.
+    pub fn push_run(
+        &mut self,
+        table: &mut Table<'_, (u64, u64), (u64, u64)>,
+        stream: u64,
+        next: Run,
+    ) -> Result<(), LogError> {
         if let Some((open, run)) = &mut self.open
             && *open == stream
-            && version == run.version + run.count
-            && position == run.position + run.count
+            && next.version == run.version + run.count
+            && next.position == run.position + run.count
         {
-            run.count += 1;
+            run.count += next.count;
             return Ok(());
         }
         self.finish(table)?;
-        self.open = Some((
-            stream,
-            Run {
-                version,
-                position,
-                count: 1,
-            },
-        ));
+        self.open = Some((stream, next));
         Ok(())
+    }
+
+    /// Forgets the open run without storing it (its transaction is dropped).
+    pub fn discard(&mut self) {
+        self.open = None;
     }
 
     /// Stores the open run.

@@ -138,6 +138,9 @@ pub(super) struct Writer {
     /// The chunk being filled, by the groups of the open transaction; stored
     /// when it is full or the transaction commits.
     chunk: ChunkBuilder,
+    /// The group's last run, extended by an append that continues it (a
+    /// reactor's outputs to one stream) and stored with the group.
+    runs: RunBuilder,
     /// The last position readers can see in redb (shared with [`EventLog`]'s
     /// readers, which settle when it is behind the head).
     settled: Arc<AtomicU64>,
@@ -314,6 +317,7 @@ impl Writer {
             record: RecordBuilder::default(),
             open: None,
             chunk: ChunkBuilder::default(),
+            runs: RunBuilder::default(),
             settled: Arc::new(AtomicU64::new(last)),
             last_checkpoint: Instant::now(),
             broken: None,
@@ -428,6 +432,7 @@ impl Writer {
         results: &mut Vec<Result<Vec<AppendOutcome>, LogError>>,
     ) -> Result<(), LogError> {
         self.record.clear();
+        self.runs.discard();
         let mut tables = Tables::open(txn)?;
         let recorded_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -440,6 +445,7 @@ impl Writer {
             }
             results.push(result);
         }
+        self.runs.finish(&mut tables.runs)?;
         if self.record.is_empty() {
             // Only refusals and retries: nothing to make durable.
             return Ok(());
@@ -639,13 +645,14 @@ impl Writer {
             let count = append.events.len() as u64;
             let last_version = placement.first_version + count - 1;
             request.next_position += count;
-            request.heads.insert(
-                name.to_owned(),
-                StreamHead {
-                    id: placement.stream_id,
-                    version: last_version,
-                },
-            );
+            let head = StreamHead {
+                id: placement.stream_id,
+                version: last_version,
+            };
+            match request.heads.get_mut(name) {
+                Some(known) => *known = head,
+                None => drop(request.heads.insert(name.to_owned(), head)),
+            }
             outcomes.push(AppendOutcome {
                 first_position: Position(placement.first_position),
                 last_position: Position(placement.first_position + count - 1),
@@ -708,7 +715,8 @@ impl Writer {
             position: placement.first_position,
             count: append.events.len() as u64,
         };
-        runs::insert(&mut tables.runs, placement.stream_id, run)?;
+        self.runs
+            .push_run(&mut tables.runs, placement.stream_id, run)?;
         Ok(())
     }
 
@@ -724,10 +732,11 @@ impl Writer {
             return Ok(None);
         };
         let Some(first_position) = self.find_id(tables, first_id)? else {
-            // A new append: none of its client-supplied ids may exist yet,
-            // and none may pose as one the log generates.
-            for id in append.events.iter().filter_map(|e| e.id) {
-                if self.find_id(tables, id)?.is_some() {
+            // A new append: none of its client-supplied ids may exist yet
+            // (the first was just looked for), and none may pose as one the
+            // log generates.
+            for (i, id) in append.events.iter().filter_map(|e| e.id).enumerate() {
+                if i > 0 && self.find_id(tables, id)?.is_some() {
                     return Err(LogError::IdempotencyConflict { id });
                 }
                 if self.generated.position(id).is_some() {
@@ -985,6 +994,41 @@ mod tests {
         }
         assert_eq!(log.one("b", ExpectedVersion::NoStream).unwrap(), 0);
         assert_eq!(log.one("a", ExpectedVersion::Exact(3)).unwrap(), 4);
+    }
+
+    /// Appends to one stream that follow each other in a group share one
+    /// run, across requests; a refused request between them adds nothing,
+    /// and an append to another stream starts a run of its own. Every event
+    /// is read back at its version and position.
+    #[test]
+    fn appends_that_follow_on_in_a_group_share_a_run() {
+        let mut log = open(1 << 20);
+        let one = |stream| append(stream, ExpectedVersion::Any, 1);
+        let answers = log.group(vec![
+            vec![one("a"), one("a"), one("b"), one("a")],
+            vec![append("a", ExpectedVersion::Exact(9), 1)],
+            vec![one("a"), append("a", ExpectedVersion::Any, 2)],
+        ]);
+        assert!(answers[1].is_err());
+        log.writer.settle().unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&*log.writer.db).unwrap();
+        let table = txn.open_table(STREAM_RUNS).unwrap();
+        let stored: Vec<_> = table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                (key.value(), value.value())
+            })
+            .collect();
+        // (stream, first version) -> (first position, count); a is 0, b is 1.
+        assert_eq!(
+            stored,
+            [((0, 0), (1, 2)), ((0, 2), (4, 4)), ((1, 0), (3, 1))]
+        );
+        let a = runs::forward(&table, 0, 0, 10).unwrap();
+        assert_eq!(a, [(0, 1), (1, 2), (2, 4), (3, 5), (4, 6), (5, 7)]);
+        assert_eq!(runs::backward(&table, 0, 5, 2).unwrap(), [(5, 7), (4, 6)]);
     }
 
     /// No cache at all: every head comes from the stream index, and after a
