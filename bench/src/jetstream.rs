@@ -14,6 +14,12 @@
 //!   reading the same stream from its first message, alternating.
 //!
 //! The same replay on the embedded log is the reference row.
+//!
+//! Both sides talk to the server that leads their stream: eventfold is
+//! restarted connected to the leader of the stream it created, and the
+//! direct stream is created again until that server leads it too. A
+//! publish one route hop away from its stream's leader moved either side's
+//! figures by 2x, so that ratios depended on where the streams landed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -120,17 +126,18 @@ async fn measure(
     let client = async_nats::connect(servers.as_slice())
         .await
         .with_context(|| format!("connecting to NATS at {urls}"))?;
+    let names = server_names(&servers).await?;
     let mut appends = Vec::new();
     let mut replays = Vec::new();
     for &replicas in &args.replicas {
         let stream = format!("efbench-r{replicas}-{}", run_tag());
-        let launch = Launch {
+        let launch = |nats_url: &str| Launch {
             binary: None,
             args: [
                 "--log",
                 "jetstream",
                 "--nats-url",
-                urls,
+                nats_url,
                 "--nats-stream",
                 &stream,
                 "--nats-replicas",
@@ -139,14 +146,36 @@ async fn measure(
             .map(String::from)
             .to_vec(),
         };
-        let eventfold = Eventfold::launch(&scratch.join(format!("r{replicas}")), &launch).await?;
+        let scratch = scratch.join(format!("r{replicas}"));
+        let eventfold = Eventfold::launch(&scratch.join("created"), &launch(urls)).await?;
+        let leader = leader_of(&client, &stream).await?;
+        let near = names.iter().find(|(name, _)| *name == leader);
+        let (eventfold, near_client) = match near {
+            Some((_, near)) => {
+                eventfold.stop().await?;
+                let eventfold = Eventfold::launch(&scratch.join("near"), &launch(near)).await?;
+                (eventfold, async_nats::connect(near.as_str()).await?)
+            }
+            None => (eventfold, client.clone()),
+        };
         let url = eventfold.url().to_owned();
         let direct = format!("direct-r{replicas}-{}", run_tag());
-        let direct =
-            DirectJetStream::create(client.clone(), &direct, replicas, args.guarded).await?;
+        let direct = DirectJetStream::create(
+            near_client.clone(),
+            &direct,
+            replicas,
+            args.guarded,
+            &leader,
+        )
+        .await?;
         eprintln!(
-            "R{replicas}: eventfold on stream {stream}, JetStream direct on nats-server {}",
-            direct.version()
+            "R{replicas}: eventfold on stream {stream}, JetStream direct on nats-server {}; \
+             both streams led by {leader}, {}",
+            direct.version(),
+            match near {
+                Some((_, url)) => format!("both connected to it ({url})"),
+                None => "which no URL given names: connected at random".to_owned(),
+            }
         );
         let eventfold = eventfold.with_protocol(args.protocol);
         let systems = [System::Eventfold(eventfold), System::JetStream(direct)];
@@ -154,7 +183,7 @@ async fn measure(
         let replayed = match (&measured, args.events) {
             (Ok(_), 1..) => {
                 let label = format!("JetStream R{replicas}");
-                let consumer = Some((&client, stream.as_str()));
+                let consumer = Some((&near_client, stream.as_str()));
                 Some(replay(args, &url, consumer, wasm.clone(), label).await)
             }
             _ => None,
@@ -175,6 +204,34 @@ async fn measure(
         replays.push(replayed?);
     }
     Ok((appends, replays))
+}
+
+/// Each server's name, with its URL among `urls`.
+async fn server_names(urls: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut names = Vec::new();
+    for &url in urls {
+        let client = async_nats::connect(url)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        names.push((client.server_info().server_name, url.to_owned()));
+    }
+    Ok(names)
+}
+
+/// The name of the server that leads `stream`, once it has a leader.
+pub async fn leader_of(client: &async_nats::Client, stream: &str) -> anyhow::Result<String> {
+    let context = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = context.get_stream(stream).await?.info().await?.clone();
+        if let Some(leader) = info.cluster.and_then(|c| c.leader) {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("the JetStream stream {stream} has no leader after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The append workloads on eventfold and on JetStream direct, alternating.

@@ -37,33 +37,42 @@ pub struct Client {
 
 impl DirectJetStream {
     /// Creates stream `stream` with `replicas` replicas, as eventfold's log
-    /// creates its own (file storage, atomic batches allowed); `guarded`:
-    /// its messages carry ids and expected sequences.
+    /// creates its own (file storage, atomic batches allowed), led by the
+    /// server named `leader` (created again until it is); `guarded`: its
+    /// messages carry ids and expected sequences.
     pub async fn create(
         client: async_nats::Client,
         stream: &str,
         replicas: usize,
         guarded: bool,
+        leader: &str,
     ) -> anyhow::Result<Self> {
         let context = async_nats::jetstream::new(client.clone());
-        context
-            .create_stream(StreamConfig {
-                name: stream.to_owned(),
-                subjects: vec![format!("{stream}.>")],
-                storage: StorageType::File,
-                num_replicas: replicas,
-                allow_direct: true,
-                allow_atomic_publish: true,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating the JetStream stream {stream}"))?;
-        Ok(Self {
-            client,
-            context,
-            stream: stream.to_owned(),
-            guarded,
-        })
+        let config = StreamConfig {
+            name: stream.to_owned(),
+            subjects: vec![format!("{stream}.>")],
+            storage: StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            allow_atomic_publish: true,
+            ..Default::default()
+        };
+        for _ in 0..30 {
+            context
+                .create_stream(config.clone())
+                .await
+                .with_context(|| format!("creating the JetStream stream {stream}"))?;
+            if crate::jetstream::leader_of(&client, stream).await? == leader {
+                return Ok(Self {
+                    client,
+                    context,
+                    stream: stream.to_owned(),
+                    guarded,
+                });
+            }
+            context.delete_stream(stream).await?;
+        }
+        bail!("the JetStream stream {stream} was not led by {leader} in 30 tries")
     }
 
     /// A client publishing `batch` events per request to a subject named
