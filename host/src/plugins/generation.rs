@@ -15,7 +15,7 @@ use super::shared::Shared;
 use super::status::LastError;
 use super::store::PluginStore;
 use super::{PluginError, PluginName};
-use crate::log::{EventFilter, EventLog, LogError, Position, format_timestamp};
+use crate::log::{AppendOutcome, EventFilter, EventLog, LogError, Position, format_timestamp};
 use crate::metrics::{Metrics, PluginSeries};
 use crate::notify::Mailbox;
 use crate::runtime::{
@@ -34,6 +34,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Outbox notifications posted to the mailbox per transaction.
 const OUTBOX_PAGE: usize = 10_000;
+/// Most batches one step takes through while a reactor catches up, each
+/// handled while the one before it appends its outputs.
+const PIPELINED_BATCHES: usize = 4;
 
 /// What every runner works with: the log, the runtime and the limits.
 #[derive(Clone)]
@@ -192,6 +195,24 @@ impl RateMeter {
             self.rate = 0.0;
         }
     }
+}
+
+/// A batch the plugin handled, its outputs and commit still to come.
+struct HandledBatch {
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    emitted: Vec<Notification>,
+    /// A reactor's outputs, as it appended them.
+    appended: Vec<Appended>,
+    sources: Sources,
+    checkpoint: u64,
+    positions: Vec<u64>,
+}
+
+/// Why a batch was not handled: the call could not be made (with the
+/// batch's first position), or the plugin refused or trapped.
+enum Unhandled {
+    Failed(String, u64),
+    Refused(CallError, Vec<u64>),
 }
 
 /// A batch of events read from the log for a plugin.
@@ -354,6 +375,15 @@ impl Generation {
     /// one transaction: the one place a plugin's checkpoint moves (apart
     /// from an operator's skip).
     fn process(&mut self, cx: &StepContext<'_>, limit: usize) {
+        if let Some(batch) = self.handle_next(cx, limit) {
+            self.finish(cx, batch, limit);
+        }
+    }
+
+    /// Reads and handles the next batch; `None` when there is nothing left
+    /// to finish (a failure was recorded, or a batch the subscription takes
+    /// nothing of was committed).
+    fn handle_next(&mut self, cx: &StepContext<'_>, limit: usize) -> Option<HandledBatch> {
         let from = self.checkpoint + 1;
         let log = &cx.host.log;
         let batch = match self.next_batch((log, cx.name), from, limit) {
@@ -364,92 +394,208 @@ impl Generation {
                 } else {
                     Attempt::Counts
                 };
-                return self.fail(cx.name, from, format!("reading the log: {error}"), attempt);
+                self.fail(cx.name, from, format!("reading the log: {error}"), attempt);
+                return None;
             }
         };
         if batch.next <= from {
             // Not one event readable below the head: a stopped log holds
             // the last groups in its WAL alone until it reopens.
             let message = format!("the log shows no event at {from} yet");
-            return self.fail(cx.name, from, message, Attempt::Storage);
+            self.fail(cx.name, from, message, Attempt::Storage);
+            return None;
         }
         // Events the subscription skips still advance the checkpoint.
         let checkpoint = batch.next.saturating_sub(1).max(self.checkpoint);
+        if batch.positions.is_empty() {
+            self.commit(cx.name, BTreeMap::new(), Vec::new(), checkpoint, 0);
+            return None;
+        }
+        let view = match self.store.view() {
+            Ok(view) => view,
+            Err(error) => {
+                self.store_failed(cx.name, "reading state", error);
+                return None;
+            }
+        };
+        match self.handle_batch(cx, batch, view, checkpoint, limit) {
+            Ok(handled) => Some(handled),
+            Err(Unhandled::Failed(message, first)) => {
+                self.fail(cx.name, first, message, Attempt::Counts);
+                None
+            }
+            Err(Unhandled::Refused(error, positions)) => {
+                self.call_failed(cx.name, error, &positions);
+                None
+            }
+        }
+    }
+
+    /// Hands a batch read from the log to the plugin over `view`.
+    fn handle_batch(
+        &mut self,
+        cx: &StepContext<'_>,
+        batch: Batch,
+        view: StateView,
+        checkpoint: u64,
+        limit: usize,
+    ) -> Result<HandledBatch, Unhandled> {
         let Batch {
             events,
             positions,
             sources,
             ..
         } = batch;
-        let Some(&first) = positions.first() else {
-            return self.commit(cx.name, BTreeMap::new(), Vec::new(), checkpoint, 0);
-        };
-        let view = match self.store.view() {
-            Ok(view) => view,
-            Err(error) => return self.store_failed(cx.name, "reading state", error),
-        };
-        let more = positions.len() >= limit && log.head().0 > checkpoint;
-        let (handled, memory_peak) = match self.handle(cx, events, view, checkpoint, limit, more) {
-            Ok(handled) => handled,
-            Err(message) => return self.fail(cx.name, first, message, Attempt::Counts),
-        };
-        let Handled {
-            result,
-            state,
-            emitted,
-            appended,
-        } = handled;
-        if let Err(error) = result {
-            return self.call_failed(cx.name, error, &positions);
+        let first = positions.first().copied().unwrap_or(checkpoint);
+        let more = positions.len() >= limit && cx.host.log.head().0 > checkpoint;
+        let (handled, memory_peak) = self
+            .handle(cx, events, view, checkpoint, limit, more)
+            .map_err(|message| Unhandled::Failed(message, first))?;
+        if let Err(error) = handled.result {
+            return Err(Unhandled::Refused(error, positions));
         }
         self.recycle_if_large(cx, memory_peak);
-        let suppressed = match self.append_outputs(cx, appended, &sources, checkpoint) {
-            Ok(suppressed) => suppressed,
-            Err(Some(OutputFailure { index, message })) => {
-                let error = CallError::Rejected {
-                    index: index as u32,
-                    message,
-                };
-                return self.call_failed(cx.name, error, &positions);
+        Ok(HandledBatch {
+            writes: handled.state.writes,
+            emitted: handled.emitted,
+            appended: handled.appended,
+            sources,
+            checkpoint,
+            positions,
+        })
+    }
+
+    /// Appends a handled batch's outputs, then commits it. While a
+    /// reactor's outputs go to the log, the batch read ahead is handled
+    /// over the state this one wrote, so that the plugin and the log work
+    /// at once; each batch still commits only once its own outputs are in
+    /// the log, and one whose outputs are refused takes the next with it.
+    fn finish(&mut self, cx: &StepContext<'_>, mut batch: HandledBatch, limit: usize) {
+        for round in 1..=PIPELINED_BATCHES {
+            let mut outputs = match self.outputs_of(cx, &mut batch) {
+                Ok(outputs) => outputs,
+                Err(failure) => return self.outputs_failed(cx, failure, &batch.positions),
+            };
+            let appending = outputs.as_mut().map(|outputs| {
+                let appends = std::mem::take(&mut outputs.appends);
+                let log = cx.host.log.clone();
+                cx.tokio.spawn(async move { log.append_all(appends).await })
+            });
+            let next = match appending.is_some() && round < PIPELINED_BATCHES {
+                true => self.handle_ahead(cx, limit, &batch),
+                false => None,
+            };
+            let mut suppressed = 0;
+            if let (Some(appending), Some(outputs)) = (appending, &outputs) {
+                let appended = cx.tokio.block_on(appending).unwrap_or_else(|error| {
+                    Err(LogError::Internal(format!(
+                        "the append task failed: {error}"
+                    )))
+                });
+                if let Err(failure) = self.outputs_appended(cx, appended, outputs, batch.checkpoint)
+                {
+                    return self.outputs_failed(cx, failure, &batch.positions);
+                }
+                suppressed = outputs.suppressed;
             }
-            Err(None) => return,
-        };
-        self.commit_handled(cx, state.writes, emitted, checkpoint, &positions);
-        if self.checkpoint == checkpoint {
+            let checkpoint = batch.checkpoint;
+            self.commit_handled(
+                cx,
+                batch.writes,
+                batch.emitted,
+                checkpoint,
+                &batch.positions,
+            );
+            if self.checkpoint != checkpoint {
+                return;
+            }
             self.suppressed += suppressed;
             self.series.outputs_suppressed.inc_by(suppressed);
+            match next {
+                Some(next) => batch = next,
+                None => return,
+            }
         }
     }
 
-    /// Appends a reactor's outputs to the log, as one atomic append, before
-    /// its checkpoint moves (on several nodes, then records that they are
-    /// in the log through `checkpoint`); answers how many it suppressed. A
-    /// refusal that names a source is that event's failure; the log's own
-    /// trouble (`Err(None)`) is recorded here and retried as storage.
-    fn append_outputs(
+    /// The batch read ahead after `batch`, handled over `batch`'s writes
+    /// (not committed yet); `None` if there is none, or it failed: the next
+    /// step reads and handles it again, and records what it does then.
+    fn handle_ahead(
         &mut self,
         cx: &StepContext<'_>,
-        appended: Vec<Appended>,
-        sources: &Sources,
-        checkpoint: u64,
-    ) -> Result<u64, Option<OutputFailure>> {
-        if appended.is_empty() {
-            return Ok(0);
+        limit: usize,
+        batch: &HandledBatch,
+    ) -> Option<HandledBatch> {
+        let from = batch.checkpoint + 1;
+        let ahead = self.read_ahead.as_ref()?;
+        if ahead.from != from || ahead.limit != limit || ahead.positions.is_empty() {
+            return None;
         }
-        let mut outputs = reactor::outputs(cx.name, appended, sources, cx.suppress_through)?;
-        if outputs.appends.is_empty() {
-            return Ok(outputs.suppressed);
-        }
-        let log = &cx.host.log;
-        let count = outputs.appends.len() as u64;
-        let appends = std::mem::take(&mut outputs.appends);
-        match cx.tokio.block_on(log.append_all(appends)) {
-            Ok(_) => {
-                self.series.outputs_appended.inc_by(count);
-                self.record_mark(cx, checkpoint)?;
-                Ok(outputs.suppressed)
+        let mut view = self.store.view().ok()?;
+        view.writes = batch.writes.clone();
+        let ahead = self.read_ahead.take()?;
+        let checkpoint = ahead.next.saturating_sub(1).max(batch.checkpoint);
+        match self.handle_batch(cx, ahead, view, checkpoint, limit) {
+            Ok(handled) => Some(handled),
+            Err(Unhandled::Refused(error, _)) if error.poisons_instance() => {
+                self.instance = None;
+                None
             }
-            Err(error) => Err(self.outputs_refused(cx, &error, &outputs)),
+            Err(_) => None,
+        }
+    }
+
+    /// A reactor's outputs of `batch`, with their ids and lineage, if it
+    /// appended any.
+    fn outputs_of(
+        &mut self,
+        cx: &StepContext<'_>,
+        batch: &mut HandledBatch,
+    ) -> Result<Option<reactor::Outputs>, Option<OutputFailure>> {
+        if batch.appended.is_empty() {
+            return Ok(None);
+        }
+        let appended = std::mem::take(&mut batch.appended);
+        let outputs = reactor::outputs(cx.name, appended, &batch.sources, cx.suppress_through)?;
+        Ok(Some(outputs))
+    }
+
+    /// What the log answered to a batch's outputs: on several nodes, the
+    /// mark then records that they are in the log through `checkpoint`. A
+    /// refusal that names a source is that event's failure; the log's own
+    /// trouble (`Err(None)`) is recorded here and retried as storage.
+    fn outputs_appended(
+        &mut self,
+        cx: &StepContext<'_>,
+        appended: Result<Vec<AppendOutcome>, LogError>,
+        outputs: &reactor::Outputs,
+        checkpoint: u64,
+    ) -> Result<(), Option<OutputFailure>> {
+        match appended {
+            Ok(_) => {
+                let count = outputs.ids.len() as u64;
+                self.series.outputs_appended.inc_by(count);
+                self.record_mark(cx, checkpoint)
+            }
+            Err(error) => Err(self.outputs_refused(cx, &error, outputs)),
+        }
+    }
+
+    /// A batch whose outputs failed: the source a failure names is blamed
+    /// (`None`: the failure is recorded already).
+    fn outputs_failed(
+        &mut self,
+        cx: &StepContext<'_>,
+        failure: Option<OutputFailure>,
+        positions: &[u64],
+    ) {
+        if let Some(OutputFailure { index, message }) = failure {
+            let error = CallError::Rejected {
+                index: index as u32,
+                message,
+            };
+            self.call_failed(cx.name, error, positions);
         }
     }
 
