@@ -156,6 +156,11 @@ pub(super) struct Writer {
     heads: HeadCache,
     /// The ids given to events that come without one.
     generated: GeneratedIds,
+    /// No id in the index is above this: a new id past it (as a client's
+    /// UUIDv7s and a reactor's outputs mostly are) is known to be absent
+    /// without a lookup. Raised by every insert, also of a group that then
+    /// fails: it only has to stay at or above the index's largest id.
+    id_ceiling: u128,
     next_position: u64,
     next_stream_id: u64,
     head: watch::Sender<Position>,
@@ -297,7 +302,7 @@ impl Writer {
             }
         };
         migrate::to_current(&txn)?;
-        let (last, streams) = {
+        let (last, streams, id_ceiling) = {
             let mut tables = Tables::open(&txn)?;
             let durable = chunk::last_position(&tables.chunks)?;
             let last = replay(&mut tables, generated, durable, records)?;
@@ -307,7 +312,8 @@ impl Writer {
                     durable + 1
                 );
             }
-            (last, tables.streams.len()?)
+            let id_ceiling = tables.ids.last()?.map_or(0, |(id, _)| id.value());
+            (last, tables.streams.len()?, id_ceiling)
         };
         txn.commit()?;
         let mut writer = Self {
@@ -325,6 +331,7 @@ impl Writer {
             wal_path: wal_path.to_path_buf(),
             heads: HeadCache::new(options.stream_cache_bytes),
             generated,
+            id_ceiling,
             next_position: last + 1,
             next_stream_id: streams,
             head,
@@ -701,6 +708,7 @@ impl Writer {
                 })?;
             if event.id.is_some() {
                 tables.ids.insert(id.as_u128(), position)?;
+                self.id_ceiling = self.id_ceiling.max(id.as_u128());
             }
             self.record.push(
                 position,
@@ -777,6 +785,9 @@ impl Writer {
     /// id the log generated names its position; others are in the index.
     fn find_id(&self, tables: &Tables<'_>, id: Uuid) -> Result<Option<u64>, LogError> {
         let Some(position) = self.generated.position(id) else {
+            if id.as_u128() > self.id_ceiling {
+                return Ok(None);
+            }
             return Ok(tables.ids.get(id.as_u128())?.map(|g| g.value()));
         };
         let event = self.event_at(tables, position)?;
@@ -1053,6 +1064,38 @@ mod tests {
             );
             assert_eq!(log.one(&name, ExpectedVersion::Exact(1)).unwrap(), 2);
         }
+    }
+
+    /// A retry is recognised by its id whether the id sorts above the
+    /// index's largest or below it, in the group that stored it, in a later
+    /// one, and after a restart (the ceiling then comes from the index).
+    #[test]
+    fn retries_are_recognised_on_both_sides_of_the_id_ceiling() {
+        let with_id = |id: u128| {
+            let mut append = append("a", ExpectedVersion::Any, 1);
+            append.events[0].id = Some(Uuid::from_u128(id));
+            append
+        };
+        let duplicates = |log: &mut Harness, ids: &[u128]| -> Vec<bool> {
+            let requests = ids.iter().map(|&id| vec![with_id(id)]).collect();
+            let answers = log.group(requests);
+            answers
+                .into_iter()
+                .map(|a| a.unwrap()[0].duplicate)
+                .collect()
+        };
+        let (high, low) = (9 << 100, 5 << 100);
+        let mut log = open(1 << 20);
+        assert_eq!(duplicates(&mut log, &[high, high]), [false, true]);
+        assert_eq!(duplicates(&mut log, &[low, high, low]), [false, true, true]);
+        let Harness { writer, dir, .. } = log;
+        drop(writer);
+        let mut log = open_in(dir, 1 << 20);
+        assert_eq!(log.writer.id_ceiling, high);
+        assert_eq!(
+            duplicates(&mut log, &[low, high, high + 1]),
+            [true, true, false]
+        );
     }
 
     /// The cache's weight stays within its bound as streams come and go,
