@@ -476,7 +476,9 @@ impl Generation {
                 Ok(outputs) => outputs,
                 Err(failure) => return self.outputs_failed(cx, failure, &batch.positions),
             };
-            let appending = outputs.as_mut().map(|outputs| {
+            // A rebuild may suppress every output: then there is nothing to append.
+            let to_append = outputs.as_mut().filter(|o| !o.appends.is_empty());
+            let appending = to_append.map(|outputs| {
                 let appends = std::mem::take(&mut outputs.appends);
                 let log = cx.host.log.clone();
                 cx.tokio.spawn(async move { log.append_all(appends).await })
@@ -485,7 +487,7 @@ impl Generation {
                 true => self.handle_ahead(cx, limit, &batch),
                 false => None,
             };
-            let mut suppressed = 0;
+            let suppressed = outputs.as_ref().map_or(0, |o| o.suppressed);
             if let (Some(appending), Some(outputs)) = (appending, &outputs) {
                 let appended = cx.tokio.block_on(appending).unwrap_or_else(|error| {
                     Err(LogError::Internal(format!(
@@ -496,7 +498,6 @@ impl Generation {
                 {
                     return self.outputs_failed(cx, failure, &batch.positions);
                 }
-                suppressed = outputs.suppressed;
             }
             let checkpoint = batch.checkpoint;
             self.commit_handled(
