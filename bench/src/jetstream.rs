@@ -32,9 +32,10 @@ use futures_util::StreamExt;
 
 use crate::control;
 use crate::http::Connection;
+use crate::median;
 use crate::peers::{
     DirectJetStream, Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive,
-    rotation, run_tag,
+    leader_of, rotation, run_tag,
 };
 
 /// Options of the JetStream benchmark.
@@ -218,22 +219,6 @@ async fn server_names(urls: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(names)
 }
 
-/// The name of the server that leads `stream`, once it has a leader.
-pub async fn leader_of(client: &async_nats::Client, stream: &str) -> anyhow::Result<String> {
-    let context = async_nats::jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = context.get_stream(stream).await?.info().await?.clone();
-        if let Some(leader) = info.cluster.and_then(|c| c.leader) {
-            return Ok(leader);
-        }
-        if Instant::now() > deadline {
-            bail!("the JetStream stream {stream} has no leader after 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The append workloads on eventfold and on JetStream direct, alternating.
 async fn append_rounds(args: &Args, systems: &[System; 2]) -> anyhow::Result<[Vec<Measure>; 2]> {
     let seconds = Duration::from_secs_f64(args.seconds);
@@ -383,12 +368,6 @@ impl Cluster {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
     for (replicas, [eventfold, direct]) in appends {
         println!();
@@ -425,11 +404,11 @@ fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
             "log", "events", "eventfold ev/s", "consumer ev/s", "ratio"
         );
         for replay in replays {
-            let eventfold = median(&replay.eventfold);
+            let eventfold = median(replay.eventfold.iter().copied());
             let (consumer, ratio) = match replay.consumer.is_empty() {
                 true => ("-".to_owned(), "-".to_owned()),
                 false => {
-                    let consumer = median(&replay.consumer);
+                    let consumer = median(replay.consumer.iter().copied());
                     (
                         format!("{consumer:.0}"),
                         format!("{:.2}", eventfold / consumer),

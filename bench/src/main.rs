@@ -88,7 +88,14 @@ enum Command {
     },
 }
 
-/// A benchmark's options with every default, as if given no flags.
+/// The middle of `values` once sorted (the upper of the two middle ones
+/// of an even count); the default for none. Every table's round figures.
+fn median<T: PartialOrd + Copy + Default>(values: impl IntoIterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.into_iter().collect();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
 /// A fresh directory under `data_dir` (created if missing) for one run's
 /// data, removed when dropped.
 fn scratch_dir(data_dir: &std::path::Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {

@@ -36,6 +36,7 @@ use eventfold::plugins::{MAX_BATCH, OutputIds, PluginName, Plugins, PluginsConfi
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::median;
 use crate::replay::wait_until;
 
 /// Options of the reactor benchmark.
@@ -479,18 +480,12 @@ fn report_round(args: &Args, build: Build, round: usize, run: &Run) {
     );
 }
 
-/// The median of `values`.
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
 /// Prints the table: medians of each build, the ratio, and where the
 /// reactor's time goes.
 fn print(args: &Args, projection: &[Run], reactor: &[Run]) {
     let events = args.events;
-    let took = |runs: &[Run]| median(runs.iter().map(|r| r.took).collect());
-    let handle = |runs: &[Run]| median(runs.iter().map(|r| r.handle).collect());
+    let took = |runs: &[Run]| median(runs.iter().map(|r| r.took));
+    let handle = |runs: &[Run]| median(runs.iter().map(|r| r.handle));
     let rate = |d: Duration| events as f64 / d.as_secs_f64();
     let ratio = rate(took(reactor)) / rate(took(projection));
     println!();
@@ -527,12 +522,12 @@ fn print(args: &Args, projection: &[Run], reactor: &[Run]) {
         "{:<32} {:>9} {:>13} {:>16}",
         "appends", "append s", "outputs/s", "÷ reactor total"
     );
-    let fill = median(projection.iter().chain(reactor).map(|r| r.fill).collect());
+    let fill = median(projection.iter().chain(reactor).map(|r| r.fill));
     let rows = DIRECT
         .iter()
         .enumerate()
         .map(|(i, way)| {
-            let append = median(reactor.iter().map(|r| r.direct[i]).collect());
+            let append = median(reactor.iter().map(|r| r.direct[i]));
             (way.label, append)
         })
         .chain([("the fill: 100 events each, no ids", fill)]);

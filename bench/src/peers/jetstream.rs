@@ -8,6 +8,8 @@
 //! event carries a `Nats-Msg-Id` and each request the subject's expected
 //! last sequence, as eventfold's do: what those guarantees cost JetStream.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
@@ -62,7 +64,7 @@ impl DirectJetStream {
                 .create_stream(config.clone())
                 .await
                 .with_context(|| format!("creating the JetStream stream {stream}"))?;
-            if crate::jetstream::leader_of(&client, stream).await? == leader {
+            if leader_of(&client, stream).await? == leader {
                 return Ok(Self {
                     client,
                     context,
@@ -170,5 +172,21 @@ impl Client {
             }
         }
         bail!("JetStream refused a publish as early 32 times")
+    }
+}
+
+/// The name of the server that leads `stream`, once it has a leader.
+pub async fn leader_of(client: &async_nats::Client, stream: &str) -> anyhow::Result<String> {
+    let context = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = context.get_stream(stream).await?.info().await?.clone();
+        if let Some(leader) = info.cluster.and_then(|c| c.leader) {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("the JetStream stream {stream} has no leader after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 pub use self::eventfold::{Eventfold, Launch, Protocol};
-pub use self::jetstream::DirectJetStream;
+pub use self::jetstream::{DirectJetStream, leader_of};
 use self::postgres::Postgres;
 use self::redis::Redis;
 use self::report::Replay;
