@@ -7,7 +7,9 @@
 //! - **appends**: eventfold `serve --log jetstream` on a stream of its own,
 //!   appended to over HTTP, against the same load published straight to
 //!   another stream with `async-nats` ([`DirectJetStream`]); the workloads
-//!   of `append`, alternating between the two, round after round;
+//!   of `append`, alternating between the two, round after round, each
+//!   with the CPU time per request of eventfold, of the cluster's
+//!   nats-servers and of the load generator (they share the machine);
 //! - **replay**: the log filled with `--events` orders, the trivial
 //!   counter plugin deployed, then replayed from zero (timed from the
 //!   request to the swap), against an ordered pull consumer of `async-nats`
@@ -33,6 +35,7 @@ use futures_util::StreamExt;
 use crate::control;
 use crate::http::Connection;
 use crate::median;
+use crate::peers::cpu;
 use crate::peers::{
     DirectJetStream, Eventfold, Launch, Measure, Protocol, Round, System, WORKLOADS, drive,
     leader_of, rotation, run_tag,
@@ -103,7 +106,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(cluster)) => cluster.urls(),
         (None, None) => bail!("no cluster"),
     };
-    let measured = measure(&args, scratch.path(), &urls).await;
+    let nats_pids = cluster.as_ref().map(Cluster::pids).unwrap_or_default();
+    let measured = measure(&args, scratch.path(), &urls, &nats_pids).await;
     if let Some(cluster) = cluster {
         cluster.stop()?;
     }
@@ -113,12 +117,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Per replication factor, per system (eventfold, direct), per workload.
-type Appends = Vec<(usize, [Vec<Measure>; 2])>;
+type Appends = Vec<(usize, [Vec<Appended>; 2])>;
+
+/// One round of one system, with the CPU time the nats-servers used in it.
+type RoundNats = (Round, Option<Duration>);
+
+/// One system's appends in one workload, over every round.
+struct Appended {
+    measure: Measure,
+    /// CPU time the cluster's nats-servers used per request meanwhile, in µs
+    /// (`None`: a cluster not started here).
+    nats_cpu_us_per_request: Option<f64>,
+}
 
 async fn measure(
     args: &Args,
     scratch: &Path,
     urls: &str,
+    nats_pids: &[u32],
 ) -> anyhow::Result<(Appends, Vec<Replays>)> {
     let wasm_path = args.plugins.join(WASM);
     let wasm =
@@ -180,7 +196,7 @@ async fn measure(
         );
         let eventfold = eventfold.with_protocol(args.protocol);
         let systems = [System::Eventfold(eventfold), System::JetStream(direct)];
-        let measured = append_rounds(args, &systems).await;
+        let measured = append_rounds(args, &systems, nats_pids).await;
         let replayed = match (&measured, args.events) {
             (Ok(_), 1..) => {
                 let label = format!("JetStream R{replicas}");
@@ -219,15 +235,24 @@ async fn server_names(urls: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(names)
 }
 
-/// The append workloads on eventfold and on JetStream direct, alternating.
-async fn append_rounds(args: &Args, systems: &[System; 2]) -> anyhow::Result<[Vec<Measure>; 2]> {
+/// The append workloads on eventfold and on JetStream direct, alternating,
+/// with the CPU time the nats-servers (`nats_pids`) use meanwhile.
+async fn append_rounds(
+    args: &Args,
+    systems: &[System; 2],
+    nats_pids: &[u32],
+) -> anyhow::Result<[Vec<Appended>; 2]> {
     let seconds = Duration::from_secs_f64(args.seconds);
-    let mut rounds: [Vec<Vec<Round>>; 2] =
+    let mut rounds: [Vec<Vec<RoundNats>>; 2] =
         std::array::from_fn(|_| WORKLOADS.iter().map(|_| Vec::new()).collect());
     for round in 0..args.rounds {
         for (w, workload) in WORKLOADS.iter().enumerate() {
             for s in rotation(systems.len(), round) {
+                let nats_before = cpu::trees(nats_pids);
                 let result = drive(&systems[s], *workload, seconds, round).await?;
+                let nats = nats_before
+                    .zip(cpu::trees(nats_pids))
+                    .map(|(before, after)| after.saturating_sub(before));
                 eprintln!(
                     "round {} {:<24} {:>10.0} events/s  {}",
                     round + 1,
@@ -235,11 +260,23 @@ async fn append_rounds(args: &Args, systems: &[System; 2]) -> anyhow::Result<[Ve
                     result.events_per_sec,
                     ["eventfold", "JetStream direct"][s]
                 );
-                rounds[s][w].push(result);
+                rounds[s][w].push((result, nats));
             }
         }
     }
-    Ok(rounds.map(|per_workload| per_workload.into_iter().map(Measure::from).collect()))
+    Ok(rounds.map(|per_workload| per_workload.into_iter().map(Appended::from).collect()))
+}
+
+impl From<Vec<RoundNats>> for Appended {
+    fn from(rounds: Vec<RoundNats>) -> Self {
+        let requests = rounds.iter().map(|(r, _)| r.latencies.len()).sum::<usize>();
+        let nats: Option<Duration> = rounds.iter().map(|(_, nats)| *nats).sum();
+        Self {
+            nats_cpu_us_per_request: nats
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / requests.max(1) as f64),
+            measure: Measure::from(rounds.into_iter().map(|(r, _)| r).collect::<Vec<_>>()),
+        }
+    }
 }
 
 /// Fills the log of the server at `url` with `--events` orders, deploys the
@@ -347,6 +384,14 @@ impl Cluster {
         })
     }
 
+    /// The nodes' PIDs, from the files the script keeps.
+    fn pids(&self) -> Vec<u32> {
+        (1..=3)
+            .filter_map(|i| std::fs::read_to_string(self.dir.join(format!("n{i}.pid"))).ok())
+            .filter_map(|pid| pid.trim().parse().ok())
+            .collect()
+    }
+
     fn urls(&self) -> String {
         (0..3)
             .map(|i| format!("nats://127.0.0.1:{}", self.base_port + i))
@@ -368,6 +413,38 @@ impl Cluster {
     }
 }
 
+/// Where the two cores went: CPU time per request of each process, and
+/// the cores that kept busy at the rate measured.
+fn print_cpu(eventfold: &[Appended], direct: &[Appended]) {
+    println!(
+        "CPU per request, µs: eventfold + nats-servers + load generator = total (cores busy at that rate)"
+    );
+    let side = |a: &Appended, events_per_request: usize| {
+        let m = &a.measure;
+        let parts = [m.server_cpu_us_per_request, a.nats_cpu_us_per_request]
+            .into_iter()
+            .flatten()
+            .chain([m.client_cpu_us_per_request]);
+        let total: f64 = parts.clone().sum();
+        let requests_per_sec = m.events_per_sec / events_per_request as f64;
+        let terms: Vec<String> = parts.map(|us| format!("{us:.0}")).collect();
+        format!(
+            "{} = {total:.0} ({:.2})",
+            terms.join(" + "),
+            total * requests_per_sec / 1e6
+        )
+    };
+    for (workload, (e, d)) in WORKLOADS.iter().zip(eventfold.iter().zip(direct)) {
+        let events = workload.events;
+        println!(
+            "{:<24} {:<34} direct: {}",
+            workload.name,
+            side(e, events),
+            side(d, events)
+        );
+    }
+}
+
 fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
     for (replicas, [eventfold, direct]) in appends {
         println!();
@@ -383,6 +460,7 @@ fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
             "workload", "eventfold ev/s", "p99 ms", "direct ev/s", "p99 ms", "ratio"
         );
         for (workload, (e, d)) in WORKLOADS.iter().zip(eventfold.iter().zip(direct)) {
+            let (e, d) = (&e.measure, &d.measure);
             println!(
                 "{:<24} {:>14.0} {:>9.2} {:>14.0} {:>9.2} {:>8.2}",
                 workload.name,
@@ -393,6 +471,7 @@ fn print(args: &Args, appends: &Appends, replays: &[Replays]) {
                 e.events_per_sec / d.events_per_sec
             );
         }
+        print_cpu(eventfold, direct);
     }
     if !replays.is_empty() {
         println!();

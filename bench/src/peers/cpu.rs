@@ -67,6 +67,12 @@ fn tree(root: u32) -> Option<Duration> {
     Some(ticks(total))
 }
 
+/// The CPU time the processes `roots` and everything they started have used
+/// so far (the servers of a cluster); `None` when one is not running.
+pub fn trees(roots: &[u32]) -> Option<Duration> {
+    roots.iter().map(|&root| tree(root)).sum()
+}
+
 /// CPU time of the server (`pid`'s process tree) and of this process,
 /// from the moment it is taken to [`Clock::stop`].
 pub struct Clock {

@@ -6,7 +6,7 @@
 //! one table, the targets (`docs/design.md#targets`) as ratios, and the
 //! report as JSON and as a PNG chart.
 
-mod cpu;
+pub mod cpu;
 mod eventfold;
 mod jetstream;
 mod postgres;
