@@ -68,9 +68,13 @@ fn tree(root: u32) -> Option<Duration> {
 }
 
 /// The CPU time the processes `roots` and everything they started have used
-/// so far (the servers of a cluster); `None` when one is not running.
+/// so far (the servers of a cluster); `None` when there are none or one is
+/// not running.
 pub fn trees(roots: &[u32]) -> Option<Duration> {
-    roots.iter().map(|&root| tree(root)).sum()
+    match roots {
+        [] => None,
+        _ => roots.iter().map(|&root| tree(root)).sum(),
+    }
 }
 
 /// CPU time of the server (`pid`'s process tree) and of this process,
