@@ -10,6 +10,7 @@ use eventfold::log::{EventLog, EventType, ExpectedVersion, NewEvent, StreamAppen
 use eventfold::metrics::Metrics;
 use eventfold::plugins::PluginName;
 
+use crate::median;
 use crate::replay::{Sample, deploy_latency, open_plugins, wait_until};
 
 /// Options of the languages benchmark.
@@ -66,13 +67,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("{language}: replay {}: {took:?}", round + 1);
             replays.push(took);
         }
-        replays.sort();
         let sample: Sample = ("user-1", "UserCreated", br#"{"userId":1,"name":"Alice"}"#);
         let (compiled_ms, cached_ms) = deploy_latency(&args.data_dir, &wasm, sample).await?;
         rows.push((
             language,
             wasm.len(),
-            replays[replays.len() / 2],
+            median(replays),
             compiled_ms,
             cached_ms,
         ));

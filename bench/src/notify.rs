@@ -15,6 +15,8 @@ use eventfold::metrics::Metrics;
 use eventfold::notify::WebhookRequest;
 use eventfold::plugins::{PluginName, Plugins, PluginsConfig};
 
+use crate::median;
+
 /// Options of the notification benchmark.
 #[derive(clap::Args)]
 pub struct Args {
@@ -102,17 +104,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     log.shutdown().await;
 
     let rate = |d: Duration| args.orders as f64 / d.as_secs_f64();
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
     println!();
     println!(
         "{} notifications delivered to a webhook receiver on loopback, median of {} rounds",
         args.orders, args.rounds
     );
     println!("{:<46} {:>16} {:>10}", "mode", "notifications/s", "vs bare");
-    let medians: Vec<Duration> = times.iter_mut().map(median).collect();
+    let medians: Vec<Duration> = times.iter().map(|t| median(t.iter().copied())).collect();
     for (m, (label, _)) in modes.iter().enumerate() {
         let bare = if m < 2 { medians[0] } else { medians[2] };
         println!(
@@ -122,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             rate(medians[m]) / rate(bare)
         );
     }
-    let emit = median(&mut emit_times);
+    let emit = median(emit_times);
     println!();
     println!(
         "deploy + fold {} events into {} notifications in the mailbox: {:.0} notifications/s",

@@ -16,6 +16,8 @@ use eventfold::plugins::{MAX_BATCH, PluginName, PluginStore, Plugins, PluginsCon
 use eventfold::runtime::StateView;
 use serde::{Deserialize, Serialize};
 
+use crate::median;
+
 /// Options of the replay benchmark.
 #[derive(clap::Args)]
 pub struct Args {
@@ -195,13 +197,11 @@ pub async fn measure(args: Args) -> anyhow::Result<Report> {
                 );
             }
         }
-        natives.sort();
-        rebuilds.sort();
         folds.push(FoldTimes {
             label: fold.label,
-            native: natives[natives.len() / 2],
+            native: median(natives),
             first,
-            rebuild: rebuilds[rebuilds.len() / 2],
+            rebuild: median(rebuilds),
         });
     }
     plugins.shutdown().await;

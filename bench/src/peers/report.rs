@@ -31,8 +31,6 @@ pub struct Measure {
 impl From<Vec<Round>> for Measure {
     fn from(rounds: Vec<Round>) -> Self {
         let per_round: Vec<f64> = rounds.iter().map(|r| r.events_per_sec).collect();
-        let mut sorted = per_round.clone();
-        sorted.sort_by(f64::total_cmp);
         let requests = rounds
             .iter()
             .map(|r| r.latencies.len())
@@ -45,7 +43,7 @@ impl From<Vec<Round>> for Measure {
         latencies.sort();
         let percentile = |p: f64| crate::append::percentile(&latencies, p).as_secs_f64() * 1000.0;
         Self {
-            events_per_sec: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+            events_per_sec: crate::median(per_round.iter().copied()),
             p50_ms: percentile(0.50),
             p99_ms: percentile(0.99),
             rounds: per_round,

@@ -60,7 +60,7 @@ fn run((key, value): Entry<'_>) -> Result<Run, LogError> {
 }
 
 /// Stores `run` of `stream`.
-pub fn insert(
+fn insert(
     table: &mut Table<'_, (u64, u64), (u64, u64)>,
     stream: u64,
     run: Run,
@@ -236,6 +236,20 @@ fn not_tiled(stream: u64, version: u64) -> LogError {
     ))
 }
 
+/// Every entry of a stream index, in key order: (stream, first version)
+/// → (first position, count).
+#[cfg(test)]
+pub fn stored(table: &impl ReadableTable<(u64, u64), (u64, u64)>) -> Vec<((u64, u64), (u64, u64))> {
+    table
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (key, value) = entry.unwrap();
+            (key.value(), value.value())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::collection::vec;
@@ -332,16 +346,8 @@ mod tests {
         txn.commit().unwrap();
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(RUNS).unwrap();
-        let stored: Vec<_> = table
-            .iter()
-            .unwrap()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.value(), v.value())
-            })
-            .collect();
         assert_eq!(
-            stored,
+            stored(&table),
             vec![
                 ((1, 0), (1, 2)),
                 ((1, 2), (4, 2)),

@@ -1024,17 +1024,9 @@ mod tests {
         log.writer.settle().unwrap();
         let txn = redb::ReadableDatabase::begin_read(&*log.writer.db).unwrap();
         let table = txn.open_table(STREAM_RUNS).unwrap();
-        let stored: Vec<_> = table
-            .iter()
-            .unwrap()
-            .map(|entry| {
-                let (key, value) = entry.unwrap();
-                (key.value(), value.value())
-            })
-            .collect();
         // (stream, first version) -> (first position, count); a is 0, b is 1.
         assert_eq!(
-            stored,
+            runs::stored(&table),
             [((0, 0), (1, 2)), ((0, 2), (4, 4)), ((1, 0), (3, 1))]
         );
         let a = runs::forward(&table, 0, 0, 10).unwrap();
